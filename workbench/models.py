@@ -162,8 +162,12 @@ def tiny_llama_config(vocab_size: int, **overrides):
     """The config of the unit tests' tiny Llama (3.3 M parameters with the SmolLM2 vocabulary)."""
     from transformers import LlamaConfig
 
+    # initializer_range: with tied embeddings at the usual 0.02, hidden 64 caps every logit near
+    # 8 * 0.16 = 1.3, so the model can never become confident; 0.35 lets a 2-layer down_proj edit
+    # reach a loss of 0.01 on 3 facts in ~30 steps (measured).
     kw = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+              initializer_range=0.35)
     kw.update(overrides)
     return LlamaConfig(**kw)
 

@@ -1,0 +1,357 @@
+"""The edit loop: fine-tune the selected weights on a list of requests, revertibly.
+
+`edit(model, tok, requests, cfg)` is the one entry point (ROME's ``apply_*_to_model`` shape). It
+
+1. tokenises every request once (`data.encode`: the loss scope is a label mask);
+2. makes *only* the selected parameters trainable. Nothing below the lowest edited layer then
+   requires grad, so autograd keeps no activations there for backward;
+3. runs one of two schedules:
+
+   * **depth-first** (the editing literature's habit): edits, or batches of ``batch_size`` edits,
+     in order; each is optimised up to ``steps_per_edit`` steps or until its loss falls below
+     ``early_stop_loss``, with a fresh optimiser, and the changes accumulate;
+   * **breadth-first** (LocFT-BF, ordinary training): ``epochs`` passes over all edits, reshuffled
+     each epoch, in mini-batches of ``batch_size``; a batch whose loss is already below
+     ``early_stop_loss`` is skipped and training stops when an epoch's mean loss is below it.
+
+   A batch is split into micro-batches of ``micro_batch_size`` whose gradients accumulate, so the
+   batch-size ablation changes the optimisation, not the memory. The loss is LocFT's: the mean over
+   each example's labelled tokens, then the mean over the batch. Logits are computed only for the
+   positions that carry labels (left padding puts them at the end), which saves the
+   ``[B, T, vocab]`` projection that dominates small models.
+
+4. returns an `EditResult` holding the original value of every touched tensor: ``revert()`` puts
+   them back bitwise, ``save()`` writes the delta as safetensors (`apply_delta` loads one).
+
+A NaN/inf loss reverts the model and raises `EditError` naming the step and the requests; any other
+exception, KeyboardInterrupt included, reverts the model and re-raises.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import data
+from .components import Target, resolve
+from .config import EditConfig
+from .errors import EditError, WorkbenchError
+from .methods import AdapterHandle, attach_adapter
+from .models import spec
+
+
+# ------------------------------------------------------------------------------------ the loss
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding (as generation computes them), so a left-padded example is
+    encoded exactly as an unpadded one, for absolute (GPT-2) and rotary positions alike."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def example_losses(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy over each example's labelled tokens.
+
+    Args:
+        batch: ``input_ids, attention_mask, labels`` of shape [B, T], left-padded (`data.collate`).
+    Returns:
+        [B] float32 losses.
+    """
+    labels = batch["labels"]
+    has_label = labels != data.IGNORE
+    T = labels.shape[1]
+    # Labels sit at the right end; the first labelled position f is predicted from f-1, so the last
+    # T - f_min + 1 logits are all we need.
+    first = torch.where(has_label.any(0), torch.arange(T, device=labels.device), T).min().item()
+    keep = T - first + 1
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=position_ids(batch["attention_mask"]), logits_to_keep=keep, use_cache=False)
+    logits = out.logits[:, :-1].float()  # positions T-keep .. T-2 predict tokens T-keep+1 .. T-1
+    target = labels[:, T - keep + 1:]
+    tok_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                               ignore_index=data.IGNORE, reduction="none").view(target.shape)
+    counts = (target != data.IGNORE).sum(1).clamp(min=1)
+    return tok_loss.sum(1) / counts
+
+
+# --------------------------------------------------------------------------------- the result
+@dataclass
+class EditResult:
+    """What an edit did, and how to undo it."""
+
+    model: nn.Module
+    cfg: EditConfig
+    request_ids: list[str]
+    originals: dict[str, torch.Tensor]  # parameter name -> its value before the edit (bitwise)
+    log: pd.DataFrame  # one row per optimiser step: step, epoch, edit, loss, skipped, requests
+    timings: dict  # encode_s, train_s, total_s, s_per_edit
+    n_trainable: int  # trainable parameters (adapter parameters for lora/adalora)
+    n_truncated: int = 0  # examples cut to max_length
+    adapter: AdapterHandle | None = None  # a live (unmerged) adapter, removed by revert()
+    reverted: bool = False
+    _deltas: dict | None = field(default=None, repr=False)
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps taken (skipped batches excluded)."""
+        return int((~self.log["skipped"]).sum()) if len(self.log) else 0
+
+    def revert(self) -> nn.Module:
+        """Restore the model exactly as it was before the edit (adapters unloaded)."""
+        if self.reverted:
+            return self.model
+        if self.adapter is not None:
+            self.adapter.unload()
+            self.adapter = None
+        _restore(self.model, self.originals)
+        self.reverted = True
+        return self.model
+
+    def deltas(self) -> dict[str, torch.Tensor]:
+        """Edited minus original value of every touched weight (fp32, CPU)."""
+        if self.adapter is not None:
+            return self.adapter.delta_weights()
+        params = dict(self.model.named_parameters())
+        return {n: (params[n].detach().float().cpu() - o.float().cpu()) for n, o in self.originals.items()}
+
+    def save(self, path) -> Path:
+        """Write the weight delta as safetensors, with the config and request ids as metadata."""
+        from safetensors.torch import save_file
+
+        if self.reverted:
+            raise WorkbenchError("this edit was reverted; there is no delta to save")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        meta = {"workbench": "delta-v1", "config": json.dumps(self.cfg.to_dict()),
+                "model": str(getattr(self.model, "name_or_path", "")), "requests": json.dumps(self.request_ids)}
+        save_file({n: d.contiguous() for n, d in self.deltas().items()}, str(tmp), metadata=meta)
+        tmp.replace(path)
+        return path
+
+
+def _restore(model: nn.Module, originals: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in originals.items():
+            params[name].copy_(value)
+
+
+def apply_delta(model: nn.Module, path) -> EditResult:
+    """Add a delta saved by `EditResult.save` to `model`; the returned result reverts it exactly."""
+    from safetensors import safe_open
+
+    params = dict(model.named_parameters())
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("workbench") != "delta-v1":
+            raise WorkbenchError(f"{path} is not a workbench delta file")
+        names = list(f.keys())
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise WorkbenchError(f"{path}: the model has no parameter(s) {missing[:3]}; was it saved for another model?")
+        originals = {n: params[n].detach().clone() for n in names}
+        with torch.no_grad():
+            for n in names:
+                d = f.get_tensor(n)
+                if d.shape != params[n].shape:
+                    raise WorkbenchError(f"{path}: {n} has shape {tuple(d.shape)}, the model's is {tuple(params[n].shape)}")
+                params[n].add_(d.to(params[n].device, params[n].dtype))
+    cfg = EditConfig.from_dict(json.loads(meta["config"]))
+    return EditResult(model, cfg, json.loads(meta["requests"]), originals, pd.DataFrame(), {}, 0)
+
+
+# ---------------------------------------------------------------------------- the trainables
+def _selected_parameters(model: nn.Module, targets: list[Target]) -> tuple[dict, dict]:
+    """Parameters under each target, and for fused slices a mask of the entries that may change."""
+    params, masks = {}, {}
+    for t in targets:
+        for name, p in model.get_submodule(t.name).named_parameters(prefix=t.name):
+            params[name] = p
+            if t.fused_slice is not None:
+                # GPT-2 Conv1D: weight [d, 3d] and bias [3d]; the slice is along the last dim.
+                third = p.shape[-1] // 3
+                m = masks.get(name, torch.zeros_like(p, dtype=torch.bool))
+                m[..., t.fused_slice * third:(t.fused_slice + 1) * third] = True
+                masks[name] = m
+            else:
+                masks[name] = None
+    return params, {n: m for n, m in masks.items() if m is not None}
+
+
+def _optimizer(cfg: EditConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class _Loop:
+    """One edit's optimisation state: the batches, the optimiser, the log."""
+
+    def __init__(self, model, cfg, examples, ids, trainable, originals, masks, adapter, bar):
+        self.model, self.cfg, self.examples, self.ids = model, cfg, examples, ids
+        self.trainable, self.originals, self.masks, self.adapter, self.bar = trainable, originals, masks, adapter, bar
+        self.pad_id = None
+        self.rows: list[dict] = []
+        self.device = next(model.parameters()).device
+        self.optimizer = _optimizer(cfg, list(trainable.values()))
+
+    def batch(self, idx: list[int]) -> dict:
+        b = data.collate([self.examples[i] for i in idx], self.pad_id)
+        return {k: v.to(self.device) for k, v in b.items()}
+
+    def step(self, idx: list[int], epoch: int, edit: int, skip_below: float | None) -> float:
+        """Accumulate the gradient of one batch and take (or skip) one optimiser step."""
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for start in range(0, len(idx), cfg.micro):
+            part = idx[start:start + cfg.micro]
+            losses = example_losses(self.model, self.batch(part))
+            (losses.sum() / len(idx)).backward()  # mean over examples, across micro-batches
+            total += losses.detach().sum().item()
+        loss = total / len(idx)
+        step_no = len(self.rows)
+        if not math.isfinite(loss):
+            raise EditError(f"loss became {loss} at step {step_no} (epoch {epoch}) on requests "
+                            f"{[self.ids[i] for i in idx]}; the model was restored. Try a lower lr or float32.")
+        skipped = skip_below is not None and loss < skip_below
+        if not skipped:
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), cfg.max_grad_norm)
+            self.optimizer.step()
+            if self.adapter is not None:
+                self.adapter.after_step(step_no)
+            self._constrain()
+        self.rows.append({"step": step_no, "epoch": epoch, "edit": edit, "loss": loss, "skipped": skipped,
+                          "requests": [self.ids[i] for i in idx]})
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        return loss
+
+    @torch.no_grad()
+    def _constrain(self) -> None:
+        for name, mask in self.masks.items():  # fused slices not selected stay as they were
+            p = self.trainable[name]
+            p.copy_(torch.where(mask, p, self.originals[name]))
+        if self.cfg.norm_constraint:  # FT-L: each weight within +-eps of its original
+            eps = self.cfg.norm_constraint
+            for name, p in self.trainable.items():
+                o = self.originals[name]
+                p.copy_(torch.clamp(p, o - eps, o + eps))
+
+    def depth_first(self) -> None:
+        cfg, n = self.cfg, len(self.examples)
+        for edit, start in enumerate(range(0, n, cfg.batch_size)):
+            idx = list(range(start, min(start + cfg.batch_size, n)))
+            self.optimizer = _optimizer(cfg, list(self.trainable.values()))  # each edit starts afresh
+            for _ in range(cfg.steps_per_edit):
+                # The loss is measured before the update, so a converged edit stops without a step.
+                if self.step(idx, epoch=0, edit=edit, skip_below=cfg.early_stop_loss or None) < cfg.early_stop_loss:
+                    break
+
+    def breadth_first(self) -> None:
+        cfg, n = self.cfg, len(self.examples)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(n, generator=gen).tolist() if cfg.shuffle else list(range(n))
+            losses = [self.step(order[s:s + cfg.batch_size], epoch=epoch, edit=-1,
+                                skip_below=cfg.early_stop_loss or None)
+                      for s in range(0, n, cfg.batch_size)]
+            if sum(losses) / len(losses) < cfg.early_stop_loss:
+                break
+
+
+def planned_steps(cfg: EditConfig, n: int) -> int:
+    """Most optimiser steps this config can take on `n` edits."""
+    batches = math.ceil(n / cfg.batch_size)
+    return batches * (cfg.steps_per_edit if cfg.schedule == "depth_first" else cfg.epochs)
+
+
+# -------------------------------------------------------------------------------- entry point
+def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True) -> EditResult:
+    """Edit `model` in place so that it answers each request's prompt with its target.
+
+    Args:
+        model: a causal LM from `wb.load` (or any transformers model of a family in components.py).
+        tok: its tokenizer.
+        requests: `Request`s, or dicts in our, ROME's or EasyEdit's field names.
+        cfg: an `EditConfig` (`wb.config.preset("ft-uke")`, ...).
+        progress: show a tqdm bar over optimiser steps.
+    Returns:
+        An `EditResult`; ``result.revert()`` restores the model bitwise.
+    """
+    t0 = time.perf_counter()
+    requests = data.as_requests(requests)
+    if not requests:
+        raise WorkbenchError("no requests to edit")
+    examples = [data.encode(tok, r.prompt, r.target, cfg.loss_scope, cfg.chat_template, cfg.max_length) for r in requests]
+    n_truncated = sum(e.truncated for e in examples)
+    data.warn_truncated(n_truncated, cfg.max_length)
+    ids = [r.id for r in requests]
+    t_encode = time.perf_counter() - t0
+
+    targets = resolve(model, cfg.components, cfg.layers)
+    grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    was_training = model.training
+    adapter, masks = None, {}
+    originals: dict[str, torch.Tensor] = {}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if cfg.method == "ft":
+            trainable, masks = _selected_parameters(model, targets)
+            originals = {n: p.detach().clone() for n, p in trainable.items()}
+            for p in trainable.values():
+                p.requires_grad_(True)
+        else:
+            adapter = attach_adapter(model, targets, cfg, planned_steps(cfg, len(requests)))
+            trainable = adapter.parameters()
+        n_trainable = sum(int(torch.count_nonzero(masks[n])) if n in masks else p.numel() for n, p in trainable.items())
+
+        torch.manual_seed(cfg.seed)  # dropout in adapters
+        model.train()
+        with tqdm(total=planned_steps(cfg, len(requests)), disable=not progress, desc=f"edit ({cfg.schedule})",
+                  leave=False) as bar:
+            loop = _Loop(model, cfg, examples, ids, trainable, originals, masks, adapter, bar)
+            loop.pad_id = spec(tok).pad_id
+            getattr(loop, cfg.schedule)()
+        if adapter is not None and cfg.merge_adapter:
+            # The base weights were frozen while the adapter trained, so their values now are the originals.
+            base = _base_parameters(adapter)
+            originals = {n: base[n].detach().clone() for n in adapter.delta_weights()}
+            adapter.merge()
+            adapter = None
+    except BaseException:
+        # Whatever happened (NaN, an error, Ctrl-C), the caller gets back the model it gave us.
+        if adapter is not None:
+            adapter.unload()
+        _restore(model, originals)
+        _reset(model, grad_flags, was_training)
+        raise
+    _reset(model, grad_flags, was_training)
+    t_total = time.perf_counter() - t0
+    timings = {"encode_s": t_encode, "train_s": t_total - t_encode, "total_s": t_total, "s_per_edit": t_total / len(requests)}
+    return EditResult(model, cfg, ids, originals, pd.DataFrame(loop.rows), timings, n_trainable, n_truncated, adapter)
+
+
+def _base_parameters(adapter: AdapterHandle) -> dict[str, nn.Parameter]:
+    """Base weights under a live adapter, named as they will be once it is merged."""
+    out = {}
+    for name, p in adapter.peft_model.base_model.model.named_parameters():
+        out[name.replace(".base_layer", "")] = p
+    return out
+
+
+def _reset(model: nn.Module, grad_flags: dict, was_training: bool) -> None:
+    for n, p in model.named_parameters():
+        if n in grad_flags:
+            p.requires_grad_(grad_flags[n])
+    model.train(was_training)
