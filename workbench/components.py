@@ -71,13 +71,15 @@ def resolve(model: nn.Module, components, layers) -> list[Target]:
 
     Args:
         components: abstract names from `COMPONENTS`.
-        layers: layer indices; negative ones count from the end (-1 = last layer).
+        layers: layer indices; negative ones count from the end (-1 = last layer); or "all".
     Raises:
         ConfigError: an unknown component, one the family lacks (GPT-2 has no ``gate``), or a layer
             out of range.
     """
     table = family_table(model)
     n = num_layers(model)
+    if layers == "all":
+        layers = range(n)
     targets = []
     for comp in components:
         if comp not in COMPONENTS:

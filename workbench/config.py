@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -36,7 +37,7 @@ class EditConfig:
     # --- where to edit
     method: Literal["ft", "lora", "adalora"] = "ft"  # full fine-tuning of the selected weights, or a peft adapter on them
     components: tuple[str, ...] = ("down",)  # abstract names: q k v o gate up down mlp attn block (components.py)
-    layers: tuple[int, ...] = (15,)  # layer indices; negative counts from the end
+    layers: tuple[int, ...] | str = (15,)  # layer indices (negative counts from the end), or "all"
     # --- what the loss sees (applied only as a label mask, data.encode)
     loss_scope: Literal["last_token", "target", "prompt_target"] = "target"  # FT-UKE: target; FT-L: last_token
     chat_template: bool = True  # wrap the prompt in the tokenizer's own chat template; close the target with its end-of-turn
@@ -110,6 +111,7 @@ class EditConfig:
         return cls.from_dict(d, source=str(path))
 
     def to_dict(self) -> dict:
+        """Plain JSON/YAML types (tuples as lists): what is saved with every result."""
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
     def hash(self) -> str:
@@ -132,6 +134,13 @@ class EditConfig:
 def _coerce(name: str, value, hint):
     """Coerce YAML / notebook literals to the field's type, or raise naming the field."""
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # only `layers`: a tuple of ints or "all"
+        if value == "all":
+            return value
+        try:
+            return _coerce(name, value, typing.get_args(hint)[0])
+        except ConfigError:
+            raise ConfigError(f"{name}={value!r}: expected a list of integers or \"all\"") from None
     if origin is Literal:
         if value not in typing.get_args(hint):
             raise ConfigError.bad_choice(name, value, typing.get_args(hint))

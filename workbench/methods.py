@@ -30,6 +30,12 @@ class AdapterHandle:
     def parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.peft_model.named_parameters() if p.requires_grad}
 
+    def train_dropout(self) -> None:
+        """Switch on the adapter's own dropout while the rest of the model stays in eval mode."""
+        for name, module in self.peft_model.named_modules():
+            if name.split(".")[-2:-1] == ["lora_dropout"]:
+                module.train()
+
     def after_step(self, global_step: int) -> None:
         if self.kind == "adalora":  # rank allocation reads the gradients, so call before zero_grad
             self.peft_model.base_model.update_and_allocate(global_step)

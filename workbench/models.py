@@ -19,6 +19,7 @@ Qwen2.5-Instruct ends turns with ``<|im_end|>``, Llama-3 with ``<|eot_id|>``, Ge
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import weakref
@@ -207,3 +208,12 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | None = Non
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
     model.to(device).eval()
     return model, _prepare_tokenizer(tok)
+
+
+def state_hash(model) -> str:
+    """sha256 over every tensor of the state dict, names and raw bytes: equal only if bitwise equal."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

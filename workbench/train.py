@@ -23,6 +23,7 @@
 4. returns an `EditResult` holding the original value of every touched tensor: ``revert()`` puts
    them back bitwise, ``save()`` writes the delta as safetensors (`apply_delta` loads one).
 
+The frozen model runs in eval mode (no dropout); an adapter's ``lora_dropout`` is active.
 A NaN/inf loss reverts the model and raises `EditError` naming the step and the requests; any other
 exception, KeyboardInterrupt included, reverts the model and re-raises.
 """
@@ -316,8 +317,12 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
             trainable = adapter.parameters()
         n_trainable = sum(int(torch.count_nonzero(masks[n])) if n in masks else p.numel() for n, p in trainable.items())
 
-        torch.manual_seed(cfg.seed)  # dropout in adapters
-        model.train()
+        torch.manual_seed(cfg.seed)  # adapter dropout
+        # The frozen model runs in eval mode: its dropout (GPT-2 has some) would only add noise to
+        # the edit's convergence. An adapter's own dropout is a setting of the method and stays on.
+        model.eval()
+        if adapter is not None:
+            adapter.train_dropout()
         with tqdm(total=planned_steps(cfg, len(requests)), disable=not progress, desc=f"edit ({cfg.schedule})",
                   leave=False) as bar:
             loop = _Loop(model, cfg, examples, ids, trainable, originals, masks, adapter, bar)
