@@ -6,14 +6,15 @@
     result = wb.edit(model, tok, facts, wb.config.preset("ft-uke"))
     result.revert()                              # bitwise back to the original
 """
-from . import components, config, data, errors, models
+from . import components, config, data, errors, metrics, models, plots, runs
 from .config import SMOKE, EditConfig, preset
 from .data import Request
+from .generate import generate
 from .errors import ConfigError, DataError, DataNotFound, EditError, WorkbenchError
 from .models import load
 from .train import EditResult, apply_delta, edit
 
-__all__ = ["components", "config", "data", "errors", "models", "SMOKE", "EditConfig", "preset", "Request",
+__all__ = ["components", "config", "data", "errors", "metrics", "models", "plots", "runs", "generate", "SMOKE", "EditConfig", "preset", "Request",
            "ConfigError", "DataError", "DataNotFound", "EditError", "WorkbenchError", "load", "EditResult",
            "apply_delta", "edit"]
 __version__ = "0.1.0"

@@ -1,0 +1,85 @@
+"""The ``workbench`` command line: scripted runs of what the notebooks do.
+
+    workbench prepare                      convert the embedded model once (offline)
+    workbench notebook NOTEBOOK [-p k v]   execute a notebook headless with papermill
+    workbench edit --preset ft-uke --benchmark unkebench -n 10 [--save delta.safetensors]
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+from .data import PROJECT_ROOT
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word is a string
+
+
+def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel: str | None = None) -> Path:
+    """Execute `notebook` with papermill into `out_dir` (default ``results/<name>/``) and return the
+    executed copy. The notebook receives ``out_dir`` as a parameter for its figures."""
+    import papermill as pm
+
+    notebook = Path(notebook)
+    out_dir = Path(out_dir or PROJECT_ROOT / "results" / notebook.stem)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = out_dir / notebook.name
+    pm.execute_notebook(str(notebook), str(executed), parameters={**(params or {}), "out_dir": str(out_dir)},
+                        kernel_name=kernel or "python3", cwd=str(notebook.parent), progress_bar=False)
+    return executed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("prepare", help="convert the embedded SmolLM2 model into the cache (once)")
+    nb = sub.add_parser("notebook", help="execute a notebook with papermill")
+    nb.add_argument("notebook")
+    nb.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    nb.add_argument("--out", default=None, help="output folder (default results/<notebook>/)")
+    ed = sub.add_parser("edit", help="edit a model on benchmark requests and report")
+    ed.add_argument("--preset", default="ft-uke")
+    ed.add_argument("--benchmark", default="facts-fixture")
+    ed.add_argument("-n", type=int, default=10)
+    ed.add_argument("--model", default=None)
+    ed.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"), help="override a config field")
+    ed.add_argument("--save", default=None, help="write the weight delta here (.safetensors)")
+    args = parser.parse_args(argv)
+
+    if args.command == "prepare":
+        from .models import prepare_default
+
+        print(f"embedded model ready: {prepare_default()}")
+    elif args.command == "notebook":
+        executed = run_notebook(args.notebook, {k: _literal(v) for k, v in args.param}, args.out)
+        print(f"executed notebook: {executed}\nfigures: {executed.parent}/*.html")
+    elif args.command == "edit":
+        from . import data, models
+        from .config import preset
+        from .metrics import token_accuracy
+        from .train import edit
+
+        cfg = preset(args.preset, **{k: _literal(v) for k, v in args.set})
+        model, tok = models.load(args.model or cfg.model_name, None if cfg.device == "auto" else cfg.device, cfg.dtype)
+        reqs = data.load(args.benchmark, n=args.n)
+        prompts, targets = [r.prompt for r in reqs], [r.target for r in reqs]
+        before = token_accuracy(model, tok, prompts, targets, cfg.chat_template)
+        result = edit(model, tok, reqs, cfg)
+        after = token_accuracy(model, tok, prompts, targets, cfg.chat_template)
+        print(f"{args.preset} on {len(reqs)} {args.benchmark} requests: teacher-forced token accuracy "
+              f"{sum(before) / len(before):.3f} -> {sum(after) / len(after):.3f}; {result.steps} steps, "
+              f"{result.timings['total_s']:.1f} s ({result.timings['s_per_edit']:.2f} s/edit), "
+              f"{result.n_trainable:,} trainable parameters")
+        if args.save:
+            print(f"delta written to {result.save(args.save)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
