@@ -9,12 +9,13 @@
 from . import components, config, data, errors, metrics, models, plots, runs
 from .config import SMOKE, EditConfig, preset
 from .data import Request
+from .evaluate import EvalConfig, EvalReport, evaluate, pre_edit
 from .generate import generate
 from .errors import ConfigError, DataError, DataNotFound, EditError, WorkbenchError
 from .models import load
 from .train import EditResult, apply_delta, edit
 
-__all__ = ["components", "config", "data", "errors", "metrics", "models", "plots", "runs", "generate", "SMOKE", "EditConfig", "preset", "Request",
+__all__ = ["components", "config", "data", "errors", "metrics", "models", "plots", "runs", "generate", "EvalConfig", "EvalReport", "evaluate", "pre_edit", "SMOKE", "EditConfig", "preset", "Request",
            "ConfigError", "DataError", "DataNotFound", "EditError", "WorkbenchError", "load", "EditResult",
            "apply_delta", "edit"]
 __version__ = "0.1.0"

@@ -217,3 +217,15 @@ def state_hash(model) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+@torch.no_grad()
+def fingerprint(model) -> str:
+    """A cheap identity of the current weights (names, shapes and float64 sums of every tensor): it
+    changes when an edit changes any weight, and costs one reduction per tensor, not a full hash."""
+    h = hashlib.sha256(str(getattr(model, "name_or_path", "")).encode())
+    for name, p in model.named_parameters():
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+        h.update(repr(p.detach().double().sum().item()).encode())
+        h.update(repr(p.detach().double().abs().sum().item()).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,266 @@
+"""Evaluation of edited models, with both papers' protocols side by side, each number labelled.
+
+`evaluate(model, tok, requests, eval_cfg, pre)` builds the probes of every request:
+
+* **ori**: the edit question, scored against the new target;
+* **para**: each paraphrase, against the new target (generalisation);
+* **loc**: each locality item, scored against the *pre-edit model's own output* on it (locality is
+  "did the answer change", not "is it right"), so `pre_edit()` must run on the unedited model first;
+* **sub**: each sub-question (UnKEBench, portability), against its sub-answer.
+
+All prompts are generated greedily in length-sorted batches in one pass, then scored with the
+metrics asked for (`metrics.py`). The report holds a per-probe DataFrame, a summary with the
+protocol of every number, FT-UKE's Ori/Para/Loc x BERTScore/ROUGE-L table, LocFT-BF's Rel/Gen/Loc,
+optional capability (MMLU probe, perplexity), and the provenance: decoding settings, scorer model
+and layer, and package versions.
+
+Two presets: `UKE` (chat template, long generations, BERTScore + ROUGE-L) and `LOCFT` (no template,
+32 new tokens cut at "." or newline, normalised exact match), as the two papers score.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from . import data, metrics
+from .errors import ConfigError, WorkbenchError
+from .generate import generate
+from .metrics import MINILM, MINILM_LAYER
+from .models import cache_dir, fingerprint
+
+SPLITS = ("ori", "para", "loc", "sub")
+METRICS = ("rougeL", "bertscore", "exact_match", "token_acc")
+CAPABILITY = ("mmlu", "perplexity")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    splits: tuple[str, ...] = ("ori", "para", "loc")  # probes to score: ori, para, loc, sub
+    metrics: tuple[str, ...] = ("rougeL", "bertscore", "token_acc")  # rougeL, bertscore, exact_match, token_acc
+    chat_template: bool = True  # render probes with the tokenizer's chat template
+    max_new_tokens: int = 160  # UnKEBench answers are ~90 words (~130 tokens)
+    stop: tuple[str, ...] = ()  # cut generations at these strings (LocFT-BF: "." and newline)
+    batch_size: int = 32  # prompts per generation / scoring batch
+    bertscore_model: str = MINILM  # or any bert-score model_type
+    bertscore_layer: int = MINILM_LAYER  # see metrics.py for why 6
+    capability: tuple[str, ...] = ()  # mmlu (probe accuracy), perplexity (held-out passages)
+    n_mmlu: int = 570  # MMLU-probe items (stratified, first n)
+    n_perplexity: int = 50  # held-out passages for perplexity
+    perplexity_source: str = "unkebench"  # benchmark whose targets (not edited here) give the passages
+
+    def __post_init__(self):
+        for name, valid in (("splits", SPLITS), ("metrics", METRICS), ("capability", CAPABILITY)):
+            for v in getattr(self, name):
+                if v not in valid:
+                    raise ConfigError.bad_choice(name, v, valid)
+
+    def replace(self, **kw) -> "EvalConfig":
+        return replace(self, **kw)
+
+    @staticmethod
+    def preset(name: str) -> "EvalConfig":
+        """``"uke"`` (FT-UKE's scoring) or ``"locft"`` (LocFT-BF's)."""
+        table = {"uke": UKE, "locft": LOCFT}
+        if name not in table:
+            raise ConfigError.bad_choice("eval preset", name, table)
+        return table[name]
+
+    def decoding(self) -> dict:
+        return {"greedy": True, "chat_template": self.chat_template, "max_new_tokens": self.max_new_tokens,
+                "stop": list(self.stop)}
+
+
+UKE = EvalConfig()
+LOCFT = EvalConfig(metrics=("exact_match", "token_acc"), chat_template=False, max_new_tokens=32, stop=(".", "\n"))
+
+
+# ---------------------------------------------------------------------------------- probes
+def probes(requests: list[data.Request], splits) -> pd.DataFrame:
+    """One row per (request, split, prompt, reference); loc references are filled from pre-edit outputs."""
+    rows = []
+    for r in requests:
+        if "ori" in splits:
+            rows.append((r.id, "ori", r.prompt, r.target))
+        if "para" in splits:
+            rows += [(r.id, "para", p, r.target) for p in r.paraphrases]
+        if "loc" in splits:
+            rows += [(r.id, "loc", q.question, q.answer) for q in r.locality]
+        if "sub" in splits:
+            rows += [(r.id, "sub", q.question, q.answer) for q in r.sub_questions]
+    return pd.DataFrame(rows, columns=["request", "split", "prompt", "reference"])
+
+
+# ---------------------------------------------------------------------------- pre-edit cache
+@dataclass
+class PreEdit:
+    """The unedited model's outputs on locality prompts, which locality is measured against."""
+
+    fingerprint: str  # of the model they were computed on
+    generations: dict[str, str]  # locality prompt -> greedy generation
+    token_preds: dict[str, list[int]]  # locality prompt -> argmax tokens along that generation
+
+
+_PRE: dict[str, PreEdit] = {}
+
+
+def pre_edit(model, tok, requests, eval_cfg: EvalConfig = UKE, cache: bool = True) -> PreEdit:
+    """Compute (or fetch from the memory / disk cache) the unedited model's locality outputs."""
+    requests = data.as_requests(requests)
+    prompts = sorted({q.question for r in requests for q in r.locality})
+    fp = fingerprint(model)
+    key = json.dumps([fp, eval_cfg.decoding(), prompts], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    path = cache_dir() / "pre_edit" / f"{digest}.json"
+    if cache and digest in _PRE:
+        return _PRE[digest]
+    if cache and path.exists():
+        pre = PreEdit(**json.loads(path.read_text()))
+    else:
+        gens = generate(model, tok, prompts, eval_cfg.chat_template, eval_cfg.max_new_tokens, eval_cfg.stop,
+                        eval_cfg.batch_size)
+        preds = metrics.token_predictions(model, tok, prompts, [g or " " for g in gens], eval_cfg.chat_template,
+                                          eval_cfg.batch_size)
+        pre = PreEdit(fp, dict(zip(prompts, gens)), dict(zip(prompts, preds)))
+        if cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".part")
+            tmp.write_text(json.dumps(asdict(pre)))
+            tmp.replace(path)
+    if cache:
+        _PRE[digest] = pre
+    return pre
+
+
+# ---------------------------------------------------------------------------------- report
+@dataclass
+class EvalReport:
+    per_probe: pd.DataFrame  # one row per probe: request, split, prompt, reference, generation, scores
+    summary: pd.DataFrame  # split, metric, value, n, protocol
+    capability: dict = field(default_factory=dict)  # mmlu_acc, perplexity
+    provenance: dict = field(default_factory=dict)
+
+    def scores(self) -> dict[str, float]:
+        """Flat ``{"ori.rougeL_f1": ..., "capability.mmlu_acc": ...}`` for recording."""
+        out = {f"{r.split}.{r.metric}": r.value for r in self.summary.itertuples()}
+        out.update({f"capability.{k}": v for k, v in self.capability.items()})
+        return out
+
+    def uke_table(self) -> pd.DataFrame:
+        """FT-UKE's table: Ori / Para / Loc rows x BERTScore / ROUGE-L columns (whatever was measured)."""
+        s = self.summary[self.summary.metric.isin(["bertscore_f1", "rougeL_f1"])]
+        return s.pivot(index="split", columns="metric", values="value")
+
+    def locft_table(self) -> dict:
+        """LocFT-BF's Rel / Gen / Loc: normalised exact match on ori / para, agreement on loc."""
+        s = {(r.split, r.metric): r.value for r in self.summary.itertuples()}
+        return {"reliability": s.get(("ori", "exact_match")), "generalisation": s.get(("para", "exact_match")),
+                "locality": s.get(("loc", "exact_match"))}
+
+
+def versions() -> dict:
+    """Versions of every package a score depends on."""
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "bert-score", "rouge-score", "datasets", "tokenizers", "ft-edit-workbench"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+@lru_cache(maxsize=8)
+def _perplexity_passages(source: str, n: int) -> tuple[str, ...]:
+    reqs = data.load(source)
+    return tuple(r.target for r in reqs[-n:])  # the tail: notebooks edit from the head
+
+
+def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | None = None,
+             progress: bool = False) -> EvalReport:
+    """Score `model` on `requests` (see the module docstring).
+
+    Args:
+        pre: `pre_edit(...)` of the unedited model; required when ``"loc"`` is in the splits and the
+            requests have locality items.
+    """
+    requests = data.as_requests(requests)
+    cfg = eval_cfg
+    table = probes(requests, cfg.splits)
+    if (table.split == "loc").any():
+        if pre is None:
+            raise WorkbenchError("locality compares with the unedited model: compute pre = wb.pre_edit("
+                                 "model, tok, requests, eval_cfg) before editing and pass pre=pre")
+        missing = set(table.prompt[table.split == "loc"]) - set(pre.generations)
+        if missing:
+            raise WorkbenchError(f"{len(missing)} locality prompts are not in `pre`; compute it on these requests")
+        is_loc = table.split == "loc"
+        table.loc[is_loc, "reference"] = table.prompt[is_loc].map(pre.generations)
+    generation_metrics = [m for m in cfg.metrics if m != "token_acc"]
+    if generation_metrics and len(table):
+        unique = list(dict.fromkeys(table.prompt))
+        gens = dict(zip(unique, generate(model, tok, unique, cfg.chat_template, cfg.max_new_tokens, cfg.stop,
+                                         cfg.batch_size, progress)))
+        table["generation"] = table.prompt.map(gens)
+    preds, refs = list(table.get("generation", [])), list(table.reference)
+    protocols = dict(metrics.PROTOCOLS)
+    protocols["bertscore_f1"] = protocols["bertscore_f1"].format(scorer=cfg.bertscore_model, layer=cfg.bertscore_layer)
+    if "rougeL" in cfg.metrics:
+        r = metrics.rouge_l(preds, refs)
+        table["rougeL_f1"] = [x["f1"] for x in r]
+        table["rougeL_recall"] = [x["recall"] for x in r]
+    if "bertscore" in cfg.metrics:
+        table["bertscore_f1"] = metrics.bertscore(preds, refs, cfg.bertscore_model, cfg.bertscore_layer)
+    if "exact_match" in cfg.metrics:
+        table["exact_match"] = [metrics.exact_match(p, r) for p, r in zip(preds, refs)]
+    if "token_acc" in cfg.metrics and len(table):
+        not_loc = table.split != "loc"
+        acc = metrics.token_accuracy(model, tok, list(table.prompt[not_loc]), list(table.reference[not_loc]),
+                                     cfg.chat_template, cfg.batch_size)
+        table.loc[not_loc, "token_acc"] = acc
+        if (~not_loc).any():  # locality: agreement of argmax tokens with the unedited model's
+            loc_prompts = list(table.prompt[~not_loc])
+            post = metrics.token_predictions(model, tok, loc_prompts, [pre.generations[p] or " " for p in loc_prompts],
+                                             cfg.chat_template, cfg.batch_size)
+            table.loc[~not_loc, "token_acc"] = [
+                sum(a == b for a, b in zip(pp, pre.token_preds[p])) / max(len(pp), 1) for p, pp in zip(loc_prompts, post)]
+
+    summary = []
+    score_cols = [c for c in ("rougeL_f1", "rougeL_recall", "bertscore_f1", "exact_match", "token_acc") if c in table]
+    for split, rows in table.groupby("split", sort=False):
+        for col in score_cols:
+            proto = protocols[col]
+            if split == "loc":
+                proto = proto.replace("against the reference", "against the unedited model's generation")
+                if col == "token_acc":
+                    proto = "teacher-forced agreement of argmax tokens with the unedited model along its own generation"
+            summary.append({"split": split, "metric": col, "value": float(rows[col].mean()), "n": len(rows),
+                            "protocol": proto})
+    capability = {}
+    if "mmlu" in cfg.capability:
+        capability["mmlu_acc"] = metrics.mmlu_accuracy(model, tok, data.load("mmlu-probe", n=cfg.n_mmlu))
+    if "perplexity" in cfg.capability:
+        capability["perplexity"] = metrics.perplexity(model, tok, list(_perplexity_passages(cfg.perplexity_source,
+                                                                                           cfg.n_perplexity)))
+    provenance = {"eval_config": asdict(cfg), "decoding": cfg.decoding(),
+                  "bertscore": {"model": cfg.bertscore_model, "layer": cfg.bertscore_layer, "rescaled": False},
+                  "rouge": {"variant": "rougeL", "stemmer": False, "reported": "f1 (recall also given)"},
+                  "model": str(getattr(model, "name_or_path", "")), "versions": versions(),
+                  "capability_protocols": {k: protocols[k] for k in capability}}
+    return EvalReport(table, pd.DataFrame(summary, columns=["split", "metric", "value", "n", "protocol"]),
+                      capability, provenance)
+
+
+def save_report(report: EvalReport, folder) -> Path:
+    """Write per_probe.jsonl, summary.csv and provenance.json into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    report.per_probe.to_json(folder / "per_probe.jsonl", orient="records", lines=True, force_ascii=False)
+    report.summary.to_csv(folder / "summary.csv", index=False)
+    (folder / "provenance.json").write_text(json.dumps({**report.provenance, "capability": report.capability}, indent=1))
+    return folder
