@@ -51,6 +51,7 @@ class QA:
 
     question: str
     answer: str
+    kind: str = ""  # locality items: where it came from (benchmark, RelDoc, RandDoc, StructTrip)
 
 
 @dataclass(frozen=True)

@@ -87,14 +87,14 @@ def probes(requests: list[data.Request], splits) -> pd.DataFrame:
     rows = []
     for r in requests:
         if "ori" in splits:
-            rows.append((r.id, "ori", r.prompt, r.target))
+            rows.append((r.id, "ori", "", r.prompt, r.target))
         if "para" in splits:
-            rows += [(r.id, "para", p, r.target) for p in r.paraphrases]
+            rows += [(r.id, "para", "", p, r.target) for p in r.paraphrases]
         if "loc" in splits:
-            rows += [(r.id, "loc", q.question, q.answer) for q in r.locality]
+            rows += [(r.id, "loc", q.kind, q.question, q.answer) for q in r.locality]
         if "sub" in splits:
-            rows += [(r.id, "sub", q.question, q.answer) for q in r.sub_questions]
-    return pd.DataFrame(rows, columns=["request", "split", "prompt", "reference"])
+            rows += [(r.id, "sub", "", q.question, q.answer) for q in r.sub_questions]
+    return pd.DataFrame(rows, columns=["request", "split", "kind", "prompt", "reference"])
 
 
 # ---------------------------------------------------------------------------- pre-edit cache
@@ -232,10 +232,14 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
 
     summary = []
     score_cols = [c for c in ("rougeL_f1", "rougeL_recall", "bertscore_f1", "exact_match", "token_acc") if c in table]
-    for split, rows in table.groupby("split", sort=False):
+    groups = list(table.groupby("split", sort=False))
+    loc_kinds = table[(table.split == "loc") & (table.kind != "")]
+    if loc_kinds.kind.nunique() > 1:  # our locality sets: also report RelDoc / RandDoc / StructTrip apart
+        groups += [(f"loc:{kind}", rows) for kind, rows in loc_kinds.groupby("kind", sort=True)]
+    for split, rows in groups:
         for col in score_cols:
             proto = protocols[col]
-            if split == "loc":
+            if split.startswith("loc"):
                 proto = proto.replace("against the reference", "against the unedited model's generation")
                 if col == "token_acc":
                     proto = "teacher-forced agreement of argmax tokens with the unedited model along its own generation"
