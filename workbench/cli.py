@@ -3,6 +3,8 @@
     workbench prepare                      convert the embedded model once (offline)
     workbench notebook NOTEBOOK [-p k v]   execute a notebook headless with papermill
     workbench edit --preset ft-uke --benchmark unkebench -n 10 [--save delta.safetensors]
+    workbench eval --benchmark zsre -n 50 [--eval locft] [--capability mmlu]
+    workbench sweep NOTEBOOK --grid grid.yaml  run a notebook once per grid point, resumable
 """
 from __future__ import annotations
 
@@ -50,6 +52,16 @@ def main(argv=None) -> int:
     ed.add_argument("--model", default=None)
     ed.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"), help="override a config field")
     ed.add_argument("--save", default=None, help="write the weight delta here (.safetensors)")
+    ev = sub.add_parser("eval", help="evaluate an (unedited) model on benchmark requests")
+    ev.add_argument("--benchmark", default="zsre")
+    ev.add_argument("-n", type=int, default=50)
+    ev.add_argument("--model", default=None)
+    ev.add_argument("--eval", default="locft", choices=["uke", "locft"])
+    ev.add_argument("--capability", nargs="*", default=[])
+    sw = sub.add_parser("sweep", help="execute a notebook once per point of a grid (YAML: name -> list)")
+    sw.add_argument("notebook")
+    sw.add_argument("--grid", required=True)
+    sw.add_argument("--experiment", default=None)
     args = parser.parse_args(argv)
 
     if args.command == "prepare":
@@ -78,6 +90,29 @@ def main(argv=None) -> int:
               f"{result.n_trainable:,} trainable parameters")
         if args.save:
             print(f"delta written to {result.save(args.save)}")
+    elif args.command == "eval":
+        from . import models
+        from .evaluate import EvalConfig, evaluate, pre_edit
+        from .runs import RunSpec, requests_for
+
+        spec = RunSpec(benchmark=args.benchmark, n_edits=args.n)
+        model, tok = models.load(args.model)
+        reqs = requests_for(spec)
+        cfg = EvalConfig.preset(args.eval).replace(capability=tuple(args.capability))
+        report = evaluate(model, tok, reqs, cfg, pre=pre_edit(model, tok, reqs, cfg))
+        print(report.summary[["split", "metric", "value", "n"]].to_string(index=False))
+        for k, v in report.capability.items():
+            print(f"{k}: {v:.4f}")
+    elif args.command == "sweep":
+        import yaml
+
+        from .runs import sweep_notebook
+
+        grid = yaml.safe_load(open(args.grid))
+        if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
+            raise SystemExit(f"{args.grid}: expected a mapping of parameter name -> list of values")
+        df = sweep_notebook(args.notebook, grid, args.experiment)
+        print(df.to_string(index=False))
     return 0
 
 

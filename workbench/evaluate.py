@@ -208,8 +208,7 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
                                          cfg.batch_size, progress)))
         table["generation"] = table.prompt.map(gens)
     preds, refs = list(table.get("generation", [])), list(table.reference)
-    protocols = dict(metrics.PROTOCOLS)
-    protocols["bertscore_f1"] = protocols["bertscore_f1"].format(scorer=cfg.bertscore_model, layer=cfg.bertscore_layer)
+    protocols = protocols_for(cfg)
     if "rougeL" in cfg.metrics:
         r = metrics.rouge_l(preds, refs)
         table["rougeL_f1"] = [x["f1"] for x in r]
@@ -230,6 +229,30 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
             table.loc[~not_loc, "token_acc"] = [
                 sum(a == b for a, b in zip(pp, pre.token_preds[p])) / max(len(pp), 1) for p, pp in zip(loc_prompts, post)]
 
+    summary = summarize(table, protocols)
+    capability = {}
+    if "mmlu" in cfg.capability:
+        capability["mmlu_acc"] = metrics.mmlu_accuracy(model, tok, data.load("mmlu-probe", n=cfg.n_mmlu))
+    if "perplexity" in cfg.capability:
+        capability["perplexity"] = metrics.perplexity(model, tok, list(_perplexity_passages(cfg.perplexity_source,
+                                                                                           cfg.n_perplexity)))
+    provenance = {"eval_config": asdict(cfg), "decoding": cfg.decoding(),
+                  "bertscore": {"model": cfg.bertscore_model, "layer": cfg.bertscore_layer, "rescaled": False},
+                  "rouge": {"variant": "rougeL", "stemmer": False, "reported": "f1 (recall also given)"},
+                  "model": str(getattr(model, "name_or_path", "")), "versions": versions(),
+                  "capability_protocols": {k: protocols[k] for k in capability}}
+    return EvalReport(table, summary, capability, provenance)
+
+
+def protocols_for(cfg: EvalConfig) -> dict[str, str]:
+    """The protocol text of each score column under `cfg`."""
+    out = dict(metrics.PROTOCOLS)
+    out["bertscore_f1"] = out["bertscore_f1"].format(scorer=cfg.bertscore_model, layer=cfg.bertscore_layer)
+    return out
+
+
+def summarize(table: pd.DataFrame, protocols: dict[str, str]) -> pd.DataFrame:
+    """Mean of every score column per split (and per locality kind), with its protocol."""
     summary = []
     score_cols = [c for c in ("rougeL_f1", "rougeL_recall", "bertscore_f1", "exact_match", "token_acc") if c in table]
     groups = list(table.groupby("split", sort=False))
@@ -245,19 +268,7 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
                     proto = "teacher-forced agreement of argmax tokens with the unedited model along its own generation"
             summary.append({"split": split, "metric": col, "value": float(rows[col].mean()), "n": len(rows),
                             "protocol": proto})
-    capability = {}
-    if "mmlu" in cfg.capability:
-        capability["mmlu_acc"] = metrics.mmlu_accuracy(model, tok, data.load("mmlu-probe", n=cfg.n_mmlu))
-    if "perplexity" in cfg.capability:
-        capability["perplexity"] = metrics.perplexity(model, tok, list(_perplexity_passages(cfg.perplexity_source,
-                                                                                           cfg.n_perplexity)))
-    provenance = {"eval_config": asdict(cfg), "decoding": cfg.decoding(),
-                  "bertscore": {"model": cfg.bertscore_model, "layer": cfg.bertscore_layer, "rescaled": False},
-                  "rouge": {"variant": "rougeL", "stemmer": False, "reported": "f1 (recall also given)"},
-                  "model": str(getattr(model, "name_or_path", "")), "versions": versions(),
-                  "capability_protocols": {k: protocols[k] for k in capability}}
-    return EvalReport(table, pd.DataFrame(summary, columns=["split", "metric", "value", "n", "protocol"]),
-                      capability, provenance)
+    return pd.DataFrame(summary, columns=["split", "metric", "value", "n", "protocol"])
 
 
 def save_report(report: EvalReport, folder) -> Path:

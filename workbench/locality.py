@@ -97,6 +97,21 @@ def corpus() -> list[data.Request]:
     return data.load("unkebench") + data.load("mquake-cf")
 
 
+def corpus_embeddings(pool: list[data.Request]) -> torch.Tensor:
+    """Embeddings of the corpus, cached on disk (keyed by the source files' checksums)."""
+    key = "-".join(data.registry()[b]["sha256"][:8] for b in ("unkebench", "mquake-cf"))
+    path = cache_dir() / "locality" / f"corpus-minilm-{key}.pt"
+    if path.exists():
+        emb = torch.load(path)
+        if emb.shape[0] == len(pool):
+            return emb
+    emb = embed([f"{r.prompt} {r.target}" for r in pool])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(emb, path.with_suffix(".part"))
+    path.with_suffix(".part").replace(path)
+    return emb
+
+
 def build(name: str, seed: int = 0, n: int | None = None, k_rel: int = 1, k_rand: int = 1, k_struct: int = 1) -> dict:
     """Build locality set `name` ("unkebench-loc" or "akew-loc") for the first `n` requests.
 
@@ -108,7 +123,7 @@ def build(name: str, seed: int = 0, n: int | None = None, k_rel: int = 1, k_rand
     requests = data.load(SETS[name], n=n)
     pool = corpus()
     rng = random.Random(f"{name}-{seed}")
-    docs = embed([f"{r.prompt} {r.target}" for r in pool])
+    docs = corpus_embeddings(pool)
     queries = embed([f"{r.prompt} {r.target}" for r in requests])
     ranking = (queries @ docs.T).argsort(dim=1, descending=True)
     triples = [(q, kind) for r in data.load("zsre") for q in r.locality for kind in ["StructTrip:zsre"]] + \

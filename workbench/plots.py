@@ -1,9 +1,46 @@
-"""Plotly figures for notebooks. Each takes results (an `EditResult` or a DataFrame), never trains."""
+"""Plotly figures for the notebooks. Each reads results (a DataFrame from `wb.runs`, or an
+`EditResult`) and never trains; `save()` writes a self-contained HTML file beside the results."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import plotly.graph_objects as go
+
+NAMES = {"ori": "Ori", "para": "Para", "loc": "Loc", "rougeL_f1": "ROUGE-L F1", "bertscore_f1": "BERTScore F1",
+         "exact_match": "exact match", "token_acc": "token acc."}
+
+
+def label(metric: str) -> str:
+    """``"para.rougeL_f1"`` -> ``"Para ROUGE-L F1"``."""
+    return " ".join(NAMES.get(part, part) for part in metric.split("."))
+
+
+def _axis(values) -> list[str]:
+    return [", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for v in values]
+
+
+def bars(df: pd.DataFrame, x: str, metrics: list[str], title: str = "") -> go.Figure:
+    """Grouped bars: one group per value of `x`, one bar per metric (missing metrics are skipped)."""
+    fig = go.Figure()
+    for m in metrics:
+        if m in df:
+            fig.add_bar(x=_axis(df[x]), y=df[m], name=label(m), text=df[m].round(2), textposition="outside")
+    fig.update_layout(barmode="group", title=title, xaxis_title=x, yaxis_title="score", yaxis_range=[0, 1.1],
+                      template="plotly_white", height=400)
+    return fig
+
+
+def lines(df: pd.DataFrame, x: str, metrics: list[str], title: str = "", log_x: bool = False) -> go.Figure:
+    """One line per metric against a numeric `x` (layer, batch size, number of edits)."""
+    df = df.assign(_x=[v[0] if isinstance(v, (list, tuple)) and len(v) == 1 else v for v in df[x]]).sort_values("_x")
+    fig = go.Figure()
+    for m in metrics:
+        if m in df:
+            fig.add_scatter(x=df["_x"], y=df[m], mode="lines+markers", name=label(m))
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title="score", template="plotly_white", height=400,
+                      xaxis_type="log" if log_x else None)
+    return fig
 
 
 def loss_curve(result, title: str | None = None) -> go.Figure:

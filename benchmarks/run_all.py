@@ -1,0 +1,20 @@
+"""`make bench`: every benchmark script, one after the other, each printing its own ratios.
+
+Benchmarks are not tests: the machines are shared and noisy, so each script measures a ratio
+(ours vs a baseline written in the script) inside one process rather than asserting a time.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = [
+    ["eval_speed.py", "--n", "100", "--n-baseline", "10"],
+    ["calibrate.py", "locft-bf", "--benchmark", "zsre", "--n", "100"],
+    ["calibrate.py", "ft-uke", "--benchmark", "unkebench", "--n", "10", "--protocol", "single"],
+]
+
+if __name__ == "__main__":
+    for script, *args in SCRIPTS:
+        print(f"\n=== {script} {' '.join(args)}", flush=True)
+        subprocess.run([sys.executable, str(HERE / script), *args], check=True)

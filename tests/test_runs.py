@@ -1,0 +1,111 @@
+"""The results store: cached, atomic runs and sweeps, on the tiny model and the fixture facts."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import workbench as wb
+from workbench import runs
+from workbench.runs import RunSpec
+
+TINY = wb.EditConfig(model_name="tiny-random-llama", device="cpu", components=("down",), layers=(1, 2), lr=1e-2,
+                     epochs=30, batch_size=3)
+SPEC = RunSpec(edit=TINY, benchmark="facts-fixture", n_edits=3, max_new_tokens=8, eval="locft")
+
+
+@pytest.fixture(autouse=True)
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path / "results"))
+    return tmp_path / "results"
+
+
+def test_a_run_is_stored_once_and_reused(store):
+    m = runs.execute(SPEC, "exp")
+    folder = store / "exp" / SPEC.hash()
+    assert sorted(p.name for p in folder.iterdir()) == ["env.json", "metrics.json", "per_probe.jsonl", "provenance.json",
+                                                       "spec.json", "summary.csv"]
+    assert m["ori.exact_match"] == 1.0 and m["n_edits"] == 3 and m["steps"] > 0
+    env = json.loads((folder / "env.json").read_text())
+    assert env["versions"]["torch"] and env["config_hash"] == TINY.hash()
+    assert RunSpec.from_dict(json.loads((folder / "spec.json").read_text())) == SPEC
+    mtime = (folder / "metrics.json").stat().st_mtime
+    assert runs.execute(SPEC, "exp") == m and (folder / "metrics.json").stat().st_mtime == mtime  # skipped
+    lines = (folder / "per_probe.jsonl").read_text().splitlines()
+    assert len(lines) == 9 and {json.loads(x)["split"] for x in lines} == {"ori", "para", "loc"}
+
+
+def test_runs_leave_the_cached_model_unedited():
+    model, _ = runs.model_for(TINY)
+    h0 = wb.models.state_hash(model)
+    runs.execute(SPEC.replace(n_edits=2), "exp")
+    assert wb.models.state_hash(runs.model_for(TINY)[0]) == h0
+
+
+def test_single_protocol_scores_each_edit_alone():
+    m = runs.execute(SPEC.replace(protocol="single", epochs=60, batch_size=1), "single")
+    assert m["ori.exact_match"] == 1.0 and m["n_edits"] == 3
+    with pytest.raises(wb.ConfigError, match="capability is measured after the edits of a 'batch' run"):
+        SPEC.replace(protocol="single", capability=("mmlu",))
+
+
+def test_sweep_runs_the_grid_and_load_collects_it(store):
+    df = runs.sweep(SPEC, {"layers": [[1], [3]], "n_edits": [2, 3]}, "grid", progress=False)
+    assert len(df) == 4 and set(map(tuple, df["layers"])) == {(1,), (3,)}
+    again = runs.load("grid")
+    assert len(again) == 4 and {"lr", "layers", "benchmark", "ori.exact_match", "hash"} <= set(again.columns)
+    assert sorted(runs.sweep(SPEC, {"layers": [[1], [3]], "n_edits": [2, 3]}, "grid", progress=False).hash) == \
+        sorted(df.hash)  # all cached
+    assert len(list((store / "grid").iterdir())) == 4
+
+
+def test_unwritable_results_fail_up_front(store, monkeypatch):
+    blocker = store.parent / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(blocker / "results"))
+    with pytest.raises(wb.WorkbenchError, match="cannot write results to .*WORKBENCH_RESULTS"):
+        runs.execute(SPEC, "exp")
+
+
+def test_notebook_sweep_resumes_after_sigkill(store, tmp_path):
+    """`workbench sweep` over 3 layers, killed after the first finished point, then rerun."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("layers: [[10], [15], [20]]\nn_edits: [2]\n")
+    env = {**os.environ, "WORKBENCH_SMOKE": "1", "WORKBENCH_RESULTS": str(store)}
+    cmd = [sys.executable, "-m", "workbench.cli", "sweep", "notebooks/04_layer.ipynb", "--grid", str(grid)]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    exp = store / "04_layer"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(exp.glob("*/metrics.json"))) < 1:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: papermill's kernel too
+    proc.wait()
+    finished = len(list(exp.glob("*/metrics.json")))
+    assert 1 <= finished < 3, "kill it half-way"
+    subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True, timeout=600)
+    done = sorted(exp.glob("*/metrics.json"))
+    assert len(done) == 3  # no missing
+    params = [json.loads((p.parent / "params.json").read_text())["layers"] for p in done]
+    assert sorted(params) == [[10], [15], [20]]  # no duplicate
+    assert all(json.loads(p.read_text()) for p in done)  # none corrupt
+    assert not [p for p in exp.iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+def test_from_params_and_preset_axis():
+    ns = {"preset": "locft-bf", "layers": [3], "n_edits": 5, "benchmark": "zsre", "plot_height": 300}
+    spec = RunSpec.from_params(ns, names=["preset", "layers", "n_edits", "benchmark"])
+    assert spec.edit.schedule == "breadth_first" and spec.edit.layers == (3,) and spec.n_edits == 5
+    with pytest.raises(wb.ConfigError, match=r"\['n_fact'\] are neither"):
+        RunSpec.from_params({"n_fact": 3}, names=["n_fact"])
+    lora = SPEC.replace(preset="lora")
+    assert lora.edit.method == "lora" and lora.edit.model_name == "tiny-random-llama"
+    s = SPEC.replace(n_edits=10, epochs=25).smoke()
+    assert s.n_edits == 3 and s.run_config().epochs <= 4 and s.max_new_tokens <= 16
+    swapped = s.replace(preset="lora")  # a preset swapped in by a sweep is smoked too
+    assert swapped.run_config().steps_per_edit <= 8 and swapped.run_config().model_name == "tiny-random-smollm2"
