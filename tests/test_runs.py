@@ -80,7 +80,7 @@ def test_notebook_sweep_resumes_after_sigkill(store, tmp_path):
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    exp = store / "04_layer"
+    exp = store / "sweeps" / "04_layer"
     deadline = time.time() + 300
     while time.time() < deadline and len(list(exp.glob("*/metrics.json"))) < 1:
         time.sleep(0.5)

@@ -198,6 +198,12 @@ def check_writable(folder: Path) -> None:
                              "writable folder.") from None
 
 
+def _clear_leftovers(folder: Path) -> None:
+    """Remove what a killed earlier attempt at `folder` left beside it (``.<name>.*`` work folders)."""
+    for stale in folder.parent.glob(f".{folder.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _write_atomically(folder: Path, files: dict[str, str]) -> None:
     """Write `files` into a temporary sibling of `folder`, then rename it into place."""
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
@@ -223,6 +229,7 @@ def execute(spec: RunSpec, experiment: str, progress: bool = False) -> dict:
     if (folder / "metrics.json").exists():
         return json.loads((folder / "metrics.json").read_text())
     check_writable(folder.parent)
+    _clear_leftovers(folder)
     cfg = spec.run_config()
     model, tok = model_for(cfg)
     reqs = requests_for(spec)
@@ -336,16 +343,18 @@ def read(notebook) -> dict:
 
 # ------------------------------------------------------------------------ notebook sweeps
 def sweep_notebook(notebook, grid: dict[str, list], experiment: str | None = None, progress: bool = True) -> pd.DataFrame:
-    """Execute `notebook` with papermill once per grid point into ``results/<experiment>/<hash>/``.
+    """Execute `notebook` with papermill once per grid point into ``results/sweeps/<experiment>/<hash>/``
+    (the executed notebook, its figures, ``params.json`` and the recorded ``metrics.json``).
 
     A point whose folder has ``metrics.json`` is skipped, so rerunning after an interruption
-    completes the grid with no duplicate and no missing result.
+    completes the grid with no duplicate and no missing result. (The runs the notebook itself makes
+    are cached as usual in ``results/<its experiment>/``, shared between grid points.)
     """
     from .cli import run_notebook
 
     notebook = Path(notebook)
     experiment = experiment or notebook.stem
-    root = results_root() / experiment
+    root = results_root() / "sweeps" / experiment
     check_writable(root)
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
     rows = []
@@ -353,8 +362,8 @@ def sweep_notebook(notebook, grid: dict[str, list], experiment: str | None = Non
         key = hashlib.sha256(json.dumps(_plain(params), sort_keys=True).encode()).hexdigest()[:12]
         folder = root / key
         if not (folder / "metrics.json").exists():
+            _clear_leftovers(folder)
             work = root / f".{key}.work{os.getpid()}"
-            shutil.rmtree(work, ignore_errors=True)
             executed = run_notebook(notebook, params, work)
             files = {p.name: p.read_text() for p in work.iterdir() if p.is_file()}
             files.update({"params.json": _json(params), "metrics.json": _json(read(executed))})
