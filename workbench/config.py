@@ -61,6 +61,8 @@ class EditConfig:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.1
     merge_adapter: bool = False  # merge the adapter into the base weights after the edit (revert still exact)
+    # --- speed (the same edit up to float rounding)
+    prefix_cache: bool = True  # run the frozen layers below the lowest edited one once per example, not every step (prefix.py)
     # --- reproducibility
     seed: int = 0  # shuffling, adapter init and dropout
 

@@ -5,7 +5,9 @@
 1. tokenises every request once (`data.encode`: the loss scope is a label mask);
 2. makes *only* the selected parameters trainable. Nothing below the lowest edited layer then
    requires grad, so autograd keeps no activations there for backward;
-3. runs one of two schedules:
+3. when the schedule visits each example more than once, runs the frozen layers below the lowest
+   edited one once per example and replays their output at every step (`prefix.PrefixCache`);
+4. runs one of two schedules:
 
    * **depth-first** (the editing literature's habit): edits, or batches of ``batch_size`` edits,
      in order; each is optimised up to ``steps_per_edit`` steps or until its loss falls below
@@ -20,7 +22,7 @@
    positions that carry labels (left padding puts them at the end), which saves the
    ``[B, T, vocab]`` projection that dominates small models.
 
-4. returns an `EditResult` holding the original value of every touched tensor: ``revert()`` puts
+5. returns an `EditResult` holding the original value of every touched tensor: ``revert()`` puts
    them back bitwise, ``save()`` writes the delta as safetensors (`apply_delta` loads one).
 
 The frozen model runs in eval mode (no dropout); an adapter's ``lora_dropout`` is active.
@@ -30,6 +32,7 @@ exception, KeyboardInterrupt included, reverts the model and re-raises.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -41,12 +44,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data
+from . import data, prefix
 from .components import Target, resolve
 from .config import EditConfig
 from .errors import EditError, WorkbenchError
 from .methods import AdapterHandle, attach_adapter
 from .models import spec
+
+log = logging.getLogger("workbench")
 
 
 # ------------------------------------------------------------------------------------ the loss
@@ -94,6 +99,7 @@ class EditResult:
     timings: dict  # encode_s, train_s, total_s, s_per_edit
     n_trainable: int  # trainable parameters (adapter parameters for lora/adalora)
     n_truncated: int = 0  # examples cut to max_length
+    prefix_cache: str = ""  # whether the prefix-activation cache ran, and why not when it did not (prefix.py)
     adapter: AdapterHandle | None = None  # a live (unmerged) adapter, removed by revert()
     reverted: bool = False
     _deltas: dict | None = field(default=None, repr=False)
@@ -196,10 +202,10 @@ def _optimizer(cfg: EditConfig, params: list[nn.Parameter]) -> torch.optim.Optim
 class _Loop:
     """One edit's optimisation state: the batches, the optimiser, the log."""
 
-    def __init__(self, model, cfg, examples, ids, trainable, originals, masks, adapter, bar):
-        self.model, self.cfg, self.examples, self.ids = model, cfg, examples, ids
+    def __init__(self, model, cfg, examples, ids, pad_id, trainable, originals, masks, adapter, cache, bar):
+        self.model, self.cfg, self.examples, self.ids, self.pad_id = model, cfg, examples, ids, pad_id
         self.trainable, self.originals, self.masks, self.adapter, self.bar = trainable, originals, masks, adapter, bar
-        self.pad_id = None
+        self.cache: prefix.PrefixCache | None = cache
         self.rows: list[dict] = []
         self.device = next(model.parameters()).device
         self.optimizer = _optimizer(cfg, list(trainable.values()))
@@ -215,6 +221,8 @@ class _Loop:
         total = 0.0
         for start in range(0, len(idx), cfg.micro):
             part = idx[start:start + cfg.micro]
+            if self.cache is not None:
+                self.cache.replay(part)
             losses = example_losses(self.model, self.batch(part))
             (losses.sum() / len(idx)).backward()  # mean over examples, across micro-batches
             total += losses.detach().sum().item()
@@ -302,8 +310,9 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
     targets = resolve(model, cfg.components, cfg.layers)
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
-    adapter, masks = None, {}
+    adapter, masks, cache = None, {}, None
     originals: dict[str, torch.Tensor] = {}
+    pad_id = spec(tok).pad_id
     try:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -323,11 +332,22 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
         model.eval()
         if adapter is not None:
             adapter.train_dropout()
+        t_prefix = time.perf_counter()
+        lowest = min(t.layer for t in targets)
+        cache_note = prefix.plan(cfg, lowest, len(examples))
+        if cache_note is None:
+            cache = prefix.PrefixCache(model, lowest, examples, pad_id)
+            cache.install()
+            cache_note = (f"on: layers 0..{lowest - 1} run once for {len(examples)} examples "
+                          f"({cache.nbytes / 2**20:.1f} MiB, {time.perf_counter() - t_prefix:.2f} s)")
+        log.info("prefix cache %s", cache_note)
+        t_prefix = time.perf_counter() - t_prefix
         with tqdm(total=planned_steps(cfg, len(requests)), disable=not progress, desc=f"edit ({cfg.schedule})",
                   leave=False) as bar:
-            loop = _Loop(model, cfg, examples, ids, trainable, originals, masks, adapter, bar)
-            loop.pad_id = spec(tok).pad_id
+            loop = _Loop(model, cfg, examples, ids, pad_id, trainable, originals, masks, adapter, cache, bar)
             getattr(loop, cfg.schedule)()
+        if cache is not None:
+            cache.remove()
         if adapter is not None and cfg.merge_adapter:
             # The base weights were frozen while the adapter trained, so their values now are the originals.
             base = _base_parameters(adapter)
@@ -336,6 +356,8 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
             adapter = None
     except BaseException:
         # Whatever happened (NaN, an error, Ctrl-C), the caller gets back the model it gave us.
+        if cache is not None:
+            cache.remove()
         if adapter is not None:
             adapter.unload()
         _restore(model, originals)
@@ -343,8 +365,10 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
         raise
     _reset(model, grad_flags, was_training)
     t_total = time.perf_counter() - t0
-    timings = {"encode_s": t_encode, "train_s": t_total - t_encode, "total_s": t_total, "s_per_edit": t_total / len(requests)}
-    return EditResult(model, cfg, ids, originals, pd.DataFrame(loop.rows), timings, n_trainable, n_truncated, adapter)
+    timings = {"encode_s": t_encode, "prefix_s": t_prefix, "train_s": t_total - t_encode, "total_s": t_total,
+               "s_per_edit": t_total / len(requests)}
+    return EditResult(model, cfg, ids, originals, pd.DataFrame(loop.rows), timings, n_trainable, n_truncated,
+                      cache_note, adapter)
 
 
 def _base_parameters(adapter: AdapterHandle) -> dict[str, nn.Parameter]:

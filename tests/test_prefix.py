@@ -1,0 +1,134 @@
+"""The prefix-activation cache gives the plain path's losses and gradients (fp32, to 1e-5).
+
+Each family gets a tiny random model; examples have different lengths, so batches are left-padded,
+and the batches are composed differently from the cache's own (length-sorted) chunks, so padding,
+attention masks and positions all differ between the two paths.
+"""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, Qwen2Config
+
+import workbench as wb
+from workbench import data
+from workbench.components import family_table, resolve
+from workbench.prefix import PrefixCache
+from workbench.train import example_losses
+
+SMALL = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64)
+CONFIGS = {
+    "llama": lambda: LlamaConfig(**SMALL),
+    # a sliding window shorter than the examples, on the lower layers only: two kinds of mask
+    "qwen2": lambda: Qwen2Config(**SMALL, use_sliding_window=True, sliding_window=5, max_window_layers=2),
+    "gemma": lambda: GemmaConfig(**SMALL, head_dim=8),
+    "gpt2": lambda: GPT2Config(vocab_size=128, n_embd=32, n_layer=4, n_head=4, n_positions=64),
+}
+PAD = 0
+
+
+def examples(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        length = 6 + (7 * i) % 11  # 6..16 tokens
+        ids = torch.randint(1, 128, (length,), generator=g).tolist()
+        n_target = 2 + i % 3
+        out.append(data.Encoded(ids, [data.IGNORE] * (length - n_target) + ids[-n_target:], length - n_target, False))
+    return out
+
+
+def loss_and_grad(model, param, exs, idx, cache=None):
+    param.grad = None
+    if cache is not None:
+        cache.replay(idx)
+    losses = example_losses(model, data.collate([exs[i] for i in idx], PAD))
+    losses.mean().backward()
+    return losses.detach(), param.grad.detach().clone()
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+@pytest.mark.parametrize("layer", [1, 3])
+def test_cached_losses_and_gradients_match(family, layer):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CONFIGS[family]()).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    (target,) = resolve(model, ("down",), (layer,))
+    param = model.get_submodule(target.name).weight
+    param.requires_grad_(True)
+    exs = examples()
+    batches = [[5, 0, 3], [1, 4], [2, 5, 1, 0]]
+    plain = [loss_and_grad(model, param, exs, b) for b in batches]
+
+    cache = PrefixCache(model, layer, exs, PAD, chunk=2)
+    cache.install()
+    try:
+        cached = [loss_and_grad(model, param, exs, b, cache) for b in batches]
+    finally:
+        cache.remove()
+    for (l0, g0), (l1, g1) in zip(plain, cached):
+        torch.testing.assert_close(l1, l0, atol=1e-5, rtol=0)
+        torch.testing.assert_close(g1, g0, atol=1e-5, rtol=0)
+        assert g0.abs().max() > 1e-4  # the gradient is not trivially zero
+    layers = model.get_submodule(family_table(model)["layers"])
+    assert all("forward" not in m.__dict__ for m in layers)  # removed cleanly
+    # and the model is its plain self again
+    l2, _ = loss_and_grad(model, param, exs, batches[0])
+    torch.testing.assert_close(l2, plain[0][0], atol=0, rtol=0)
+
+
+def edit_pair(tiny, tok, facts, **kw):
+    """The same edit with and without the cache, from the same weights."""
+    cfg = wb.EditConfig(model_name="tiny-random-llama", layers=(2,), lr=1e-2, epochs=6, batch_size=2, **kw)
+    on = wb.edit(tiny, tok, facts, cfg, progress=False)
+    w_on = {n: p.detach().clone() for n, p in tiny.named_parameters()}
+    on.revert()
+    off = wb.edit(tiny, tok, facts, cfg.replace(prefix_cache=False), progress=False)
+    w_off = {n: p.detach().clone() for n, p in tiny.named_parameters()}
+    off.revert()
+    return on, off, w_on, w_off
+
+
+@pytest.mark.parametrize("method", ["ft", "lora"])
+def test_edit_with_and_without_cache_agree(tiny, tok, facts, method):
+    before = wb.models.state_hash(tiny)
+    on, off, w_on, w_off = edit_pair(tiny, tok, facts, method=method, chat_template=False)
+    assert on.prefix_cache.startswith("on: layers 0..1") and off.prefix_cache.startswith("off")
+    assert len(on.log) == len(off.log)
+    torch.testing.assert_close(torch.tensor(on.log["loss"].values), torch.tensor(off.log["loss"].values),
+                               atol=1e-4, rtol=1e-4)
+    if method == "ft":
+        torch.testing.assert_close(w_on, w_off, atol=1e-4, rtol=1e-4)
+    assert wb.models.state_hash(tiny) == before
+
+
+def test_cache_falls_back_and_says_why(tiny, tok, facts):
+    base = wb.EditConfig(model_name="tiny-random-llama", lr=1e-2, epochs=2)
+    r = wb.edit(tiny, tok, facts, base.replace(layers=(0,)), progress=False)
+    assert "layer 0" in r.prefix_cache
+    r.revert()
+    r = wb.edit(tiny, tok, facts, base.replace(layers=(2,), epochs=1), progress=False)
+    assert "visited once" in r.prefix_cache
+    r.revert()
+    r = wb.edit(tiny, tok, facts, base.replace(layers=(2,), schedule="depth_first", steps_per_edit=3),
+                progress=False)
+    assert r.prefix_cache.startswith("on")
+    r.revert()
+
+
+def test_an_error_mid_edit_removes_the_short_circuit(tiny, tok, facts, monkeypatch):
+    before = wb.models.state_hash(tiny)
+    calls = {"n": 0}
+    real = wb.train.example_losses
+
+    def failing(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(model, batch)
+
+    monkeypatch.setattr(wb.train, "example_losses", failing)
+    with pytest.raises(KeyboardInterrupt):
+        wb.edit(tiny, tok, facts, wb.EditConfig(model_name="tiny-random-llama", layers=(2,), lr=1e-2), progress=False)
+    assert all("forward" not in m.__dict__ for m in tiny.model.layers)
+    assert wb.models.state_hash(tiny) == before

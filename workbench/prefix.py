@@ -1,0 +1,134 @@
+"""Prefix-activation cache: run the frozen bottom of the network once, not once per step.
+
+When every edited weight sits at layer L or above, the hidden states *entering* layer L depend only
+on frozen weights and on the example's tokens. A fine-tuning run that visits each example many times
+(LocFT-BF's 25 epochs, FT-UKE's 50 steps per edit) recomputes them at every visit. This cache computes
+them once per example (no grad), and during training replays them: the decoder layers below L are
+short-circuited for the duration of the edit (their ``forward`` becomes the identity, the last one
+returns the cached states), so each step runs only layers L..N, the final norm and the head.
+
+Why short-circuit the layers rather than call layers L..N ourselves: the model's own forward still
+builds the attention masks (causal, padding, sliding-window), the rotary or absolute position
+inputs and the final soft-capping for its family. The cached path therefore differs from the plain
+one only in what enters layer L, and that is the same value (computed in another batch shape, so
+equal to float rounding; tests/test_prefix.py holds losses and gradients to 1e-5 for Llama, Qwen2
+and GPT-2). Every decoder layer in transformers >= 5 takes the hidden states first and returns them
+as a tensor, which is what makes the trick family-agnostic.
+
+States are kept per example without padding ([T_i, d]) and left-padded with zeros per batch, as
+`data.collate` pads the tokens: positions are taken from the attention mask (`train.position_ids`),
+and padded keys are masked, so what a padded position holds never reaches a real one.
+
+It does not apply, and the edit runs the plain path and says why in ``EditResult.prefix_cache``, when
+the lowest edited layer is 0, when the schedule visits each example only once, or when it is turned
+off (``EditConfig.prefix_cache``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from . import data
+from .components import family_table
+
+# States larger than this stay in host memory and move to the device a batch at a time.
+DEVICE_BUDGET_BYTES = 2 * 1024**3
+
+
+class _Stop(Exception):
+    """Raised by the capture hook: nothing above layer L is needed while filling the cache."""
+
+
+class PrefixCache:
+    """The hidden states entering layer ``layer`` for each example of one edit."""
+
+    def __init__(self, model: nn.Module, layer: int, examples: list, pad_id: int, chunk: int = 16):
+        self.model, self.layer, self.pad_id = model, layer, pad_id
+        self.layers = model.get_submodule(family_table(model)["layers"])
+        self.device = next(model.parameters()).device
+        self.states: list[torch.Tensor] = [None] * len(examples)
+        self._replay: torch.Tensor | None = None
+        self._fill(examples, chunk)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.numel() * s.element_size() for s in self.states)
+
+    @torch.no_grad()
+    def _fill(self, examples: list, chunk: int) -> None:
+        from .train import position_ids
+
+        captured = {}
+
+        def capture(module, args, kwargs):
+            captured["h"] = args[0] if args else kwargs["hidden_states"]
+            raise _Stop
+
+        # Sorting by length keeps the padding in each chunk small.
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+        n_tokens = sum(len(e.input_ids) for e in examples)
+        d = self.model.config.hidden_size  # GPT-2's n_embd is aliased to it
+        dtype = next(self.model.parameters()).dtype
+        store = self.device if n_tokens * d * dtype.itemsize <= DEVICE_BUDGET_BYTES else torch.device("cpu")
+        handle = self.layers[self.layer].register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            for s in range(0, len(order), chunk):
+                idx = order[s:s + chunk]
+                b = {k: v.to(self.device) for k, v in data.collate([examples[i] for i in idx], self.pad_id).items()}
+                try:
+                    self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                               position_ids=position_ids(b["attention_mask"]), use_cache=False)
+                except _Stop:
+                    pass
+                h, width = captured.pop("h"), b["input_ids"].shape[1]
+                for j, i in enumerate(idx):
+                    n = len(examples[i].input_ids)
+                    self.states[i] = h[j, width - n:].to(store).clone()
+        finally:
+            handle.remove()
+
+    def batch(self, idx: list[int]) -> torch.Tensor:
+        """Left-padded states [B, T, d] for examples `idx`, aligned with `data.collate` of the same."""
+        parts = [self.states[i] for i in idx]
+        width = max(p.shape[0] for p in parts)
+        out = parts[0].new_zeros((len(parts), width, parts[0].shape[-1]))
+        for j, p in enumerate(parts):
+            out[j, width - p.shape[0]:] = p
+        return out.to(self.device, non_blocking=True)
+
+    def replay(self, idx: list[int]) -> None:
+        """Make the next forward pass start at layer L from the states of examples `idx`."""
+        self._replay = self.batch(idx)
+
+    def install(self) -> None:
+        """Short-circuit layers 0..L-1 (undone by `remove`)."""
+        for i in range(self.layer - 1):
+            self.layers[i].forward = _identity
+        self.layers[self.layer - 1].forward = self._replayed
+
+    def remove(self) -> None:
+        for i in range(self.layer):
+            self.layers[i].__dict__.pop("forward", None)
+        self._replay = None
+
+    def _replayed(self, hidden_states, *args, **kwargs):
+        out, self._replay = self._replay, None
+        if out is None or out.shape[:2] != hidden_states.shape[:2]:
+            raise RuntimeError("prefix cache: a forward pass ran without matching cached states (a workbench bug)")
+        return out
+
+
+def _identity(hidden_states, *args, **kwargs):
+    return hidden_states
+
+
+def plan(cfg, lowest_layer: int, n_examples: int) -> str | None:
+    """Why the cache does not apply to this edit, or None when it does."""
+    if not cfg.prefix_cache:
+        return "off (prefix_cache=False)"
+    if lowest_layer == 0:
+        return "off: layer 0 is edited, there is no frozen prefix"
+    passes = cfg.steps_per_edit if cfg.schedule == "depth_first" else cfg.epochs
+    if passes <= 1:
+        return "off: each example is visited once, so caching would not save a pass"
+    return None
