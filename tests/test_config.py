@@ -33,7 +33,7 @@ def test_yaml_strings_are_coerced(tmp_path):
     ({"method": "rome"}, "'ft', 'lora', 'adalora'"),
     ({"optimizer": "lion"}, "'adam', 'adamw', 'sgd'"),
     ({"dtype": "int8"}, "dtype='int8'"),
-    ({"lr": "fast"}, "lr='fast': expected float"),
+    ({"lr": "fast"}, "lr='fast': expected a number"),
     ({"epochs": 2.5}, "expected an integer"),
     ({"batch_size": 0}, "batch_size=0 must be >= 1"),
     ({"micro_batch_size": 8, "batch_size": 4}, "exceeds batch_size"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -70,9 +71,11 @@ class EditConfig:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
-        for name in ("batch_size", "epochs", "steps_per_edit", "max_length", "lora_rank"):
+        for name in ("batch_size", "epochs", "steps_per_edit", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.max_length < 2:
+            raise ConfigError(f"max_length={self.max_length} must be >= 2 (a prompt token and a target token)")
         for name in ("micro_batch_size", "lr", "weight_decay", "max_grad_norm", "norm_constraint", "early_stop_loss",
                      "lora_dropout"):
             if getattr(self, name) < 0:
@@ -106,8 +109,13 @@ class EditConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "EditConfig":
-        with open(path) as f:
-            d = yaml.safe_load(f) or {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = yaml.safe_load(f) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the preset: {e.strerror}") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a mapping of options, got {type(d).__name__}")
         return cls.from_dict(d, source=str(path))
@@ -158,15 +166,25 @@ def _coerce(name: str, value, hint):
             raise ConfigError(f"{name}={value!r}: expected true or false")
         return value
     if hint in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}={value!r}: expected a number")
+        kind = "an integer" if hint is int else "a number"
+        number = value
+        if isinstance(value, str):  # YAML reads 1e-4 as a string; notebooks pass "3"
+            try:
+                number = float(value)
+            except ValueError:
+                raise ConfigError(f"{name}={value!r}: expected {kind}") from None
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise ConfigError(f"{name}={value!r}: expected {kind}")
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(f"{name}={value!r}: expected a finite number")
+        if hint is int:
+            if isinstance(number, float) and not number.is_integer():
+                raise ConfigError(f"{name}={value!r}: expected an integer")
+            return int(number)
         try:
-            out = hint(value) if not isinstance(value, str) else hint(float(value)) if hint is int else float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}={value!r}: expected {hint.__name__}") from None
-        if hint is int and out != float(value):
-            raise ConfigError(f"{name}={value!r}: expected an integer")
-        return out
+            return float(number)
+        except OverflowError:
+            raise ConfigError(f"{name}={value!r}: too large") from None
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{name}={value!r}: expected a string")

@@ -334,7 +334,7 @@ def as_requests(items) -> list[Request]:
         item = dict(item)
         if isinstance(item.get("target_new"), dict):  # ROME: target_new = {"str": ...}
             item["target_new"] = item["target_new"].get("str")
-        if "{}" in str(item.get("prompt", "")) and item.get("subject"):
+        if isinstance(item.get("prompt"), str) and "{}" in item["prompt"] and isinstance(item.get("subject"), str):
             item["prompt"] = item["prompt"].replace("{}", item["subject"])
         fields = {k: k for k in _SCALARS if k in item}
         fields.update({k: v for k, v in EASYEDIT_FIELDS.items() if v in item and k not in fields})
@@ -399,7 +399,13 @@ def encode(tok, prompt: str, target: str, loss_scope: str = "target", chat_templ
         from .errors import ConfigError
 
         raise ConfigError.bad_choice("loss_scope", loss_scope, LOSS_SCOPES)
+    if max_length is not None and max_length < 2:
+        from .errors import ConfigError
+
+        raise ConfigError(f"max_length={max_length} must be >= 2 (a prompt token and a target token)")
     p, t = prompt_ids(tok, prompt, chat_template), target_ids(tok, target, chat_template)
+    if not p:  # nothing to predict the first target token from
+        raise DataError(f"the prompt {prompt!r} has no tokens (and the tokenizer adds no BOS)", field="prompt")
     truncated = bool(max_length) and len(p) + len(t) > max_length
     if truncated:
         keep_t = min(len(t), max_length - 1)

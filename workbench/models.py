@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from . import resources
 from .errors import ConfigError, WorkbenchError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -190,7 +191,7 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | None = Non
     Returns:
         ``(model, tok)``: the model in eval mode on `device`; `spec(tok)` gives its family info.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
     device = device or default_device()
@@ -199,15 +200,19 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | None = Non
         folder = prepare_default()
         tok = AutoTokenizer.from_pretrained(folder)
         if name in _TINY_LAYERS:
+            config = tiny_llama_config(len(tok), num_hidden_layers=_TINY_LAYERS[name])
+            resources.check_load(config, torch_dtype, device)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                model = LlamaForCausalLM(tiny_llama_config(len(tok), num_hidden_layers=_TINY_LAYERS[name]))
+                model = LlamaForCausalLM(config)
             model.to(torch_dtype)
             model.name_or_path = name
         else:
+            resources.check_load(AutoConfig.from_pretrained(folder), torch_dtype, device)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
             model.name_or_path = DEFAULT_MODEL
     else:
+        resources.check_load(AutoConfig.from_pretrained(name), torch_dtype, device)
         tok = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
     model.to(device).eval()

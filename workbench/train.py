@@ -44,11 +44,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data, prefix
-from .components import Target, resolve
+from . import data, prefix, resources
+from .components import Target, num_layers, resolve
 from .config import EditConfig
 from .errors import EditError, WorkbenchError
-from .methods import AdapterHandle, attach_adapter
+from .methods import AdapterHandle, attach_adapter, linear_targets
 from .models import spec
 
 log = logging.getLogger("workbench")
@@ -308,6 +308,8 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
     t_encode = time.perf_counter() - t0
 
     targets = resolve(model, cfg.components, cfg.layers)
+    lowest = min(t.layer for t in targets)
+    resources.check_edit(model, cfg, examples, _trainable_estimate(model, targets, cfg), lowest, num_layers(model))
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     adapter, masks, cache = None, {}, None
@@ -333,7 +335,6 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
         if adapter is not None:
             adapter.train_dropout()
         t_prefix = time.perf_counter()
-        lowest = min(t.layer for t in targets)
         cache_note = prefix.plan(cfg, lowest, len(examples))
         if cache_note is None:
             cache = prefix.PrefixCache(model, lowest, examples, pad_id)
@@ -369,6 +370,15 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
                "s_per_edit": t_total / len(requests)}
     return EditResult(model, cfg, ids, originals, pd.DataFrame(loop.rows), timings, n_trainable, n_truncated,
                       cache_note, adapter)
+
+
+def _trainable_estimate(model: nn.Module, targets: list[Target], cfg: EditConfig) -> int:
+    """Parameters the edit will train, counted before anything is changed."""
+    if cfg.method == "ft":
+        return sum(p.numel() for p in _selected_parameters(model, targets)[0].values())
+    # rank x (in + out) per wrapped Linear; AdaLoRA starts at 1.5x the rank
+    linears = [model.get_submodule(n) for n in linear_targets(model, targets)]
+    return sum(2 * cfg.lora_rank * (m.in_features + m.out_features) for m in linears)
 
 
 def _base_parameters(adapter: AdapterHandle) -> dict[str, nn.Parameter]:

@@ -1,0 +1,171 @@
+"""Edit throughput: the `locft-bf` preset through `wb.edit` against a plain PyTorch loop.
+
+    python benchmarks/edit_speed.py throughput --n 100 --epochs 3     # ratio vs a plain loop, FLOP/s
+    python benchmarks/edit_speed.py scaling --sizes 100 1000 10000    # time and peak memory per edit
+
+``throughput`` (issue 6 a and b). The plain loop, written below, is what one writes by hand: the
+same examples (tokenised once), the same parameters (only layer 20's down_proj requires grad, so
+autograd stops there too), the same batches in the same order, the same loss (per-example mean,
+then batch mean) and Adam; each step runs the whole model and the full ``[B, T, vocab]`` logits.
+Early stopping is off in both so that both take exactly ``epochs * n / batch_size`` steps, and the
+final weights of the two are compared, so the ratio is between two runs of the same optimisation.
+FLOP/s: `torch.utils.flop_counter` counts the FLOPs of an identical (untimed) run of ours; dividing
+by our timed run gives the achieved rate, which is compared with the best rate of a large fp32
+matmul measured here in the same process.
+
+``scaling`` (issue 6 c) runs the full `locft-bf` preset on 100, 1K, 10K edits, each in its own
+process (so peak RSS is per size), and prints seconds and peak memory per edit. The edits are the
+first n of LocFT's ZsRE, CounterFact and WikiBigEdit files (3K each) and KnowEdit's ZsRE, in that order.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import workbench as wb
+from workbench import data
+from workbench.components import resolve
+from workbench.models import spec
+from workbench.train import _optimizer
+
+
+def plain_loop(model, tok, requests, cfg) -> float:
+    """A hand-written fine-tuning loop over the same batches as `wb.edit`'s breadth-first schedule."""
+    examples = [data.encode(tok, r.prompt, r.target, cfg.loss_scope, cfg.chat_template, cfg.max_length)
+                for r in requests]
+    pad_id = spec(tok).pad_id
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [model.get_submodule(t.name).weight for t in resolve(model, cfg.components, cfg.layers)]
+    for p in params:
+        p.requires_grad_(True)
+    opt = _optimizer(cfg, params)
+    gen = torch.Generator().manual_seed(cfg.seed)  # the order wb.edit draws
+    t0 = time.perf_counter()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(examples), generator=gen).tolist()
+        for s in range(0, len(order), cfg.batch_size):
+            b = data.collate([examples[i] for i in order[s:s + cfg.batch_size]], pad_id)
+            mask = b["attention_mask"]
+            logits = model(input_ids=b["input_ids"], attention_mask=mask,
+                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.float()
+            target = b["labels"][:, 1:]
+            tok_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                       ignore_index=data.IGNORE, reduction="none").view(target.shape)
+            loss = (tok_loss.sum(1) / (target != data.IGNORE).sum(1)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    elapsed = time.perf_counter() - t0
+    for p in params:
+        p.requires_grad_(False)
+    return elapsed
+
+
+def matmul_peak(n: int = 1024, repeats: int = 20) -> float:
+    """Best fp32 FLOP/s of an n x n matmul on this machine, now."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def throughput(args) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, tok = wb.load(device="cpu")
+    requests = data.load("zsre", n=args.n)
+    cfg = wb.preset("locft-bf", epochs=args.epochs, early_stop_loss=0.0, device="cpu")
+    snapshot = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    # warm-up both paths on a few requests (first-call allocations, thread pools)
+    wb.edit(model, tok, requests[:cfg.batch_size], cfg.replace(epochs=2), progress=False).revert()
+    plain_loop(model, tok, requests[:cfg.batch_size], cfg.replace(epochs=1))
+    _restore(model, snapshot)
+
+    ours = wb.edit(model, tok, requests, cfg, progress=False)
+    t_ours, steps = ours.timings["total_s"], ours.steps
+    w_ours = {n: p.detach().clone() for n, p in ours.deltas().items()}
+    ours.revert()
+    t_plain = plain_loop(model, tok, requests, cfg)
+    diff = max((model.get_parameter(n).detach() - snapshot[n] - d).abs().max().item() for n, d in w_ours.items())
+    _restore(model, snapshot)
+    uncached = wb.edit(model, tok, requests, cfg.replace(prefix_cache=False), progress=False)
+    t_uncached = uncached.timings["total_s"]
+    uncached.revert()
+
+    with FlopCounterMode(display=False) as counter:
+        wb.edit(model, tok, requests, cfg, progress=False).revert()
+    flops = counter.get_total_flops()
+    peak = matmul_peak()
+    print(f"locft-bf on {args.n} ZsRE edits, {cfg.epochs} epochs, batch {cfg.batch_size}: {steps} steps each, "
+          f"SmolLM2-135M fp32, {torch.get_num_threads()} threads")
+    print(f"  wb.edit                {t_ours:8.1f} s  ({t_ours / steps:.3f} s/step)  [{ours.prefix_cache}]")
+    print(f"  wb.edit, no prefix     {t_uncached:8.1f} s  ({t_uncached / steps:.3f} s/step)")
+    print(f"  plain PyTorch loop     {t_plain:8.1f} s  ({t_plain / steps:.3f} s/step)")
+    print(f"  max |weight difference| ours vs plain after training: {diff:.2e}")
+    print(f"  speed-up vs plain loop: {t_plain / t_ours:.2f}x   (prefix cache alone: {t_uncached / t_ours:.2f}x)")
+    print(f"  achieved {flops / t_ours / 1e9:.1f} GFLOP/s ({flops / 1e9:.0f} GFLOP counted) vs fp32 matmul peak "
+          f"{peak / 1e9:.1f} GFLOP/s: {flops / t_ours / peak:.0%} of peak")
+
+
+def _restore(model, snapshot) -> None:
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(snapshot[n])
+
+
+def one_scale(n: int, epochs: int | None) -> dict:
+    model, tok = wb.load(device="cpu")
+    requests = [r for name in args_benchmark.split(",") for r in data.load(name)][:n]
+    if len(requests) < n:
+        raise SystemExit(f"only {len(requests)} requests in {args_benchmark}")
+    cfg = wb.preset("locft-bf", device="cpu", **({"epochs": epochs} if epochs else {}))
+    r = wb.edit(model, tok, requests, cfg, progress=False)
+    return {"n": n, "epochs_run": int(r.log["epoch"].max()) + 1, "steps": r.steps, "total_s": r.timings["total_s"],
+            "s_per_edit": r.timings["s_per_edit"], "final_loss": float(r.log["loss"].iloc[-1]),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def scaling(args) -> None:
+    rows = []
+    for n in args.sizes:
+        cmd = [sys.executable, __file__, "_one", str(n), args.benchmark, str(args.epochs or 0)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"  {r['n']:>6} edits: {r['total_s']:8.1f} s, {r['s_per_edit']:.3f} s/edit, {r['steps']} steps over "
+              f"{r['epochs_run']} epochs, final loss {r['final_loss']:.3f}, peak RSS {r['peak_rss_mib']:.0f} MiB "
+              f"({r['peak_rss_mib'] / r['n']:.2f} MiB/edit)", flush=True)
+
+
+args_benchmark = "zsre"
+
+if __name__ == "__main__":
+    if sys.argv[1] == "_one":  # a child process of `scaling`
+        args_benchmark = sys.argv[3]
+        print(json.dumps(one_scale(int(sys.argv[2]), int(sys.argv[4]) or None)))
+        sys.exit()
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("--n", type=int, default=100)
+    t.add_argument("--epochs", type=int, default=3)
+    s = sub.add_parser("scaling")
+    s.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    # LocFT's files hold 3K edits each, so 10K edits are their union (plus KnowEdit's ZsRE)
+    s.add_argument("--benchmark", default="zsre,counterfact,wikibigedit,knowedit-zsre")
+    s.add_argument("--epochs", type=int, default=0, help="cap the preset's epochs (0 = the preset's 25)")
+    args = ap.parse_args()
+    print(f"edit_speed {args.cmd}: {time.strftime('%Y-%m-%d')}, torch {torch.__version__}", flush=True)
+    throughput(args) if args.cmd == "throughput" else scaling(args)
