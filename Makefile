@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow bench smoke-notebooks clean
+.PHONY: install demo test test-slow test-lab bench smoke-notebooks clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -30,7 +30,7 @@ demo: install
 # runs write their results to a fresh folder, so stale results never stand in for a run.
 test: install
 	$(BIN)/python -m workbench.cli prepare
-	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+	$(BIN)/python -m pytest -q -m "not slow and not lab" -p no:cacheprovider
 	WORKBENCH_SMOKE=1 WORKBENCH_RESULTS=$$(mktemp -d) $(BIN)/python -m pytest -q -p no:cacheprovider \
 		--nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
 
@@ -44,6 +44,12 @@ smoke-notebooks: install
 test-slow: install
 	$(BIN)/python -m workbench.cli prepare
 	$(BIN)/python -m pytest -q -m slow -p no:cacheprovider
+
+# JupyterLab in headless Chromium runs the quickstart (needs Debian's chromium: apt install chromium).
+test-lab: install
+	$(BIN)/pip install -q -e ".[lab]"
+	$(BIN)/python -m workbench.cli prepare
+	$(BIN)/python -m pytest -q -m lab -p no:cacheprovider -rs
 
 bench: install
 	$(BIN)/python -m workbench.cli prepare

@@ -9,6 +9,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = [
+    ["edit_speed.py", "throughput", "--n", "100", "--epochs", "3"],
+    ["edit_speed.py", "scaling", "--sizes", "100", "1000"],  # add 10000 for issue 6 c (hours on 2 cores)
     ["eval_speed.py", "--n", "100", "--n-baseline", "10"],
     ["calibrate.py", "locft-bf", "--benchmark", "zsre", "--n", "100"],
     ["calibrate.py", "ft-uke", "--benchmark", "unkebench", "--n", "10", "--protocol", "single"],
