@@ -76,14 +76,26 @@ def example_losses(model: nn.Module, batch: dict) -> torch.Tensor:
     # T - f_min + 1 logits are all we need.
     first = torch.where(has_label.any(0), torch.arange(T, device=labels.device), T).min().item()
     keep = T - first + 1
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=position_ids(batch["attention_mask"]), logits_to_keep=keep, use_cache=False)
+    # The model slices the last `keep` positions out of [B, T, d]; a non-contiguous input sends the
+    # head's matmul down a batched path that is 4x slower on CPU than the full projection (measured:
+    # 0.33 s vs 0.08 s for SmolLM2's 49K-token head, forward + backward, 10 x 6 positions), so the
+    # slice is made contiguous first.
+    handle = model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
+    try:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    position_ids=position_ids(batch["attention_mask"]), logits_to_keep=keep, use_cache=False)
+    finally:
+        handle.remove()
     logits = out.logits[:, :-1].float()  # positions T-keep .. T-2 predict tokens T-keep+1 .. T-1
     target = labels[:, T - keep + 1:]
     tok_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                ignore_index=data.IGNORE, reduction="none").view(target.shape)
     counts = (target != data.IGNORE).sum(1).clamp(min=1)
     return tok_loss.sum(1) / counts
+
+
+def _contiguous_input(module, args):
+    return (args[0].contiguous(), *args[1:])
 
 
 # --------------------------------------------------------------------------------- the result
