@@ -155,8 +155,13 @@ def scaling(args) -> None:
         rows.append(json.loads(out.strip().splitlines()[-1]))
         r = rows[-1]
         print(f"  {r['n']:>6} edits: {r['total_s']:8.1f} s, {r['s_per_edit']:.3f} s/edit, {r['steps']} steps over "
-              f"{r['epochs_run']} epochs, final loss {r['final_loss']:.3f}, peak RSS {r['peak_rss_mib']:.0f} MiB "
-              f"({r['peak_rss_mib'] / r['n']:.2f} MiB/edit)", flush=True)
+              f"{r['epochs_run']} epochs, final loss {r['final_loss']:.3f}, peak RSS {r['peak_rss_mib']:.0f} MiB",
+              flush=True)
+    if len(rows) > 1:
+        a, b = rows[0], rows[-1]
+        grow = (b["peak_rss_mib"] - a["peak_rss_mib"]) / (b["n"] - a["n"]) * 1024
+        print(f"  peak memory grows {grow:.1f} KiB per extra edit from {a['n']} to {b['n']} edits "
+              f"(peak at {a['n']} edits: {a['peak_rss_mib']:.0f} MiB, mostly the process, torch and the model)")
 
 
 args_benchmark = "zsre"
