@@ -67,7 +67,7 @@ class PrefixCache:
         # Sorting by length keeps the padding in each chunk small.
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
         n_tokens = sum(len(e.input_ids) for e in examples)
-        d = self.model.config.hidden_size  # GPT-2's n_embd is aliased to it
+        d = self.model.config.get_text_config().hidden_size  # GPT-2: n_embd; Gemma 3: text_config
         dtype = next(self.model.parameters()).dtype
         store = self.device if n_tokens * d * dtype.itemsize <= DEVICE_BUDGET_BYTES else torch.device("cpu")
         handle = self.layers[self.layer].register_forward_pre_hook(capture, with_kwargs=True)

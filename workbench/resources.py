@@ -80,7 +80,7 @@ def edit_bytes(model, cfg, examples, n_trainable: int, lowest_layer: int, n_laye
     """Estimated bytes of an edit beyond the loaded weights, by part."""
     p = next(model.parameters())
     item = p.dtype.itemsize
-    c = model.config
+    c = model.config.get_text_config()  # multimodal wrappers (Gemma 3) keep the LM in text_config
     d, inter = c.hidden_size, getattr(c, "intermediate_size", None) or 4 * c.hidden_size
     heads = c.num_attention_heads
     width = max(len(e.input_ids) for e in examples)
