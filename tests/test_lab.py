@@ -81,9 +81,16 @@ def test_quickstart_runs_in_jupyterlab(lab):
         # has an execution count and the kernel is idle again.
         counts_js = """() => {
             const w = window.jupyterapp.shell.currentWidget, cells = w.content.model.cells, out = [];
-            for (let i = 0; i < cells.length; i++) if (cells.get(i).type === 'code') out.push(cells.get(i).executionCount);
-            return {counts: out, idle: w.sessionContext.session.kernel.status === 'idle'}; }"""
-        page.wait_for_function(f"() => {{ const s = ({counts_js})(); return s.idle && s.counts.every(c => c); }}",
+            let errored = false;
+            for (let i = 0; i < cells.length; i++) {
+                const cell = cells.get(i);
+                if (cell.type !== 'code') continue;
+                out.push(cell.executionCount);
+                for (let j = 0; j < cell.outputs.length; j++) errored = errored || cell.outputs.get(j).type === 'error';
+            }
+            return {counts: out, errored, idle: w.sessionContext.session.kernel.status === 'idle'}; }"""
+        # (an error stops Run All, so stop waiting as soon as one shows)
+        page.wait_for_function(f"() => {{ const s = ({counts_js})(); return s.errored || (s.idle && s.counts.every(c => c)); }}",
                                timeout=480_000, polling=1000)
         counts = page.evaluate(counts_js)["counts"]
         page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")

@@ -132,3 +132,12 @@ def test_an_error_mid_edit_removes_the_short_circuit(tiny, tok, facts, monkeypat
         wb.edit(tiny, tok, facts, wb.EditConfig(model_name="tiny-random-llama", layers=(2,), lr=1e-2), progress=False)
     assert all("forward" not in m.__dict__ for m in tiny.model.layers)
     assert wb.models.state_hash(tiny) == before
+
+
+def test_a_cache_too_big_for_host_memory_is_not_built(tiny, tok, facts, monkeypatch):
+    """Memory stays bounded at any number of edits: past the budget the plain path runs."""
+    monkeypatch.setattr(wb.prefix, "HOST_SHARE", 1e-12)
+    r = wb.edit(tiny, tok, facts, wb.EditConfig(model_name="tiny-random-llama", layers=(2,), lr=1e-2, epochs=2),
+                progress=False)
+    assert r.prefix_cache.startswith("off: the cache would take") and "free host memory" in r.prefix_cache
+    r.revert()

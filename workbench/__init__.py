@@ -6,7 +6,7 @@
     result = wb.edit(model, tok, facts, wb.config.preset("ft-uke"))
     result.revert()                              # bitwise back to the original
 """
-from . import components, config, data, errors, locality, metrics, models, plots, runs, widgets
+from . import components, config, data, errors, locality, metrics, models, plots, prefix, resources, runs, widgets
 from .config import SMOKE, EditConfig, preset
 from .data import Request
 from .evaluate import EvalConfig, EvalReport, evaluate, pre_edit
@@ -15,7 +15,7 @@ from .errors import ConfigError, DataError, DataNotFound, EditError, WorkbenchEr
 from .models import load
 from .train import EditResult, apply_delta, edit
 
-__all__ = ["components", "config", "data", "errors", "locality", "metrics", "models", "plots", "runs", "widgets", "generate", "EvalConfig", "EvalReport", "evaluate", "pre_edit", "SMOKE", "EditConfig", "preset", "Request",
+__all__ = ["components", "config", "data", "errors", "locality", "metrics", "models", "plots", "prefix", "resources", "runs", "widgets", "generate", "EvalConfig", "EvalReport", "evaluate", "pre_edit", "SMOKE", "EditConfig", "preset", "Request",
            "ConfigError", "DataError", "DataNotFound", "EditError", "WorkbenchError", "load", "EditResult",
            "apply_delta", "edit"]
 __version__ = "0.1.0"

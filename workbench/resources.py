@@ -76,8 +76,12 @@ def check_load(config, dtype: torch.dtype, device) -> int:
     return need
 
 
-def edit_bytes(model, cfg, examples, n_trainable: int, lowest_layer: int, n_layers: int) -> dict:
-    """Estimated bytes of an edit beyond the loaded weights, by part."""
+def edit_bytes(model, cfg, examples, n_trainable: int, lowest_layer: int, n_layers: int,
+               prefix_cache: bool | None = None) -> dict:
+    """Estimated bytes of an edit beyond the loaded weights, by part (`prefix_cache`: whether the
+    prefix cache will run; default: what the config asks)."""
+    from .prefix import nbytes_for
+
     p = next(model.parameters())
     item = p.dtype.itemsize
     c = model.config.get_text_config()  # multimodal wrappers (Gemma 3) keep the LM in text_config
@@ -87,17 +91,19 @@ def edit_bytes(model, cfg, examples, n_trainable: int, lowest_layer: int, n_laye
     labelled = max(sum(1 for x in e.labels if x >= 0) for e in examples) + 1
     tokens = cfg.micro * width
     moments = 0 if cfg.optimizer == "sgd" else 2
+    use_cache = cfg.prefix_cache if prefix_cache is None else prefix_cache
     return {
         "trainable": n_trainable * item * (2 + moments),  # original copy + gradient + optimiser state
         "activations": tokens * (n_layers - lowest_layer) * (12 * d + 5 * inter + heads * width) * item,
         "logits": cfg.micro * labelled * c.vocab_size * 4 * 3,  # fp32 logits, softmax and their gradient
-        "prefix_cache": sum(len(e.input_ids) for e in examples) * d * item if cfg.prefix_cache else 0,
+        "prefix_cache": nbytes_for(model, examples) if use_cache else 0,
     }
 
 
-def check_edit(model, cfg, examples, n_trainable: int, lowest_layer: int, n_layers: int) -> dict:
+def check_edit(model, cfg, examples, n_trainable: int, lowest_layer: int, n_layers: int,
+               prefix_cache: bool | None = None) -> dict:
     """Refuse an edit that cannot fit; returns the estimate by part."""
-    parts = edit_bytes(model, cfg, examples, n_trainable, lowest_layer, n_layers)
+    parts = edit_bytes(model, cfg, examples, n_trainable, lowest_layer, n_layers, prefix_cache)
     detail = ", ".join(f"{k} {_gib(v)}" for k, v in parts.items())
     check(sum(parts.values()), next(model.parameters()).device, f"this edit ({detail})",
           "Lower micro_batch_size (gradients still accumulate to batch_size) or max_length, edit fewer "

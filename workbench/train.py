@@ -321,7 +321,9 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
 
     targets = resolve(model, cfg.components, cfg.layers)
     lowest = min(t.layer for t in targets)
-    resources.check_edit(model, cfg, examples, _trainable_estimate(model, targets, cfg), lowest, num_layers(model))
+    cache_note = prefix.plan(cfg, lowest, model, examples)  # None: the prefix cache will run
+    resources.check_edit(model, cfg, examples, _trainable_estimate(model, targets, cfg), lowest, num_layers(model),
+                         prefix_cache=cache_note is None)
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     adapter, masks, cache = None, {}, None
@@ -347,7 +349,6 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
         if adapter is not None:
             adapter.train_dropout()
         t_prefix = time.perf_counter()
-        cache_note = prefix.plan(cfg, lowest, len(examples))
         if cache_note is None:
             cache = prefix.PrefixCache(model, lowest, examples, pad_id)
             cache.install()
