@@ -33,7 +33,7 @@ import workbench as wb
 from workbench import data
 from workbench.components import resolve
 from workbench.models import spec
-from workbench.train import _optimizer
+from workbench.train import _optimizer, position_ids
 
 
 def plain_loop(model, tok, requests, cfg, freeze: bool = True) -> float:
@@ -59,8 +59,7 @@ def plain_loop(model, tok, requests, cfg, freeze: bool = True) -> float:
         for s in range(0, len(order), cfg.batch_size):
             b = data.collate([examples[i] for i in order[s:s + cfg.batch_size]], pad_id)
             mask = b["attention_mask"]
-            logits = model(input_ids=b["input_ids"], attention_mask=mask,
-                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.float()
+            logits = model(input_ids=b["input_ids"], attention_mask=mask, position_ids=position_ids(mask)).logits.float()
             target = b["labels"][:, 1:]
             tok_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1),
                                        ignore_index=data.IGNORE, reduction="none").view(target.shape)
@@ -135,11 +134,11 @@ def _restore(model, snapshot) -> None:
             p.copy_(snapshot[n])
 
 
-def one_scale(n: int, epochs: int | None) -> dict:
+def one_scale(n: int, benchmarks: str, epochs: int | None) -> dict:
     model, tok = wb.load(device="cpu")
-    requests = [r for name in args_benchmark.split(",") for r in data.load(name)][:n]
+    requests = [r for name in benchmarks.split(",") for r in data.load(name)][:n]
     if len(requests) < n:
-        raise SystemExit(f"only {len(requests)} requests in {args_benchmark}")
+        raise SystemExit(f"only {len(requests)} requests in {benchmarks}")
     cfg = wb.preset("locft-bf", device="cpu", **({"epochs": epochs} if epochs else {}))
     r = wb.edit(model, tok, requests, cfg, progress=False)
     return {"n": n, "epochs_run": int(r.log["epoch"].max()) + 1, "steps": r.steps, "total_s": r.timings["total_s"],
@@ -164,12 +163,9 @@ def scaling(args) -> None:
               f"(peak at {a['n']} edits: {a['peak_rss_mib']:.0f} MiB, mostly the process, torch and the model)")
 
 
-args_benchmark = "zsre"
-
 if __name__ == "__main__":
     if sys.argv[1] == "_one":  # a child process of `scaling`
-        args_benchmark = sys.argv[3]
-        print(json.dumps(one_scale(int(sys.argv[2]), int(sys.argv[4]) or None)))
+        print(json.dumps(one_scale(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]) or None)))
         sys.exit()
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)

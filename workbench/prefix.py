@@ -70,10 +70,7 @@ class PrefixCache:
 
         # Sorting by length keeps the padding in each chunk small.
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-        n_tokens = sum(len(e.input_ids) for e in examples)
-        d = self.model.config.get_text_config().hidden_size  # GPT-2: n_embd; Gemma 3: text_config
-        dtype = next(self.model.parameters()).dtype
-        store = self.device if n_tokens * d * dtype.itemsize <= DEVICE_BUDGET_BYTES else torch.device("cpu")
+        store = self.device if nbytes_for(self.model, examples) <= DEVICE_BUDGET_BYTES else torch.device("cpu")
         handle = self.layers[self.layer].register_forward_pre_hook(capture, with_kwargs=True)
         try:
             for s in range(0, len(order), chunk):
@@ -128,7 +125,7 @@ def _identity(hidden_states, *args, **kwargs):
 
 def nbytes_for(model: nn.Module, examples: list) -> int:
     """Bytes the cache would hold for `examples`."""
-    d = model.config.get_text_config().hidden_size
+    d = model.config.get_text_config().hidden_size  # GPT-2: n_embd; Gemma 3: its text_config
     return sum(len(e.input_ids) for e in examples) * d * next(model.parameters()).dtype.itemsize
 
 

@@ -322,8 +322,9 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
     targets = resolve(model, cfg.components, cfg.layers)
     lowest = min(t.layer for t in targets)
     cache_note = prefix.plan(cfg, lowest, model, examples)  # None: the prefix cache will run
-    resources.check_edit(model, cfg, examples, _trainable_estimate(model, targets, cfg), lowest, num_layers(model),
-                         prefix_cache=cache_note is None)
+    selected = _selected_parameters(model, targets) if cfg.method == "ft" else None  # changes nothing yet
+    resources.check_edit(model, cfg, examples, _trainable_estimate(model, targets, cfg, selected), lowest,
+                         num_layers(model), prefix_cache=cache_note is None)
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     adapter, masks, cache = None, {}, None
@@ -333,7 +334,7 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
         for p in model.parameters():
             p.requires_grad_(False)
         if cfg.method == "ft":
-            trainable, masks = _selected_parameters(model, targets)
+            trainable, masks = selected
             originals = {n: p.detach().clone() for n, p in trainable.items()}
             for p in trainable.values():
                 p.requires_grad_(True)
@@ -385,10 +386,11 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
                       cache_note, adapter)
 
 
-def _trainable_estimate(model: nn.Module, targets: list[Target], cfg: EditConfig) -> int:
-    """Parameters the edit will train, counted before anything is changed."""
-    if cfg.method == "ft":
-        return sum(p.numel() for p in _selected_parameters(model, targets)[0].values())
+def _trainable_estimate(model: nn.Module, targets: list[Target], cfg: EditConfig, selected: tuple | None) -> int:
+    """Parameters the edit will train, counted before anything is changed (`selected`: full
+    fine-tuning's `_selected_parameters`)."""
+    if selected is not None:
+        return sum(p.numel() for p in selected[0].values())
     # rank x (in + out) per wrapped Linear; AdaLoRA starts at 1.5x the rank
     linears = [model.get_submodule(n) for n in linear_targets(model, targets)]
     return sum(2 * cfg.lora_rank * (m.in_features + m.out_features) for m in linears)
