@@ -47,6 +47,7 @@ def test_00_quickstart(tmp_path):
     ("05_df_vs_bf", "ori.exact_match", ["depth_first", "breadth_first"]),
     ("07_method_comparison", "ori.rougeL_f1", [f"{m} / {p}" for m in ("ft-uke", "locft-bf", "ft-m", "ft-l", "lora",
                                                                         "adalora-uke") for p in ("single", "batch")]),
+    ("10_batch_editing", "ori.bertscore_f1", ["ft-uke@1", "ft-uke@2", "adalora-uke@1", "adalora-uke@2"]),
 ])
 def test_ablation_notebooks_record_every_arm(tmp_path, name, metric, values):
     got = execute(name, tmp_path)

@@ -5,6 +5,7 @@
     workbench edit --preset ft-uke --benchmark unkebench -n 10 [--save delta.safetensors]
     workbench eval --benchmark zsre -n 50 [--eval locft] [--capability mmlu]
     workbench sweep NOTEBOOK --grid grid.yaml  run a notebook once per grid point, resumable
+    workbench reproduce [CLAIM ...]        the runs of docs/REPRODUCTION.md (configs/reproduction.yaml)
 """
 from __future__ import annotations
 
@@ -37,6 +38,36 @@ def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel: str
     return executed
 
 
+def reproduce(config, claims: list[str], docs: Path) -> None:
+    """Execute each claim's notebook with its parameters into ``results/reproduction/<claim>/`` and
+    copy what the report cites into `docs`: ``<claim>.ipynb`` (executed, with its tables),
+    ``<claim>.png`` (the figure) and ``<claim>.json`` (the recorded metrics)."""
+    import json
+    import shutil
+    import time
+
+    import yaml
+
+    from .runs import read, results_root
+
+    table = yaml.safe_load(Path(config).read_text())
+    unknown = sorted(set(claims) - set(table))
+    if unknown:
+        raise SystemExit(f"{config}: no claim {unknown}; valid: {sorted(table)}")
+    docs.mkdir(parents=True, exist_ok=True)
+    for name in claims or list(table):
+        entry = table[name]
+        notebook = PROJECT_ROOT / entry["notebook"]
+        out = results_root() / "reproduction" / name
+        start = time.time()
+        executed = run_notebook(notebook, entry.get("params", {}), out)
+        shutil.copy(executed, docs / f"{name}.ipynb")
+        for png in out.glob("*.png"):
+            shutil.copy(png, docs / f"{name}.png")
+        (docs / f"{name}.json").write_text(json.dumps(read(executed), indent=1, sort_keys=True))
+        print(f"{name}: {notebook.name} in {time.time() - start:.0f} s -> {docs}/{name}.*", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +93,10 @@ def main(argv=None) -> int:
     sw.add_argument("notebook")
     sw.add_argument("--grid", required=True)
     sw.add_argument("--experiment", default=None)
+    rp = sub.add_parser("reproduce", help="run the reproduction report's notebooks (configs/reproduction.yaml)")
+    rp.add_argument("claims", nargs="*", help="names in the file (default: all, in order)")
+    rp.add_argument("--config", default=str(PROJECT_ROOT / "configs" / "reproduction.yaml"))
+    rp.add_argument("--docs", default=str(PROJECT_ROOT / "docs" / "reproduction"))
     args = parser.parse_args(argv)
 
     if args.command == "prepare":
@@ -113,6 +148,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"{args.grid}: expected a mapping of parameter name -> list of values")
         df = sweep_notebook(args.notebook, grid, args.experiment)
         print(df.to_string(index=False))
+    elif args.command == "reproduce":
+        reproduce(args.config, args.claims, Path(args.docs))
     return 0
 
 

@@ -1,7 +1,10 @@
 """Plotly figures for the notebooks. Each reads results (a DataFrame from `wb.runs`, or an
-`EditResult`) and never trains; `save()` writes a self-contained HTML file beside the results."""
+`EditResult`) and never trains. A ``<metric>.ci`` column (from `wb.runs.over_seeds`) becomes error
+bars. `save()` writes a self-contained HTML file beside the results and, where kaleido and a
+Chrome/Chromium are installed (``pip install -e .[report]``), a static PNG for documents."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +19,14 @@ def label(metric: str) -> str:
     return " ".join(NAMES.get(part, part) for part in metric.split("."))
 
 
+def _error(df: pd.DataFrame, metric: str) -> dict | None:
+    """Plotly error bars from ``<metric>.ci`` when there is one (none with a single seed)."""
+    ci = df.get(f"{metric}.ci")
+    if ci is None or ci.isna().all():
+        return None
+    return {"type": "data", "array": ci.fillna(0).tolist(), "visible": True}
+
+
 def _axis(values) -> list[str]:
     return [", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for v in values]
 
@@ -25,19 +36,25 @@ def bars(df: pd.DataFrame, x: str, metrics: list[str], title: str = "") -> go.Fi
     fig = go.Figure()
     for m in metrics:
         if m in df:
-            fig.add_bar(x=_axis(df[x]), y=df[m], name=label(m), text=df[m].round(2), textposition="outside")
+            fig.add_bar(x=_axis(df[x]), y=df[m], name=label(m), text=df[m].round(2), textposition="auto",
+                        error_y=_error(df, m))
     fig.update_layout(barmode="group", title=title, xaxis_title=x, yaxis_title="score", yaxis_range=[0, 1.1],
                       template="plotly_white", height=400)
     return fig
 
 
-def lines(df: pd.DataFrame, x: str, metrics: list[str], title: str = "", log_x: bool = False) -> go.Figure:
-    """One line per metric against a numeric `x` (layer, batch size, number of edits)."""
+def lines(df: pd.DataFrame, x: str, metrics: list[str], title: str = "", log_x: bool = False,
+          color: str | None = None) -> go.Figure:
+    """One line per metric against a numeric `x` (layer, batch size, number of edits); with `color`,
+    one line per metric and value of that column (e.g. one per method)."""
     df = df.assign(_x=[v[0] if isinstance(v, (list, tuple)) and len(v) == 1 else v for v in df[x]]).sort_values("_x")
+    groups = [(None, df)] if color is None else list(df.groupby(color, sort=False))
     fig = go.Figure()
-    for m in metrics:
-        if m in df:
-            fig.add_scatter(x=df["_x"], y=df[m], mode="lines+markers", name=label(m))
+    for value, part in groups:
+        for m in metrics:
+            if m in part:
+                name = label(m) if value is None else f"{value}: {label(m)}"
+                fig.add_scatter(x=part["_x"], y=part[m], mode="lines+markers", name=name, error_y=_error(part, m))
     fig.update_layout(title=title, xaxis_title=x, yaxis_title="score", template="plotly_white", height=400,
                       xaxis_type="log" if log_x else None)
     return fig
@@ -61,8 +78,17 @@ def loss_curve(result, title: str | None = None) -> go.Figure:
 
 
 def save(fig: go.Figure, out_dir, name: str) -> Path:
-    """Write `fig` as a self-contained HTML file (viewable offline) and return its path."""
+    """Write `fig` as a self-contained HTML file (viewable offline) and, when kaleido can render
+    (it needs a Chrome or Chromium), as ``<name>.png``. Returns the HTML path."""
     path = Path(out_dir) / f"{name}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(path, include_plotlyjs=True, full_html=True)
+    try:
+        import kaleido  # noqa: F401  (optional: the `report` extra)
+    except ImportError:
+        return path
+    try:
+        fig.write_image(path.with_suffix(".png"), width=900, height=fig.layout.height or 400, scale=2)
+    except Exception as e:  # no browser on this machine: the HTML is still there
+        logging.getLogger("workbench").warning("no static image for %s: %s", name, e)
     return path

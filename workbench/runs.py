@@ -12,7 +12,8 @@ things in different papers:
 Each run is stored in ``results/<experiment>/<spec hash>/`` with ``spec.json`` (the resolved config),
 ``env.json`` (package versions, git sha), ``per_probe.jsonl``, ``summary.csv`` and ``metrics.json``.
 The folder is written under a temporary name and renamed when complete, so a killed run leaves
-nothing that looks finished; a folder with ``metrics.json`` is a finished run and is skipped.
+nothing that looks finished; a folder with ``metrics.json`` is a finished run and is skipped, and an
+identical spec (same hash) finished under another experiment is copied instead of re-run.
 
 `record(metrics)` / `read(notebook)` carry a notebook's final metrics through papermill
 (recommenders' idea in a few lines; scrapbook broke with pandas 2).
@@ -230,6 +231,10 @@ def execute(spec: RunSpec, experiment: str, progress: bool = False) -> dict:
         return json.loads((folder / "metrics.json").read_text())
     check_writable(folder.parent)
     _clear_leftovers(folder)
+    same = next(iter(sorted(results_root().glob(f"*/{spec.hash()}/metrics.json"))), None)
+    if same is not None:  # the identical run finished under another experiment: share it, don't redo it
+        _write_atomically(folder, {p.name: p.read_text() for p in same.parent.iterdir() if p.is_file()})
+        return json.loads((folder / "metrics.json").read_text())
     cfg = spec.run_config()
     model, tok = model_for(cfg)
     reqs = requests_for(spec)
@@ -273,25 +278,58 @@ def execute(spec: RunSpec, experiment: str, progress: bool = False) -> dict:
     return _plain(metrics)
 
 
+def seeded(points: list[dict], seeds, base: RunSpec) -> list[dict]:
+    """Every point once per seed. Seed s trains with ``seed=s`` (shuffle order, adapter init and
+    dropout) on its own block of requests, ``offset = base.offset + s * base.n_edits``: a
+    single-example edit is deterministic, so replicates must differ in their data to vary at all."""
+    return [{**p, "seed": s, "offset": base.offset + s * base.n_edits} for p in points for s in seeds]
+
+
 def sweep(base: RunSpec, grid: dict[str, list] | list[dict] | None = None, experiment: str = "sweep",
-          progress: bool = True) -> pd.DataFrame:
+          progress: bool = True, seeds=None) -> pd.DataFrame:
     """Run every combination of `grid` over `base`, cached in ``results/<experiment>/``.
 
     `grid` maps spec or EditConfig fields (or ``preset``) to values:
     ``sweep(spec, {"layers": [[10], [20]], "lr": [1e-3, 5e-3]}, "layer_lr")`` runs 4 specs; a list
     of dicts gives the points themselves (``[{"schedule": "depth_first", "batch_size": 1}, ...]``).
-    Returns one row per point with its values and metrics (see `load`).
+    ``seeds=[0, 1, 2]`` replicates every point (see `seeded`; `over_seeds` gives means and CIs).
+    Returns one row per run with its point's values and metrics (see `load`).
     """
     if isinstance(grid, list):
         points = grid
     else:
         grid = grid or {}
         points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
+    if seeds is not None:
+        points = seeded(points, seeds, base)
     specs = [base.replace(**p) for p in points]
     rows = []
     for point, spec in tqdm(list(zip(points, specs)), desc=experiment, disable=not progress):
         metrics = execute(spec, experiment)
         rows.append({**{k: _plain(v) for k, v in point.items()}, **metrics, "hash": spec.hash()})
+    return pd.DataFrame(rows)
+
+
+def over_seeds(df: pd.DataFrame, by: str | list[str], metrics: list[str], level: float = 0.95) -> pd.DataFrame:
+    """Mean of each metric over the seeds of every value of `by` (a column or a list of columns),
+    with ``<metric>.ci``: the half-width of the two-sided Student-t interval at `level` (NaN with one
+    seed). Rows keep the first-seen order of `by`'s values."""
+    from scipy import stats
+
+    by = [by] if isinstance(by, str) else list(by)
+    keys = df[by].apply(lambda row: json.dumps(_plain(list(row))), axis=1)  # lists (layers) are not hashable
+    rows = []
+    for key in dict.fromkeys(keys):
+        part = df[keys == key]
+        row = {**{b: part[b].iloc[0] for b in by}, "n_seeds": len(part)}
+        for m in metrics:
+            if m not in part or part[m].isna().all():
+                continue
+            values = part[m].dropna().astype(float)
+            row[m] = values.mean()
+            n = len(values)
+            row[f"{m}.ci"] = stats.t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -384,15 +422,20 @@ def flatten(df: pd.DataFrame, axis: str, metrics: list[str]) -> dict:
 
 
 # -------------------------------------------------------------------------------- lifelong
-def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = True) -> pd.DataFrame:
+def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = True, seeds=None) -> pd.DataFrame:
     """Sequential editing in chunks: edits arrive `chunk_size` at a time; each chunk is edited on top
     of the previous ones (with `spec.edit`'s schedule), then *every* edit so far is scored, and the
     capability probes run. One row per stage; stored (and skipped when finished) like any run.
 
     This is LocFT-BF's sequential setting ("edits buffered into small batches") and the only honest
     reading of "sequential": scores are taken after the last edit of each stage, never right after
-    the edit they belong to.
+    the edit they belong to. ``seeds=[0, 1, 2]`` runs one sequence per seed, each on its own block
+    of requests (as `seeded`), and adds a ``seed`` column.
     """
+    if seeds is not None:
+        parts = [lifelong(spec.replace(**point), chunk_size, experiment, progress).assign(seed=point["seed"])
+                 for point in seeded([{}], seeds, spec)]
+        return pd.concat(parts, ignore_index=True)
     from .evaluate import evaluate, pre_edit, versions
     from .train import edit
 
