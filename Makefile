@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow test-lab bench smoke-notebooks clean
+.PHONY: install demo test test-slow test-lab bench reproduce smoke-notebooks clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -54,6 +54,13 @@ test-lab: install
 bench: install
 	$(BIN)/python -m workbench.cli prepare
 	$(BIN)/python benchmarks/run_all.py
+
+# docs/REPRODUCTION.md: every claim's notebook with its parameters (configs/reproduction.yaml).
+# PNG figures need kaleido and a Chrome or Chromium (Debian: apt install chromium).
+reproduce: install
+	$(BIN)/pip install -q -e ".[report]"
+	$(BIN)/python -m workbench.cli prepare
+	$(BIN)/python -m workbench.cli reproduce
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -109,3 +109,48 @@ def test_from_params_and_preset_axis():
     assert s.n_edits == 3 and s.run_config().epochs <= 4 and s.max_new_tokens <= 16
     swapped = s.replace(preset="lora")  # a preset swapped in by a sweep is smoked too
     assert swapped.run_config().steps_per_edit <= 8 and swapped.run_config().model_name == "tiny-random-smollm2"
+
+
+def test_seeds_replicate_each_point_on_its_own_requests():
+    df = runs.sweep(SPEC.replace(n_edits=2), {"layers": [[1], [2]]}, "seeds", progress=False, seeds=[0, 1, 2])
+    assert len(df) == 6 and df["hash"].nunique() == 6
+    assert sorted(df[df.layers.map(tuple) == (1,)]["offset"]) == [0, 2, 4]  # disjoint blocks of 2 requests
+    assert list(df["seed"][:3]) == [0, 1, 2]
+    table = runs.over_seeds(df, "layers", ["ori.token_acc", "absent"])
+    assert len(table) == 2 and list(table["n_seeds"]) == [3, 3] and "absent" not in table
+    values = df[df.layers.map(tuple) == (2,)]["ori.token_acc"].astype(float)
+    row = table[table.layers.map(tuple) == (2,)].iloc[0]
+    assert row["ori.token_acc"] == pytest.approx(values.mean())
+    t_975_2df = 4.302652729911275  # Student-t 97.5 % quantile, 2 degrees of freedom
+    assert row["ori.token_acc.ci"] == pytest.approx(t_975_2df * values.std(ddof=1) / 3 ** 0.5)
+    assert runs.over_seeds(df[df.seed == 0], "layers", ["ori.token_acc"])["ori.token_acc.ci"].isna().all()
+
+
+def test_an_identical_run_finished_elsewhere_is_copied_not_rerun(store, monkeypatch):
+    first = runs.execute(SPEC, "one")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the identical run should have been reused")
+
+    monkeypatch.setattr(wb.train, "edit", no_training)
+    assert runs.execute(SPEC, "two") == first
+    assert (store / "two" / SPEC.hash() / "per_probe.jsonl").read_text() == \
+        (store / "one" / SPEC.hash() / "per_probe.jsonl").read_text()
+    with pytest.raises(AssertionError, match="should have been reused"):
+        runs.execute(SPEC.replace(lr=2e-2), "two")
+
+
+def test_reproduction_tables_are_written_from_recorded_metrics(tmp_path):
+    from workbench.cli import main, markdown_table
+
+    recorded = {"10/ori.exact_match": 0.5, "10/ori.exact_match.ci": 0.25, "5/ori.exact_match": 1.0,
+                "5/ori.exact_match.ci": None, "5/steps": 40}
+    assert markdown_table(recorded).splitlines() == [
+        "| arm | ori.exact_match | steps |", "|---|---|---|",
+        "| 5 | 1.000 | 40.000 |",  # a metric without .ci is printed alone (one seed: no interval)
+        "| 10 | 0.500 ± 0.250 |  |"]  # natural order: 5 before 10
+    (tmp_path / "layer.json").write_text(json.dumps(recorded))
+    assert main(["reproduce", "--tables", "--docs", str(tmp_path)]) == 0
+    assert (tmp_path / "layer.md").read_text() == markdown_table(recorded)
+    with pytest.raises(SystemExit, match="no claim"):
+        main(["reproduce", "not-a-claim"])

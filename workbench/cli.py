@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -65,7 +66,28 @@ def reproduce(config, claims: list[str], docs: Path) -> None:
         for png in out.glob("*.png"):
             shutil.copy(png, docs / f"{name}.png")
         (docs / f"{name}.json").write_text(json.dumps(read(executed), indent=1, sort_keys=True))
+        (docs / f"{name}.md").write_text(markdown_table(read(executed)))
         print(f"{name}: {notebook.name} in {time.time() - start:.0f} s -> {docs}/{name}.*", flush=True)
+
+
+def markdown_table(recorded: dict) -> str:
+    """A notebook's recorded ``"<arm>/<metric>"`` and ``"<arm>/<metric>.ci"`` values as a Markdown
+    table, one row per arm, "mean ± half-width" (the 95 % interval over seeds)."""
+    arms = list(dict.fromkeys(k.rsplit("/", 1)[0] for k in recorded if "/" in k))
+    metrics = list(dict.fromkeys(k.rsplit("/", 1)[1] for k in recorded if "/" in k and not k.endswith(".ci")))
+
+    def cell(arm, m):
+        mean, ci = recorded.get(f"{arm}/{m}"), recorded.get(f"{arm}/{m}.ci")
+        if mean is None:
+            return ""
+        return f"{mean:.3f}" if ci is None else f"{mean:.3f} ± {ci:.3f}"
+
+    def order(arm):  # natural order: layer 5 before 10, adalora-uke@5 before adalora-uke@10
+        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", arm) if p]
+
+    rows = ["| arm | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    rows += [f"| {arm} | " + " | ".join(cell(arm, m) for m in metrics) + " |" for arm in sorted(arms, key=order)]
+    return "\n".join(rows) + "\n"
 
 
 def main(argv=None) -> int:
@@ -97,6 +119,7 @@ def main(argv=None) -> int:
     rp.add_argument("claims", nargs="*", help="names in the file (default: all, in order)")
     rp.add_argument("--config", default=str(PROJECT_ROOT / "configs" / "reproduction.yaml"))
     rp.add_argument("--docs", default=str(PROJECT_ROOT / "docs" / "reproduction"))
+    rp.add_argument("--tables", action="store_true", help="only rewrite the Markdown tables from the recorded metrics")
     args = parser.parse_args(argv)
 
     if args.command == "prepare":
@@ -148,6 +171,11 @@ def main(argv=None) -> int:
             raise SystemExit(f"{args.grid}: expected a mapping of parameter name -> list of values")
         df = sweep_notebook(args.notebook, grid, args.experiment)
         print(df.to_string(index=False))
+    elif args.command == "reproduce" and args.tables:
+        import json
+
+        for recorded in sorted(Path(args.docs).glob("*.json")):
+            recorded.with_suffix(".md").write_text(markdown_table(json.loads(recorded.read_text())))
     elif args.command == "reproduce":
         reproduce(args.config, args.claims, Path(args.docs))
     return 0
