@@ -154,3 +154,11 @@ def test_reproduction_tables_are_written_from_recorded_metrics(tmp_path):
     assert (tmp_path / "layer.md").read_text() == markdown_table(recorded)
     with pytest.raises(SystemExit, match="no claim"):
         main(["reproduce", "not-a-claim"])
+
+
+def test_probes_can_use_another_template_than_the_edit_without_changing_old_hashes():
+    spec = SPEC.replace(chat_template=False)
+    assert spec.eval_config().chat_template is False  # by default, probed as edited
+    assert spec.replace(eval_chat_template=True).eval_config().chat_template is True
+    assert "eval_chat_template" not in spec.to_dict()  # a field added later stays out of the hash at its default
+    assert spec.replace(eval_chat_template=True).hash() != spec.hash()

@@ -48,6 +48,10 @@ def results_root() -> Path:
     return Path(os.environ.get("WORKBENCH_RESULTS", PROJECT_ROOT / "results"))
 
 
+# Spec fields added after results were stored, with their defaults (see `RunSpec.to_dict`).
+ADDED_LATER = {"eval_chat_template": None}
+
+
 @dataclass(frozen=True)
 class RunSpec:
     edit: EditConfig = field(default_factory=EditConfig)
@@ -61,6 +65,7 @@ class RunSpec:
     capability: tuple[str, ...] = ()  # "mmlu", "perplexity" (after the edit)
     n_mmlu: int = 570
     smoke_run: bool = False  # CI-sized: tiny 30-layer random model, the config's smoke() steps (see `smoke()`)
+    eval_chat_template: bool | None = None  # probe through the chat template (True) or not (False); None: as edited
 
     def __post_init__(self):
         if self.protocol not in ("batch", "single"):
@@ -84,12 +89,16 @@ class RunSpec:
         from .evaluate import EvalConfig
 
         name = self.eval if self.eval != "auto" else "uke" if self.benchmark in LONG_FORM else "locft"
+        template = self.edit.chat_template if self.eval_chat_template is None else self.eval_chat_template
         cfg = EvalConfig.preset(name).replace(splits=self.splits, capability=self.capability, n_mmlu=self.n_mmlu,
-                                              chat_template=self.edit.chat_template)  # probe as it was edited
+                                              chat_template=template)  # by default, probe as it was edited
         return cfg.replace(max_new_tokens=self.max_new_tokens) if self.max_new_tokens else cfg
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, default in ADDED_LATER.items():  # left out at their default: stored runs keep their hash
+            if d[name] == default:
+                del d[name]
         d["edit"] = self.edit.to_dict()
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
