@@ -36,8 +36,8 @@ def bars(df: pd.DataFrame, x: str, metrics: list[str], title: str = "") -> go.Fi
     fig = go.Figure()
     for m in metrics:
         if m in df:
-            fig.add_bar(x=_axis(df[x]), y=df[m], name=label(m), text=df[m].round(2), textposition="auto",
-                        error_y=_error(df, m))
+            fig.add_bar(x=_axis(df[x]), y=df[m], name=label(m), text=df[m].round(2), textposition="inside",
+                        insidetextanchor="start", textangle=0, error_y=_error(df, m))  # labels clear of the bars
     fig.update_layout(barmode="group", title=title, xaxis_title=x, yaxis_title="score", yaxis_range=[0, 1.1],
                       template="plotly_white", height=400)
     return fig
