@@ -5,7 +5,7 @@
     workbench edit --preset ft-uke --benchmark unkebench -n 10 [--save delta.safetensors]
     workbench eval --benchmark zsre -n 50 [--eval locft] [--capability mmlu]
     workbench sweep NOTEBOOK --grid grid.yaml  run a notebook once per grid point, resumable
-    workbench reproduce [CLAIM ...]        the runs of docs/REPRODUCTION.md (configs/reproduction.yaml)
+    workbench reproduce [CLAIM ...]        the runs of docs/REPRODUCTION.md (docs/reproduction.yaml)
 """
 from __future__ import annotations
 
@@ -115,9 +115,9 @@ def main(argv=None) -> int:
     sw.add_argument("notebook")
     sw.add_argument("--grid", required=True)
     sw.add_argument("--experiment", default=None)
-    rp = sub.add_parser("reproduce", help="run the reproduction report's notebooks (configs/reproduction.yaml)")
+    rp = sub.add_parser("reproduce", help="run the reproduction report's notebooks (docs/reproduction.yaml)")
     rp.add_argument("claims", nargs="*", help="names in the file (default: all, in order)")
-    rp.add_argument("--config", default=str(PROJECT_ROOT / "configs" / "reproduction.yaml"))
+    rp.add_argument("--config", default=str(PROJECT_ROOT / "docs" / "reproduction.yaml"))
     rp.add_argument("--docs", default=str(PROJECT_ROOT / "docs" / "reproduction"))
     rp.add_argument("--tables", action="store_true", help="only rewrite the Markdown tables from the recorded metrics")
     args = parser.parse_args(argv)
