@@ -162,3 +162,9 @@ def test_probes_can_use_another_template_than_the_edit_without_changing_old_hash
     assert spec.replace(eval_chat_template=True).eval_config().chat_template is True
     assert "eval_chat_template" not in spec.to_dict()  # a field added later stays out of the hash at its default
     assert spec.replace(eval_chat_template=True).hash() != spec.hash()
+
+
+def test_only_finished_reports_what_is_stored_and_runs_nothing():
+    runs.execute(SPEC.replace(n_edits=1), "partial")
+    df = runs.sweep(SPEC.replace(n_edits=1), {"lr": [1e-2, 2e-2]}, "partial", progress=False, only_finished=True)
+    assert list(df["lr"]) == [1e-2] and len(runs.load("partial")) == 1

@@ -39,7 +39,7 @@ def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel: str
     return executed
 
 
-def reproduce(config, claims: list[str], docs: Path) -> None:
+def reproduce(config, claims: list[str], docs: Path, overrides: dict | None = None) -> None:
     """Execute each claim's notebook with its parameters into ``results/reproduction/<claim>/`` and
     copy what the report cites into `docs`: ``<claim>.ipynb`` (executed, with its tables),
     ``<claim>.png`` (the figure) and ``<claim>.json`` (the recorded metrics)."""
@@ -61,7 +61,7 @@ def reproduce(config, claims: list[str], docs: Path) -> None:
         notebook = PROJECT_ROOT / entry["notebook"]
         out = results_root() / "reproduction" / name
         start = time.time()
-        executed = run_notebook(notebook, entry.get("params", {}), out)
+        executed = run_notebook(notebook, {**entry.get("params", {}), **(overrides or {})}, out)
         shutil.copy(executed, docs / f"{name}.ipynb")
         for png in out.glob("*.png"):
             shutil.copy(png, docs / f"{name}.png")
@@ -120,6 +120,8 @@ def main(argv=None) -> int:
     rp.add_argument("--config", default=str(PROJECT_ROOT / "docs" / "reproduction.yaml"))
     rp.add_argument("--docs", default=str(PROJECT_ROOT / "docs" / "reproduction"))
     rp.add_argument("--tables", action="store_true", help="only rewrite the Markdown tables from the recorded metrics")
+    rp.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="override a parameter of the claims run (e.g. -p only_finished True)")
     args = parser.parse_args(argv)
 
     if args.command == "prepare":
@@ -177,7 +179,7 @@ def main(argv=None) -> int:
         for recorded in sorted(Path(args.docs).glob("*.json")):
             recorded.with_suffix(".md").write_text(markdown_table(json.loads(recorded.read_text())))
     elif args.command == "reproduce":
-        reproduce(args.config, args.claims, Path(args.docs))
+        reproduce(args.config, args.claims, Path(args.docs), {k: _literal(v) for k, v in args.param})
     return 0
 
 

@@ -295,13 +295,15 @@ def seeded(points: list[dict], seeds, base: RunSpec) -> list[dict]:
 
 
 def sweep(base: RunSpec, grid: dict[str, list] | list[dict] | None = None, experiment: str = "sweep",
-          progress: bool = True, seeds=None) -> pd.DataFrame:
+          progress: bool = True, seeds=None, only_finished: bool = False) -> pd.DataFrame:
     """Run every combination of `grid` over `base`, cached in ``results/<experiment>/``.
 
     `grid` maps spec or EditConfig fields (or ``preset``) to values:
     ``sweep(spec, {"layers": [[10], [20]], "lr": [1e-3, 5e-3]}, "layer_lr")`` runs 4 specs; a list
     of dicts gives the points themselves (``[{"schedule": "depth_first", "batch_size": 1}, ...]``).
     ``seeds=[0, 1, 2]`` replicates every point (see `seeded`; `over_seeds` gives means and CIs).
+    ``only_finished=True`` runs nothing and returns the points already in the store (to look at a
+    grid that another process is still filling, or to report one that was cut short).
     Returns one row per run with its point's values and metrics (see `load`).
     """
     if isinstance(grid, list):
@@ -314,6 +316,8 @@ def sweep(base: RunSpec, grid: dict[str, list] | list[dict] | None = None, exper
     specs = [base.replace(**p) for p in points]
     rows = []
     for point, spec in tqdm(list(zip(points, specs)), desc=experiment, disable=not progress):
+        if only_finished and not (results_root() / experiment / spec.hash() / "metrics.json").exists():
+            continue
         metrics = execute(spec, experiment)
         rows.append({**{k: _plain(v) for k, v in point.items()}, **metrics, "hash": spec.hash()})
     return pd.DataFrame(rows)
