@@ -65,8 +65,9 @@ def reproduce(config, claims: list[str], docs: Path, overrides: dict | None = No
         shutil.copy(executed, docs / f"{name}.ipynb")
         for png in out.glob("*.png"):
             shutil.copy(png, docs / f"{name}.png")
-        (docs / f"{name}.json").write_text(json.dumps(read(executed), indent=1, sort_keys=True))
-        (docs / f"{name}.md").write_text(markdown_table(read(executed)))
+        recorded = read(executed)
+        (docs / f"{name}.json").write_text(json.dumps(recorded, indent=1, sort_keys=True))
+        (docs / f"{name}.md").write_text(markdown_table(recorded))
         print(f"{name}: {notebook.name} in {time.time() - start:.0f} s -> {docs}/{name}.*", flush=True)
 
 

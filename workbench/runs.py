@@ -214,13 +214,13 @@ def _clear_leftovers(folder: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _write_atomically(folder: Path, files: dict[str, str]) -> None:
-    """Write `files` into a temporary sibling of `folder`, then rename it into place."""
+def _write_atomically(folder: Path, files: dict[str, str | bytes]) -> None:
+    """Write `files` (text or bytes) into a temporary sibling of `folder`, then rename it into place."""
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, text in files.items():
-        (tmp / name).write_text(text)
+        (tmp / name).write_bytes(text if isinstance(text, bytes) else text.encode())
     if folder.exists():  # an unfinished earlier attempt (no metrics.json): replace it
         shutil.rmtree(folder)
     os.replace(tmp, folder)
@@ -230,19 +230,30 @@ def _json(obj) -> str:
     return json.dumps(_plain(obj), indent=1, sort_keys=True, default=str)
 
 
+def run_folder(spec: RunSpec, experiment: str) -> Path:
+    """Where `spec`'s run lives in the store (finished when it holds ``metrics.json``)."""
+    return results_root() / experiment / spec.hash()
+
+
+def _points(grid: dict[str, list] | None) -> list[dict]:
+    """Every combination of a grid's values, one dict per point (``[{}]`` for no grid)."""
+    grid = grid or {}
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
+
+
 def execute(spec: RunSpec, experiment: str, progress: bool = False) -> dict:
     """Run `spec` (or read it back if it already finished) and return its metrics."""
     from .evaluate import evaluate, pre_edit, protocols_for, save_report, summarize, versions
     from .train import edit
 
-    folder = results_root() / experiment / spec.hash()
+    folder = run_folder(spec, experiment)
     if (folder / "metrics.json").exists():
         return json.loads((folder / "metrics.json").read_text())
     check_writable(folder.parent)
     _clear_leftovers(folder)
     same = next(iter(sorted(results_root().glob(f"*/{spec.hash()}/metrics.json"))), None)
     if same is not None:  # the identical run finished under another experiment: share it, don't redo it
-        _write_atomically(folder, {p.name: p.read_text() for p in same.parent.iterdir() if p.is_file()})
+        _write_atomically(folder, {p.name: p.read_bytes() for p in same.parent.iterdir() if p.is_file()})
         return json.loads((folder / "metrics.json").read_text())
     cfg = spec.run_config()
     model, tok = model_for(cfg)
@@ -306,20 +317,17 @@ def sweep(base: RunSpec, grid: dict[str, list] | list[dict] | None = None, exper
     grid that another process is still filling, or to report one that was cut short).
     Returns one row per run with its point's values and metrics (see `load`).
     """
-    if isinstance(grid, list):
-        points = grid
-    else:
-        grid = grid or {}
-        points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
+    points = grid if isinstance(grid, list) else _points(grid)
     if seeds is not None:
         points = seeded(points, seeds, base)
     specs = [base.replace(**p) for p in points]
     rows = []
     for point, spec in tqdm(list(zip(points, specs)), desc=experiment, disable=not progress):
-        if only_finished and not (results_root() / experiment / spec.hash() / "metrics.json").exists():
+        folder = run_folder(spec, experiment)
+        if only_finished and not (folder / "metrics.json").exists():
             continue
         metrics = execute(spec, experiment)
-        rows.append({**{k: _plain(v) for k, v in point.items()}, **metrics, "hash": spec.hash()})
+        rows.append({**{k: _plain(v) for k, v in point.items()}, **metrics, "hash": folder.name})
     return pd.DataFrame(rows)
 
 
@@ -407,16 +415,15 @@ def sweep_notebook(notebook, grid: dict[str, list], experiment: str | None = Non
     experiment = experiment or notebook.stem
     root = results_root() / "sweeps" / experiment
     check_writable(root)
-    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
     rows = []
-    for params in tqdm(points, desc=notebook.name, disable=not progress):
+    for params in tqdm(_points(grid), desc=notebook.name, disable=not progress):
         key = hashlib.sha256(json.dumps(_plain(params), sort_keys=True).encode()).hexdigest()[:12]
         folder = root / key
         if not (folder / "metrics.json").exists():
             _clear_leftovers(folder)
             work = root / f".{key}.work{os.getpid()}"
             executed = run_notebook(notebook, params, work)
-            files = {p.name: p.read_text() for p in work.iterdir() if p.is_file()}
+            files = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}  # figures include PNGs
             files.update({"params.json": _json(params), "metrics.json": _json(read(executed))})
             _write_atomically(folder, files)
             shutil.rmtree(work, ignore_errors=True)
