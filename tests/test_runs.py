@@ -168,3 +168,18 @@ def test_only_finished_reports_what_is_stored_and_runs_nothing():
     runs.execute(SPEC.replace(n_edits=1), "partial")
     df = runs.sweep(SPEC.replace(n_edits=1), {"lr": [1e-2, 2e-2]}, "partial", progress=False, only_finished=True)
     assert list(df["lr"]) == [1e-2] and len(runs.load("partial")) == 1
+
+
+def test_lifelong_scores_each_chunk_so_the_old_edits_can_be_told_from_the_new():
+    import pandas as pd
+
+    from workbench.data import Request
+    from workbench.evaluate import EvalReport
+
+    seen = [Request(id=str(i), prompt=f"q{i}", target="a") for i in range(4)]
+    per_probe = pd.DataFrame({"request": ["0", "1", "2", "3", "3", "0"], "split": ["ori"] * 4 + ["para", "loc"],
+                              "exact_match": [0.0, 0.0, 1.0, 1.0, 1.0, 0.0]})
+    summary = pd.DataFrame({"split": ["ori"], "metric": ["exact_match"], "value": [0.5], "n": [4], "protocol": [""]})
+    got = runs.by_chunk(EvalReport(per_probe, summary), seen, chunk_size=2)
+    # the overall 0.5 hides that the first chunk was lost and the second kept
+    assert got == {"chunk1.ori.exact_match": 0.0, "chunk2.ori.exact_match": 1.0, "chunk2.para.exact_match": 1.0}

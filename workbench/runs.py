@@ -442,6 +442,20 @@ def flatten(df: pd.DataFrame, axis: str, metrics: list[str]) -> dict:
 
 
 # -------------------------------------------------------------------------------- lifelong
+def by_chunk(report, seen: list, chunk_size: int) -> dict[str, float]:
+    """Edit scores of each chunk so far (``chunk1.ori.exact_match``, ...): whether the old edits
+    survive the new ones (LocFT-BF's Figure 3 view), which the overall mean over all edits hides."""
+    table = report.per_probe
+    metrics = [m for m in report.summary.metric.unique() if m in table.columns]
+    out = {}
+    for k, start in enumerate(range(0, len(seen), chunk_size), 1):
+        ids = {r.id for r in seen[start:start + chunk_size]}
+        rows = table[table.request.isin(ids) & (table.split != "loc")]
+        for (split, metric), value in rows.groupby("split")[metrics].mean().stack().items():
+            out[f"chunk{k}.{split}.{metric}"] = float(value)
+    return out
+
+
 def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = True, seeds=None) -> pd.DataFrame:
     """Sequential editing in chunks: edits arrive `chunk_size` at a time; each chunk is edited on top
     of the previous ones (with `spec.edit`'s schedule), then *every* edit so far is scored, and the
@@ -477,8 +491,8 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
             done.append(edit(model, tok, chunk, cfg, progress=False))
             seen = reqs[:start + len(chunk)]
             report = evaluate(model, tok, seen, ecfg, pre=pre)
-            stages.append({"n_edits": len(seen), **report.scores(), "edit_s": sum(r.timings["total_s"] for r in done),
-                           "steps": sum(r.steps for r in done)})
+            stages.append({"n_edits": len(seen), **report.scores(), **by_chunk(report, seen, chunk_size),
+                           "edit_s": sum(r.timings["total_s"] for r in done), "steps": sum(r.steps for r in done)})
     finally:
         for r in reversed(done):  # undo in reverse order: each revert restores the state before its edit
             r.revert()
