@@ -15,7 +15,7 @@ def test_presets_exist_and_load():
     assert preset("ft-uke").components == ("down",) and preset("ft-uke").loss_scope == "target"
     assert preset("locft-bf").schedule == "breadth_first"
     assert preset("adalora-uke").method == "adalora" and preset("adalora-uke").layers == "all"
-    assert preset("ft-l").loss_scope == "last_token" and preset("ft-l").norm_constraint > 0
+    assert preset("ft-l").loss_scope == "prompt_last" and preset("ft-l").norm_constraint > 0
 
 
 def test_yaml_strings_are_coerced(tmp_path):
@@ -27,7 +27,7 @@ def test_yaml_strings_are_coerced(tmp_path):
 
 
 @pytest.mark.parametrize("bad,fragment", [
-    ({"loss_scope": "all"}, "choose one of: 'last_token', 'target', 'prompt_target'"),
+    ({"loss_scope": "all"}, "choose one of: 'prompt_last', 'first_token', 'target', 'prompt_target'"),
     ({"schedule": "bfs"}, "'depth_first', 'breadth_first'"),
     ({"components": ["down", "ffn"]}, "components='ffn' is not valid"),
     ({"method": "rome"}, "'ft', 'lora', 'adalora'"),

@@ -34,9 +34,13 @@ def test_label_masks_token_by_token(tok, template):
     n, ids = t.n_prompt, t.input_ids
     target_ids = ids[n:]
     assert t.labels == [IGNORE] * n + target_ids  # every target token, end-of-turn/EOS included
-    last = encode(tok, PROMPT, TARGET, "last_token", template)
-    assert last.input_ids == ids
-    assert last.labels == [IGNORE] * n + [target_ids[0]] + [IGNORE] * (len(target_ids) - 1)
+    first = encode(tok, PROMPT, TARGET, "first_token", template)
+    assert first.input_ids == ids and not first.bag
+    assert first.labels == [IGNORE] * n + [target_ids[0]] + [IGNORE] * (len(target_ids) - 1)
+    with pytest.warns(FutureWarning, match="'first_token'"):  # the old name: a deprecated alias
+        assert encode(tok, PROMPT, TARGET, "last_token", template) == first
+    bag = encode(tok, PROMPT, TARGET, "prompt_last", template)  # the answer's tokens, no end-of-turn, as a bag
+    assert bag.bag and bag.input_ids == ids and bag.labels == [IGNORE] * n + target_ids[:-1] + [IGNORE]
     both = encode(tok, PROMPT, TARGET, "prompt_target", template)
     assert both.labels == [IGNORE] + ids[1:]
 
@@ -59,5 +63,5 @@ def test_collate_left_pads(tok):
 
 
 def test_bad_loss_scope_lists_valid_ones(tok):
-    with pytest.raises(ValueError, match="'last_token', 'target', 'prompt_target'"):
+    with pytest.raises(ValueError, match="'prompt_last', 'first_token', 'target', 'prompt_target'"):
         encode(tok, PROMPT, TARGET, "all_tokens", True)

@@ -29,3 +29,11 @@ def test_sets_are_named_and_checked():
 
     with pytest.raises(wb.ConfigError, match="'unkebench-loc', 'akew-loc'"):
         locality.build("zsre-loc")
+
+
+def test_a_batch_of_100_unkebench_edits_has_no_probe_inside_the_batch():
+    # Under the old rule (only the edit itself excluded) 29 of these 200 RelDoc/RandDoc probes were
+    # questions of other requests in the same 100 (measured 2026-12-01).
+    requests = locality.load("unkebench-loc", n=100)
+    assert sum(len(r.locality) for r in requests) == 300
+    assert data.contaminated(requests) == 0

@@ -8,7 +8,7 @@ from workbench import runs
 from workbench.cli import run_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-SCORES = ("exact_match", "rougeL_f1", "bertscore_f1", "token_acc", "mmlu_acc")
+SCORES = ("exact_match", "rougeL_f1", "bertscore_f1", "rougeL_recall", "token_acc", "mmlu_acc")
 
 
 @pytest.fixture(autouse=True)
@@ -40,12 +40,12 @@ def test_00_quickstart(tmp_path):
 
 
 @pytest.mark.parametrize("name,metric,values", [
-    ("01_loss_scope", "ori.rougeL_f1", ["last_token", "target"]),
+    ("01_loss_scope", "ori.rougeL_recall", ["prompt_last", "first_token", "target"]),
     ("02_chat_template", "loc.bertscore_f1", ["True", "False"]),
     ("03_component", "para.rougeL_f1", ["q", "k", "v", "o", "gate", "up", "down"]),
     ("04_layer", "capability.mmlu_acc", ["5", "10", "15", "20", "25"]),
     ("05_df_vs_bf", "ori.exact_match", ["depth_first", "breadth_first"]),
-    ("07_method_comparison", "ori.rougeL_f1", [f"{m} / {p}" for m in ("ft-uke", "locft-bf", "ft-m", "ft-l", "lora",
+    ("07_method_comparison", "ori.sentence_cosine", [f"{m} / {p}" for m in ("ft-uke", "locft-bf", "ft-m", "ft-l", "lora",
                                                                         "adalora-uke") for p in ("single", "batch")]),
     ("10_batch_editing", "ori.bertscore_f1", ["ft-uke@1", "ft-uke@2", "adalora-uke@1", "adalora-uke@2"]),
 ])

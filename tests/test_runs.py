@@ -174,12 +174,12 @@ def test_lifelong_scores_each_chunk_so_the_old_edits_can_be_told_from_the_new():
     import pandas as pd
 
     from workbench.data import Request
-    from workbench.evaluate import EvalReport
+    from workbench.evaluate import EvalReport, protocols_for, summarize
 
     seen = [Request(id=str(i), prompt=f"q{i}", target="a") for i in range(4)]
     per_probe = pd.DataFrame({"request": ["0", "1", "2", "3", "3", "0"], "split": ["ori"] * 4 + ["para", "loc"],
-                              "exact_match": [0.0, 0.0, 1.0, 1.0, 1.0, 0.0]})
-    summary = pd.DataFrame({"split": ["ori"], "metric": ["exact_match"], "value": [0.5], "n": [4], "protocol": [""]})
-    got = runs.by_chunk(EvalReport(per_probe, summary), seen, chunk_size=2)
+                              "kind": [""] * 6, "exact_match": [0.0, 0.0, 1.0, 1.0, 1.0, 0.0]})
+    protocols = protocols_for(wb.EvalConfig())
+    got = runs.by_chunk(EvalReport(per_probe, summarize(per_probe, protocols)), seen, 2, protocols)
     # the overall 0.5 hides that the first chunk was lost and the second kept
     assert got == {"chunk1.ori.exact_match": 0.0, "chunk2.ori.exact_match": 1.0, "chunk2.para.exact_match": 1.0}

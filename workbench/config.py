@@ -15,6 +15,7 @@ import math
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,21 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SMOKE = os.environ.get("WORKBENCH_SMOKE", "0") not in ("", "0", "false", "False")
 
 
+LOSS_SCOPES = ("prompt_last", "first_token", "target", "prompt_target")  # see prompts/data.encode
+DEPRECATED_SCOPES = {"last_token": "first_token"}  # old name -> what it always meant
+
+
+def loss_scope_name(scope: str) -> str:
+    """`scope`, with a deprecated alias mapped to its name (and a warning); anything else unchanged."""
+    if isinstance(scope, str) and scope in DEPRECATED_SCOPES:
+        new = DEPRECATED_SCOPES[scope]
+        warnings.warn(f"loss_scope={scope!r} is deprecated: it supervises only the first target token; call it "
+                      f"{new!r}. EasyEdit's FT-L objective (every target token from the last prompt position) is "
+                      "'prompt_last'", FutureWarning, stacklevel=3)
+        return new
+    return scope
+
+
 @dataclass(frozen=True)
 class EditConfig:
     # --- model (used by `wb.load_for(cfg)`, runs and notebooks; `wb.edit` takes the model it is given)
@@ -40,7 +56,9 @@ class EditConfig:
     components: tuple[str, ...] = ("down",)  # abstract names: q k v o gate up down mlp attn block (components.py)
     layers: tuple[int, ...] | str = (15,)  # layer indices (negative counts from the end), or "all"
     # --- what the loss sees (applied only as a label mask, data.encode)
-    loss_scope: Literal["last_token", "target", "prompt_target"] = "target"  # FT-UKE: target; FT-L: last_token
+    # FT-UKE / LocFT-BF: target; EasyEdit's FT-L: prompt_last (all target tokens from the last prompt position);
+    # first_token: only the first target token ("last_token" is its deprecated alias); prompt_target: every token
+    loss_scope: Literal["prompt_last", "first_token", "target", "prompt_target"] = "target"
     chat_template: bool = True  # wrap the prompt in the tokenizer's own chat template; close the target with its end-of-turn
     max_length: int = 512  # longer examples are truncated (prompt first) with a warning and counted
     # --- schedule
@@ -61,6 +79,10 @@ class EditConfig:
     lora_rank: int = 8  # LoRA r; AdaLoRA's target rank (it starts at 1.5x this and prunes)
     lora_alpha: float = 32.0
     lora_dropout: float = 0.1
+    # AdaLoRA rank pruning as peft's (tinit, tfinal, deltaT); empty: no pruning, the rank stays at its start
+    # (1.5 x lora_rank) as in EasyEdit's AdaLoRA, which never calls update_and_allocate
+    adalora_schedule: tuple[int, ...] = ()
+    adalora_orth_reg: float = 0.5  # weight of AdaLoRA's orthogonal regulariser on its A and B (peft's orth_reg_weight)
     merge_adapter: bool = False  # merge the adapter into the base weights after the edit (revert still exact)
     # --- speed (the same edit up to float rounding)
     prefix_cache: bool = True  # run the frozen layers below the lowest edited one once per example, not every step (prefix.py)
@@ -68,6 +90,7 @@ class EditConfig:
     seed: int = 0  # shuffling, adapter init and dropout
 
     def __post_init__(self):
+        object.__setattr__(self, "loss_scope", loss_scope_name(self.loss_scope))  # deprecated aliases
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
@@ -76,8 +99,12 @@ class EditConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.max_length < 2:
             raise ConfigError(f"max_length={self.max_length} must be >= 2 (a prompt token and a target token)")
+        if self.adalora_schedule and (len(self.adalora_schedule) != 3 or min(self.adalora_schedule) < 0
+                                      or self.adalora_schedule[2] < 1):
+            raise ConfigError(f"adalora_schedule={list(self.adalora_schedule)}: give [tinit, tfinal, deltaT] "
+                              "(steps >= 0, deltaT >= 1), or [] for no rank pruning")
         for name in ("micro_batch_size", "lr", "weight_decay", "max_grad_norm", "norm_constraint", "early_stop_loss",
-                     "lora_dropout"):
+                     "lora_dropout", "adalora_orth_reg"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
         if self.micro_batch_size > self.batch_size:

@@ -15,8 +15,13 @@ nothing is downloaded unless `download()` is called.
 The second half of the module turns a request into training tensors. The loss scope of an edit is
 *only* a label mask built here:
 
-* ``last_token``: supervise the first target token only, predicted from the last prompt position
-  (FT-L / final-token loss);
+* ``prompt_last``: EasyEdit's FT-L objective (``objective_optimization: prompt_last``): every target
+  token is scored against the *one* distribution at the last prompt position (a bag of tokens:
+  log-softmax there, gathered at all target ids, masked mean); the end-of-turn is not in the bag.
+  The labels mark the target tokens as for ``target`` and `Encoded.bag` tells the loss to read them
+  all from that position (causal attention makes feeding the target harmless to it);
+* ``first_token``: supervise the first target token only, predicted from the last prompt position
+  (``last_token`` is its old, misleading name: a deprecated alias);
 * ``target``: every target token, including the closing end-of-turn / EOS token (FT-UKE, LocFT-BF);
 * ``prompt_target``: every token after the first.
 
@@ -342,6 +347,13 @@ def as_requests(items) -> list[Request]:
     return out
 
 
+def contaminated(requests: list[Request]) -> int:
+    """Locality probes of `requests` that are the question of a request in `requests` itself: an edit
+    scored as another edit's locality (0 for every set `locality.build` makes)."""
+    prompts = {r.prompt for r in requests}
+    return sum(q.question in prompts for r in requests for q in r.locality)
+
+
 def to_dataset(requests):
     """The requests as a `datasets.Dataset` (one row per request; nested fields kept as lists)."""
     import datasets
@@ -355,7 +367,7 @@ def to_dataset(requests):
 
 
 # ------------------------------------------------------------------------------------- encoding
-LOSS_SCOPES = ("last_token", "target", "prompt_target")
+from .config import LOSS_SCOPES, loss_scope_name  # noqa: E402  (the loss-scope names live with the config)
 
 
 def prompt_ids(tok, prompt: str, chat_template: bool) -> list[int]:
@@ -386,6 +398,7 @@ class Encoded:
     labels: list[int]  # IGNORE where no loss; else the token at that position
     n_prompt: int  # prompt tokens (after any truncation)
     truncated: bool  # the example was longer than max_length and was cut
+    bag: bool = False  # score every labelled token from the last prompt position (loss scope prompt_last)
 
 
 def encode(tok, prompt: str, target: str, loss_scope: str = "target", chat_template: bool = True,
@@ -395,6 +408,7 @@ def encode(tok, prompt: str, target: str, loss_scope: str = "target", chat_templ
     Over `max_length`, the prompt is cut from the left first (the answer is what is learnt), then
     the target from the right.
     """
+    loss_scope = loss_scope_name(loss_scope)
     if loss_scope not in LOSS_SCOPES:
         from .errors import ConfigError
 
@@ -404,6 +418,7 @@ def encode(tok, prompt: str, target: str, loss_scope: str = "target", chat_templ
 
         raise ConfigError(f"max_length={max_length} must be >= 2 (a prompt token and a target token)")
     p, t = prompt_ids(tok, prompt, chat_template), target_ids(tok, target, chat_template)
+    n_target = len(t)
     if not p:  # nothing to predict the first target token from
         raise DataError(f"the prompt {prompt!r} has no tokens (and the tokenizer adds no BOS)", field="prompt")
     truncated = bool(max_length) and len(p) + len(t) > max_length
@@ -414,11 +429,14 @@ def encode(tok, prompt: str, target: str, loss_scope: str = "target", chat_templ
     ids = p + t
     if loss_scope == "target":
         labels = [IGNORE] * len(p) + t
-    elif loss_scope == "last_token":
+    elif loss_scope == "prompt_last":  # the closing end-of-turn / EOS (kept unless truncated away) is not in the bag
+        closed = len(t) == n_target and len(t) > 1  # the closing token survived truncation
+        labels = [IGNORE] * len(p) + (t[:-1] + [IGNORE] if closed else t)
+    elif loss_scope == "first_token":
         labels = [IGNORE] * len(p) + t[:1] + [IGNORE] * (len(t) - 1)
     else:
         labels = [IGNORE] + ids[1:]
-    return Encoded(ids, labels, len(p), truncated)
+    return Encoded(ids, labels, len(p), truncated, bag=loss_scope == "prompt_last")
 
 
 def collate(examples: list[Encoded], pad_id: int):
@@ -434,7 +452,8 @@ def collate(examples: list[Encoded], pad_id: int):
         ids[i, width - n:] = torch.tensor(e.input_ids)
         mask[i, width - n:] = 1
         labels[i, width - n:] = torch.tensor(e.labels)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    bag = torch.tensor([e.bag for e in examples], dtype=torch.bool)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "bag": bag}
 
 
 def warn_truncated(count: int, max_length: int) -> None:

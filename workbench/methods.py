@@ -4,8 +4,16 @@
   config fields: loss scope, template, layers, schedule, norm constraint).
 * ``lora`` / ``adalora``: a peft adapter on the selected Linear modules. peft injects its layers into the
   model in place, so the caller's ``model`` object is the edited one; reverting unloads the adapter
-  (the base weights were never touched). AdaLoRA prunes ranks on a budget schedule, so it needs the
-  total step count up front and a call after every optimiser step (`AdapterHandle.after_step`).
+  (the base weights were never touched). peft keeps adapter weights in float32 on a bf16/fp16 model
+  (``autocast_adapter_dtype``), so small updates are not lost to rounding.
+
+AdaLoRA as the baselines run it: EasyEdit's AdaLoRA trains a fixed number of steps through peft's
+model, whose loss carries AdaLoRA's orthogonal regulariser (``orth_reg_weight`` x the mean over
+adapted matrices of ||A Aᵀ - I||_F and ||Bᵀ B - I||_F), and never calls ``update_and_allocate``, so no
+rank is pruned. We compute the loss ourselves (logits only where there are labels), so the
+regulariser is added by `AdapterHandle.regularizer` (tested equal to peft's). Rank pruning runs only
+when ``adalora_schedule`` gives peft's (tinit, tfinal, deltaT); it then needs the total step count
+up front and a call after every optimiser step (`AdapterHandle.after_step`).
 
 Named presets are thin partials over `wb.edit` (`ft_uke`, `locft_bf`, ...), each reading its YAML file.
 """
@@ -26,6 +34,7 @@ class AdapterHandle:
 
     peft_model: object
     kind: str
+    prune: bool = False  # AdaLoRA: reallocate ranks after every step (adalora_schedule given)
 
     def parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.peft_model.named_parameters() if p.requires_grad}
@@ -37,8 +46,21 @@ class AdapterHandle:
                 module.train()
 
     def after_step(self, global_step: int) -> None:
-        if self.kind == "adalora":  # rank allocation reads the gradients, so call before zero_grad
+        if self.prune:  # rank allocation reads the gradients, so call before zero_grad
             self.peft_model.base_model.update_and_allocate(global_step)
+
+    def regularizer(self):
+        """AdaLoRA's orthogonal regulariser as peft adds it to its model's loss (None for LoRA):
+        ``orth_reg_weight`` x the mean over adapter matrices of ||A Aᵀ - I||_F (A) and ||Bᵀ B - I||_F (B)."""
+        if self.kind != "adalora":
+            return None
+        weight = self.peft_model.peft_config[self.peft_model.active_adapter].orth_reg_weight
+        terms = []
+        for name, p in self.peft_model.named_parameters():
+            if p.requires_grad and ("lora_A" in name or "lora_B" in name):
+                cov = p @ p.T if "lora_A" in name else p.T @ p
+                terms.append(torch.linalg.matrix_norm(cov - torch.eye(len(cov), device=cov.device, dtype=cov.dtype)))
+        return weight * torch.stack(terms).mean() if terms else None
 
     def delta_weights(self) -> dict[str, torch.Tensor]:
         """Dense weight deltas (base parameter name -> B @ A * scale) of every adapted module."""
@@ -85,13 +107,18 @@ def attach_adapter(model: nn.Module, targets: list[Target], cfg, total_steps: in
     if cfg.method == "lora":
         pcfg = LoraConfig(r=cfg.lora_rank, **common)
     else:
-        # AdaLoRA starts at init_r and prunes to target_r over [tinit, total_step - tfinal].
+        # AdaLoRA starts at init_r; with a schedule it prunes to target_r over [tinit, total_step - tfinal].
+        tinit, tfinal, delta_t = cfg.adalora_schedule or (0, 0, 1)
+        if cfg.adalora_schedule and tinit + tfinal >= total_steps:
+            raise ConfigError(f"adalora_schedule={list(cfg.adalora_schedule)}: tinit + tfinal must be below the "
+                              f"{total_steps} planned steps")
         pcfg = AdaLoraConfig(init_r=max(cfg.lora_rank * 3 // 2, cfg.lora_rank), target_r=cfg.lora_rank,
-                             total_step=max(total_steps, 2), tinit=0, tfinal=0, deltaT=1, **common)
+                             total_step=max(total_steps, 2), tinit=tinit, tfinal=tfinal, deltaT=delta_t,
+                             orth_reg_weight=cfg.adalora_orth_reg, **common)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # adapter initialisation is part of the seed
         peft_model = get_peft_model(model, pcfg)
-    return AdapterHandle(peft_model, cfg.method)
+    return AdapterHandle(peft_model, cfg.method, prune=cfg.method == "adalora" and bool(cfg.adalora_schedule))
 
 
 def _preset_edit(preset_name: str, doc: str):

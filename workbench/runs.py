@@ -66,6 +66,9 @@ class RunSpec:
     n_mmlu: int = 570
     smoke_run: bool = False  # CI-sized: tiny 30-layer random model, the config's smoke() steps (see `smoke()`)
     eval_chat_template: bool | None = None  # probe through the chat template (True) or not (False); None: as edited
+    # version of the scorers and locality sets: 2 = the UnKE lineage's scorers, FT-L's prompt_last, locality sets
+    # that exclude the edit set. In the hash, so runs scored the old way are never read back as new ones.
+    scoring: int = 2
 
     def __post_init__(self):
         if self.protocol not in ("batch", "single"):
@@ -442,17 +445,18 @@ def flatten(df: pd.DataFrame, axis: str, metrics: list[str]) -> dict:
 
 
 # -------------------------------------------------------------------------------- lifelong
-def by_chunk(report, seen: list, chunk_size: int) -> dict[str, float]:
+def by_chunk(report, seen: list, chunk_size: int, protocols: dict[str, str]) -> dict[str, float]:
     """Edit scores of each chunk so far (``chunk1.ori.exact_match``, ...): whether the old edits
-    survive the new ones (LocFT-BF's Figure 3 view), which the overall mean over all edits hides."""
-    table = report.per_probe
-    metrics = [m for m in report.summary.metric.unique() if m in table.columns]
+    survive the new ones (LocFT-BF's Figure 3 view), which the overall mean over all edits hides.
+    Each chunk's probes are summarised as a report of their own (`evaluate.summarize`); locality
+    probes are left out, as they belong to no edit."""
+    from .evaluate import EvalReport, summarize
+
+    table = report.per_probe[report.per_probe.split != "loc"]
     out = {}
     for k, start in enumerate(range(0, len(seen), chunk_size), 1):
-        ids = {r.id for r in seen[start:start + chunk_size]}
-        rows = table[table.request.isin(ids) & (table.split != "loc")]
-        for (split, metric), value in rows.groupby("split")[metrics].mean().stack().items():
-            out[f"chunk{k}.{split}.{metric}"] = float(value)
+        rows = table[table.request.isin({r.id for r in seen[start:start + chunk_size]})]
+        out.update({f"chunk{k}.{key}": v for key, v in EvalReport(rows, summarize(rows, protocols)).scores().items()})
     return out
 
 
@@ -470,7 +474,7 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
         parts = [lifelong(spec.replace(**point), chunk_size, experiment, progress).assign(seed=point["seed"])
                  for point in seeded([{}], seeds, spec)]
         return pd.concat(parts, ignore_index=True)
-    from .evaluate import evaluate, pre_edit, versions
+    from .evaluate import evaluate, pre_edit, protocols_for, versions
     from .train import edit
 
     folder = results_root() / experiment / f"{spec.hash()}-chunk{chunk_size}"
@@ -491,7 +495,8 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
             done.append(edit(model, tok, chunk, cfg, progress=False))
             seen = reqs[:start + len(chunk)]
             report = evaluate(model, tok, seen, ecfg, pre=pre)
-            stages.append({"n_edits": len(seen), **report.scores(), **by_chunk(report, seen, chunk_size),
+            stages.append({"n_edits": len(seen), **report.scores(),
+                           **by_chunk(report, seen, chunk_size, protocols_for(ecfg)),
                            "edit_s": sum(r.timings["total_s"] for r in done), "steps": sum(r.steps for r in done)})
     finally:
         for r in reversed(done):  # undo in reverse order: each revert restores the state before its edit

@@ -25,6 +25,13 @@
 5. returns an `EditResult` holding the original value of every touched tensor: ``revert()`` puts
    them back bitwise, ``save()`` writes the delta as safetensors (`apply_delta` loads one).
 
+Precision: the trained weights are float32 even when the frozen model runs in bf16 or fp16. Adam on
+a bf16 weight rounds every update below the weight's resolution (about 1e-4 for a weight of 0.02)
+back to nothing, which silently freezes the lr 5e-5 .. 5e-4 recipes. So a trained parameter is
+upcast in place for the edit and its module computes in float32, its inputs cast up and its output
+cast back to the model's dtype (`_float32_master`); the edited model keeps the float32 weight until
+``revert()`` puts the original tensor, dtype and all, back.
+
 The frozen model runs in eval mode (no dropout); an adapter's ``lora_dropout`` is active.
 A NaN/inf loss reverts the model and raises `EditError` naming the step and the requests; any other
 exception, KeyboardInterrupt included, reverts the model and re-raises.
@@ -65,7 +72,8 @@ def example_losses(model: nn.Module, batch: dict) -> torch.Tensor:
     """Mean cross-entropy over each example's labelled tokens.
 
     Args:
-        batch: ``input_ids, attention_mask, labels`` of shape [B, T], left-padded (`data.collate`).
+        batch: ``input_ids, attention_mask, labels`` of shape [B, T], left-padded (`data.collate`), and
+            optionally ``bag`` [B] (loss scope ``prompt_last``: every label read from one position).
     Returns:
         [B] float32 losses.
     """
@@ -88,6 +96,12 @@ def example_losses(model: nn.Module, batch: dict) -> torch.Tensor:
         handle.remove()
     logits = out.logits[:, :-1].float()  # positions T-keep .. T-2 predict tokens T-keep+1 .. T-1
     target = labels[:, T - keep + 1:]
+    bag = batch.get("bag")
+    if bag is not None and bag.any():
+        # prompt_last (EasyEdit's FT-L): every labelled token of a bag example is scored against the
+        # distribution at its last prompt position, the one that predicts its first labelled token.
+        anchor = logits[torch.arange(len(logits), device=logits.device), (target != data.IGNORE).int().argmax(1)]
+        logits = torch.where(bag.to(logits.device)[:, None, None], anchor[:, None, :], logits)
     tok_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                ignore_index=data.IGNORE, reduction="none").view(target.shape)
     counts = (target != data.IGNORE).sum(1).clamp(min=1)
@@ -114,6 +128,7 @@ class EditResult:
     prefix_cache: str = ""  # whether the prefix-activation cache ran, and why not when it did not (prefix.py)
     adapter: AdapterHandle | None = None  # a live (unmerged) adapter, removed by revert()
     reverted: bool = False
+    casts: list = field(default_factory=list, repr=False)  # float32 compute hooks on upcast modules, removed by revert()
     _deltas: dict | None = field(default=None, repr=False)
 
     @property
@@ -129,6 +144,7 @@ class EditResult:
             self.adapter.unload()
             self.adapter = None
         _restore(self.model, self.originals)
+        _remove(self.casts)
         self.reverted = True
         return self.model
 
@@ -159,7 +175,47 @@ def _restore(model: nn.Module, originals: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in originals.items():
-            params[name].copy_(value)
+            if params[name].dtype != value.dtype:  # upcast for the edit: put the original tensor back
+                params[name].data = value.clone()
+            else:
+                params[name].copy_(value)
+
+
+def _remove(handles: list) -> None:
+    for h in handles:
+        h.remove()
+    handles.clear()
+
+
+def _float32_master(model: nn.Module, trainable: dict[str, nn.Parameter]) -> list:
+    """Upcast low-precision trainable parameters to float32 in place and make their modules compute in
+    float32 (inputs cast up, outputs cast back to the model's dtype). Returns the hook handles."""
+    handles, owners = [], {}
+    for name, p in trainable.items():
+        if p.dtype in (torch.bfloat16, torch.float16):
+            owners.setdefault(name.rsplit(".", 1)[0], p.dtype)
+            p.data = p.data.float()
+    for module_name, low in owners.items():
+        module = model.get_submodule(module_name)
+
+        def up(mod, args, kwargs):
+            return _cast(args, torch.float32), _cast(kwargs, torch.float32)
+
+        def down(mod, args, output, low=low):
+            return _cast(output, low)
+
+        handles += [module.register_forward_pre_hook(up, with_kwargs=True), module.register_forward_hook(down)]
+    return handles
+
+
+def _cast(value, dtype):
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype) for k, v in value.items()}
+    return value
 
 
 def apply_delta(model: nn.Module, path) -> EditResult:
@@ -236,7 +292,10 @@ class _Loop:
             if self.cache is not None:
                 self.cache.replay(part)
             losses = example_losses(self.model, self.batch(part))
-            (losses.sum() / len(idx)).backward()  # mean over examples, across micro-batches
+            objective = losses.sum() / len(idx)  # mean over examples, across micro-batches
+            if start == 0 and (reg := self.adapter and self.adapter.regularizer()) is not None:
+                objective = objective + reg  # AdaLoRA's orthogonal term, once per step (not in the logged loss)
+            objective.backward()
             total += losses.detach().sum().item()
         loss = total / len(idx)
         step_no = len(self.rows)
@@ -261,11 +320,11 @@ class _Loop:
     def _constrain(self) -> None:
         for name, mask in self.masks.items():  # fused slices not selected stay as they were
             p = self.trainable[name]
-            p.copy_(torch.where(mask, p, self.originals[name]))
+            p.copy_(torch.where(mask, p, self.originals[name].to(p.dtype)))
         if self.cfg.norm_constraint:  # FT-L: each weight within +-eps of its original
             eps = self.cfg.norm_constraint
             for name, p in self.trainable.items():
-                o = self.originals[name]
+                o = self.originals[name].to(p.dtype)
                 p.copy_(torch.clamp(p, o - eps, o + eps))
 
     def depth_first(self) -> None:
@@ -327,7 +386,7 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
                          num_layers(model), prefix_cache=cache_note is None)
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
-    adapter, masks, cache = None, {}, None
+    adapter, masks, cache, casts = None, {}, None, []
     originals: dict[str, torch.Tensor] = {}
     pad_id = spec(tok).pad_id
     try:
@@ -336,6 +395,7 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
         if cfg.method == "ft":
             trainable, masks = selected
             originals = {n: p.detach().clone() for n, p in trainable.items()}
+            casts = _float32_master(model, trainable)
             for p in trainable.values():
                 p.requires_grad_(True)
         else:
@@ -376,6 +436,7 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
         if adapter is not None:
             adapter.unload()
         _restore(model, originals)
+        _remove(casts)
         _reset(model, grad_flags, was_training)
         raise
     _reset(model, grad_flags, was_training)
@@ -383,7 +444,7 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
     timings = {"encode_s": t_encode, "prefix_s": t_prefix, "train_s": t_total - t_encode, "total_s": t_total,
                "s_per_edit": t_total / len(requests)}
     return EditResult(model, cfg, ids, originals, pd.DataFrame(loop.rows), timings, n_trainable, n_truncated,
-                      cache_note, adapter)
+                      cache_note, adapter, casts=casts)
 
 
 def _trainable_estimate(model: nn.Module, targets: list[Target], cfg: EditConfig, selected: tuple | None) -> int:
