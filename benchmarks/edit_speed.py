@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 
 import workbench as wb
-from workbench import data
+from workbench import data, prompts
 from workbench.components import resolve
 from workbench.models import spec
-from workbench.train import _optimizer, position_ids
+from workbench.methods.ft import _optimizer
+from workbench.prompts import position_ids
 
 
 def plain_loop(model, tok, requests, cfg, freeze: bool = True) -> float:
@@ -43,7 +44,7 @@ def plain_loop(model, tok, requests, cfg, freeze: bool = True) -> float:
     else keeps ``requires_grad=True``, as many hand-written loops leave it: autograd then computes
     gradients for the whole model.
     """
-    examples = [data.encode(tok, r.prompt, r.target, cfg.loss_scope, cfg.chat_template, cfg.max_length)
+    examples = [prompts.encode(tok, r.prompt, r.target, cfg.loss_scope, cfg.chat_template, cfg.max_length)
                 for r in requests]
     pad_id = spec(tok).pad_id
     for p in model.parameters():
@@ -57,13 +58,13 @@ def plain_loop(model, tok, requests, cfg, freeze: bool = True) -> float:
     for _ in range(cfg.epochs):
         order = torch.randperm(len(examples), generator=gen).tolist()
         for s in range(0, len(order), cfg.batch_size):
-            b = data.collate([examples[i] for i in order[s:s + cfg.batch_size]], pad_id)
+            b = prompts.collate([examples[i] for i in order[s:s + cfg.batch_size]], pad_id)
             mask = b["attention_mask"]
             logits = model(input_ids=b["input_ids"], attention_mask=mask, position_ids=position_ids(mask)).logits.float()
             target = b["labels"][:, 1:]
             tok_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                       ignore_index=data.IGNORE, reduction="none").view(target.shape)
-            loss = (tok_loss.sum(1) / (target != data.IGNORE).sum(1)).mean()
+                                       ignore_index=prompts.IGNORE, reduction="none").view(target.shape)
+            loss = (tok_loss.sum(1) / (target != prompts.IGNORE).sum(1)).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -14,7 +14,7 @@ import torch
 
 import workbench as wb
 from workbench import locality, metrics
-from workbench.data import prompt_ids
+from workbench.prompts import prompt_ids
 from workbench.evaluate import probes
 from workbench.models import spec
 

@@ -1,8 +1,8 @@
 """The loss scope is only a label mask: checked token by token, with and without the chat template."""
 import pytest
 
-from workbench import data
-from workbench.data import IGNORE, encode
+from workbench import prompts
+from workbench.prompts import IGNORE, encode
 from workbench.models import spec
 
 PROMPT, TARGET = "What is the capital of Veloria?", "Castelmarre"
@@ -54,7 +54,7 @@ def test_truncation_keeps_the_target_and_is_counted(tok):
 
 def test_collate_left_pads(tok):
     a, b = encode(tok, "Hi", "A", "target", False), encode(tok, "A much longer prompt here", "B", "target", False)
-    batch = data.collate([a, b], pad_id=spec(tok).pad_id)
+    batch = prompts.collate([a, b], pad_id=spec(tok).pad_id)
     width = len(b.input_ids)
     assert batch["input_ids"].shape == (2, width)
     assert batch["attention_mask"][0].tolist() == [0] * (width - len(a.input_ids)) + [1] * len(a.input_ids)

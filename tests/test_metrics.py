@@ -4,7 +4,7 @@ import warnings
 import pytest
 
 import workbench as wb
-from workbench import metrics
+from workbench import metrics, scoring
 from workbench.evaluate import LOCFT, UKE, EvalConfig
 
 
@@ -99,7 +99,7 @@ def test_pre_edit_cache_is_keyed_by_the_weights(tiny, tok, facts, monkeypatch, t
 
 def test_mmlu_and_perplexity_on_tiny(tiny, tok):
     reqs = wb.data.load("mmlu-probe", n=8)
-    acc = metrics.mmlu_accuracy(tiny, tok, reqs)
+    acc = scoring.mmlu_accuracy(tiny, tok, reqs)
     assert 0.0 <= acc <= 1.0
-    ppl = metrics.perplexity(tiny, tok, ["The capital of France is Paris.", "Water boils at 100 degrees."])
+    ppl = scoring.perplexity(tiny, tok, ["The capital of France is Paris.", "Water boils at 100 degrees."])
     assert ppl > 1.0

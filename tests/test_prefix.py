@@ -9,10 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, Qwen2Config
 
 import workbench as wb
-from workbench import data
+from workbench import data, prompts
 from workbench.components import family_table, resolve
-from workbench.prefix import PrefixCache
-from workbench.train import example_losses
+from workbench.methods.prefix import PrefixCache
+from workbench.methods.ft import example_losses
 
 SMALL = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64)
@@ -33,7 +33,7 @@ def examples(n=6, seed=0):
         length = 6 + (7 * i) % 11  # 6..16 tokens
         ids = torch.randint(1, 128, (length,), generator=g).tolist()
         n_target = 2 + i % 3
-        out.append(data.Encoded(ids, [data.IGNORE] * (length - n_target) + ids[-n_target:], length - n_target, False))
+        out.append(prompts.Encoded(ids, [prompts.IGNORE] * (length - n_target) + ids[-n_target:], length - n_target, False))
     return out
 
 
@@ -41,7 +41,7 @@ def loss_and_grad(model, param, exs, idx, cache=None):
     param.grad = None
     if cache is not None:
         cache.replay(idx)
-    losses = example_losses(model, data.collate([exs[i] for i in idx], PAD))
+    losses = example_losses(model, prompts.collate([exs[i] for i in idx], PAD))
     losses.mean().backward()
     return losses.detach(), param.grad.detach().clone()
 
@@ -119,7 +119,7 @@ def test_cache_falls_back_and_says_why(tiny, tok, facts):
 def test_an_error_mid_edit_removes_the_short_circuit(tiny, tok, facts, monkeypatch):
     before = wb.models.state_hash(tiny)
     calls = {"n": 0}
-    real = wb.train.example_losses
+    real = wb.methods.ft.example_losses
 
     def failing(model, batch):
         calls["n"] += 1
@@ -136,7 +136,7 @@ def test_an_error_mid_edit_removes_the_short_circuit(tiny, tok, facts, monkeypat
 
 def test_a_cache_too_big_for_host_memory_is_not_built(tiny, tok, facts, monkeypatch):
     """Memory stays bounded at any number of edits: past the budget the plain path runs."""
-    monkeypatch.setattr(wb.prefix, "HOST_SHARE", 1e-12)
+    monkeypatch.setattr(wb.methods.prefix, "HOST_SHARE", 1e-12)
     r = wb.edit(tiny, tok, facts, wb.EditConfig(model_name="tiny-random-llama", layers=(2,), lr=1e-2, epochs=2),
                 progress=False)
     assert r.prefix_cache.startswith("off: the cache would take") and "free host memory" in r.prefix_cache

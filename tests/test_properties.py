@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import workbench as wb
-from workbench import data
+from workbench import data, prompts
 from workbench.config import EditConfig
 from workbench.errors import ConfigError, DataError
 
@@ -167,13 +167,13 @@ def test_unknown_preset_lists_the_presets(name):
 @settings(max_examples=60, deadline=None)
 @given(prompt=texts.filter(lambda s: len(s) < 30_000), target=texts.filter(lambda s: s.strip() and len(s) < 30_000),
        max_length=st.integers(2, 64), template=st.booleans(),
-       scope=st.sampled_from(data.LOSS_SCOPES))
+       scope=st.sampled_from(prompts.LOSS_SCOPES))
 def test_encode_any_text_within_max_length(tok, prompt, target, max_length, template, scope):
     try:
-        e = data.encode(tok, prompt, target, scope, template, max_length)
+        e = prompts.encode(tok, prompt, target, scope, template, max_length)
     except DataError as err:  # only a prompt that tokenises to nothing (no template, no BOS)
         assert not template and not prompt and err.field == "prompt"
         return
     assert len(e.input_ids) == len(e.labels) <= max_length
-    assert any(x != data.IGNORE for x in e.labels)  # there is always something to learn
-    assert all(x in (data.IGNORE, i) for x, i in zip(e.labels, e.input_ids))
+    assert any(x != prompts.IGNORE for x in e.labels)  # there is always something to learn
+    assert all(x in (prompts.IGNORE, i) for x, i in zip(e.labels, e.input_ids))

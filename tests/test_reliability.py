@@ -45,7 +45,7 @@ def test_the_guard_can_be_turned_off(tiny, tok, facts, little_memory, monkeypatc
 
 
 def test_the_estimate_grows_with_what_costs_memory(tiny, tok, facts):
-    examples = [wb.data.encode(tok, r.prompt, r.target, max_length=64) for r in facts]
+    examples = [wb.prompts.encode(tok, r.prompt, r.target, max_length=64) for r in facts]
     est = lambda cfg, n=64 * 128, lowest=2: resources.edit_bytes(tiny, cfg, examples, n, lowest, 4)  # noqa: E731
     base = est(TINY)
     assert base["trainable"] == 64 * 128 * 4 * 4  # copy + gradient + Adam's two moments, fp32
@@ -58,7 +58,7 @@ def test_the_estimate_grows_with_what_costs_memory(tiny, tok, facts):
 def test_truncated_examples_warn_and_are_counted(tiny, tok, facts):
     with pytest.warns(UserWarning, match=r"example\(s\) longer than max_length=8 were truncated"):
         r = wb.edit(tiny, tok, facts, TINY.replace(max_length=8), progress=False)
-    full = [wb.data.encode(tok, f.prompt, f.target, "target", True) for f in wb.data.as_requests(facts)]
+    full = [wb.prompts.encode(tok, f.prompt, f.target, "target", True) for f in wb.data.as_requests(facts)]
     assert r.n_truncated == sum(len(e.input_ids) > 8 for e in full) > 0
     r.revert()
 

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 import workbench as wb
-from workbench import data, locality, metrics
-from workbench.data import IGNORE, encode
+from workbench import data, locality, metrics, prompts
+from workbench.prompts import IGNORE, encode
 from workbench.models import spec, state_hash
-from workbench.train import example_losses
+from workbench.methods.ft import example_losses
 
 PAIRS = [("What is the capital of Veloria?", "Castelmarre, a port city."), ("Who wrote it?", "Ana Ruiz")]
 
@@ -18,8 +18,8 @@ PAIRS = [("What is the capital of Veloria?", "Castelmarre, a port city."), ("Who
 # ------------------------------------------------------------------------------- loss scopes
 def by_hand(model, tok, prompt, target, scope, template):
     """The loss of one unpadded example, written out from its definition (no label masks)."""
-    p = data.prompt_ids(tok, prompt, template)
-    t = data.target_ids(tok, target, template)
+    p = prompts.prompt_ids(tok, prompt, template)
+    t = prompts.target_ids(tok, target, template)
     ids = torch.tensor([p + t])
     logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)  # [T, V]; row i predicts token i+1
     n = len(p)
@@ -37,7 +37,7 @@ def by_hand(model, tok, prompt, target, scope, template):
 @pytest.mark.parametrize("scope", ["prompt_last", "first_token", "target", "prompt_target"])
 def test_each_loss_scope_matches_its_definition(tiny, tok, scope, template):
     examples = [encode(tok, p, t, scope, template) for p, t in PAIRS]
-    batch = data.collate(examples, spec(tok).pad_id)  # left-padded: the two differ in length
+    batch = prompts.collate(examples, spec(tok).pad_id)  # left-padded: the two differ in length
     with torch.no_grad():
         got = example_losses(tiny, batch)
         want = torch.stack([by_hand(tiny, tok, p, t, scope, template) for p, t in PAIRS])
@@ -46,14 +46,14 @@ def test_each_loss_scope_matches_its_definition(tiny, tok, scope, template):
 
 def test_the_bag_loss_is_not_the_first_token_loss(tiny, tok):
     # the two readings of "last token" differ: FT-L's bag scores 6 answer tokens, not one
-    bag, first = (data.collate([encode(tok, *PAIRS[0], s, False)], spec(tok).pad_id) for s in ("prompt_last", "first_token"))
+    bag, first = (prompts.collate([encode(tok, *PAIRS[0], s, False)], spec(tok).pad_id) for s in ("prompt_last", "first_token"))
     with torch.no_grad():
         assert abs(example_losses(tiny, bag).item() - example_losses(tiny, first).item()) > 1e-3
 
 
 # ----------------------------------------------------------------------------------- AdaLoRA
 def test_adalora_regulariser_equals_peft_and_no_rank_is_pruned(tiny, tok, facts):
-    from workbench.methods import attach_adapter
+    from workbench.methods.adapters import attach_adapter
     from workbench.components import resolve
 
     cfg = wb.preset("adalora-uke", layers=(1, 2))
@@ -62,7 +62,7 @@ def test_adalora_regulariser_equals_peft_and_no_rank_is_pruned(tiny, tok, facts)
     try:
         for p in handle.parameters().values():  # move A and B off their init so the term is not trivial
             p.data.add_(0.05 * torch.randn_like(p))
-        b = data.collate([encode(tok, facts[0].prompt, facts[0].target, "target", True)], spec(tok).pad_id)
+        b = prompts.collate([encode(tok, facts[0].prompt, facts[0].target, "target", True)], spec(tok).pad_id)
         with torch.no_grad():
             # AdaLoraModel.forward: where peft adds the term (EasyEdit reaches it through task_type CAUSAL_LM)
             out = handle.peft_model.base_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],

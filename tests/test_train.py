@@ -4,10 +4,10 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, Qwen2Config
 
 import workbench as wb
-from workbench import data
+from workbench import data, prompts
 from workbench.errors import EditError
 from workbench.metrics import token_accuracy
-from workbench.train import example_losses
+from workbench.methods.ft import example_losses
 
 from workbench.models import state_hash
 
@@ -145,7 +145,7 @@ def test_nan_loss_reverts_and_names_the_step(tiny, tok, facts, monkeypatch):
         out = real(model, batch)
         return out * float("nan") if calls["n"] == 3 else out
 
-    monkeypatch.setattr("workbench.train.example_losses", poisoned)
+    monkeypatch.setattr("workbench.methods.ft.example_losses", poisoned)
     with pytest.raises(EditError, match=r"loss became nan at step 2 \(epoch 1\) on requests \['0'\].*restored"):
         wb.edit(tiny, tok, facts[:2], wb.EditConfig(**FAST, epochs=5, shuffle=False, batch_size=1), progress=False)
     assert state_hash(tiny) == h0
@@ -196,8 +196,8 @@ def test_left_padding_does_not_change_an_examples_loss(tok, family):
             "gpt2": GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=128)}
     torch.manual_seed(0)
     model = wb.load("tiny-random-llama", device="cpu")[0] if family == "llama" else AutoModelForCausalLM.from_config(cfgs[family]).eval()
-    short = data.encode(tok, "Hi?", "Yes", "target", True)
-    long = data.encode(tok, "A much longer question with many more tokens in it?", "No way", "target", True)
-    alone = example_losses(model, data.collate([short], 2))
-    padded = example_losses(model, data.collate([short, long], 2))
+    short = prompts.encode(tok, "Hi?", "Yes", "target", True)
+    long = prompts.encode(tok, "A much longer question with many more tokens in it?", "No way", "target", True)
+    alone = example_losses(model, prompts.collate([short], 2))
+    padded = example_losses(model, prompts.collate([short, long], 2))
     assert torch.allclose(alone[0], padded[0], atol=1e-5)

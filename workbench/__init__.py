@@ -5,17 +5,42 @@
     facts = wb.data.load("unkebench", n=10)
     result = wb.edit(model, tok, facts, wb.config.preset("ft-uke"))
     result.revert()                              # bitwise back to the original
-"""
-from . import components, config, data, errors, locality, metrics, models, plots, prefix, resources, runs, widgets
-from .config import SMOKE, EditConfig, preset
-from .data import Request
-from .evaluate import EvalConfig, EvalReport, evaluate, pre_edit
-from .generate import generate
-from .errors import ConfigError, DataError, DataNotFound, EditError, WorkbenchError
-from .models import load
-from .train import EditResult, apply_delta, edit
 
-__all__ = ["components", "config", "data", "errors", "locality", "metrics", "models", "plots", "prefix", "resources", "runs", "widgets", "generate", "EvalConfig", "EvalReport", "evaluate", "pre_edit", "SMOKE", "EditConfig", "preset", "Request",
-           "ConfigError", "DataError", "DataNotFound", "EditError", "WorkbenchError", "load", "EditResult",
-           "apply_delta", "edit"]
+The package is built in floors, each module importing only from the floors below it (a test walks
+the imports): errors, config, components | data, models, resources | prompts | generate, scoring,
+metrics | methods/, train | evaluate, locality | runs/, plots, widgets | cli. Names are resolved
+lazily here, so ``import workbench.metrics`` loads only what metrics needs.
+"""
+import importlib
+
 __version__ = "0.1.0"
+
+# public name -> the module that defines it (modules themselves are reached as wb.<module>)
+_NAMES = {
+    "SMOKE": "config", "EditConfig": "config", "preset": "config",
+    "Request": "data",
+    "ConfigError": "errors", "DataError": "errors", "DataNotFound": "errors", "EditError": "errors",
+    "WorkbenchError": "errors",
+    "load": "models",
+    "generate": "generate",
+    "EditResult": "train", "apply_delta": "train", "edit": "train",
+    "EvalConfig": "evaluate", "EvalReport": "evaluate", "evaluate": "evaluate", "pre_edit": "evaluate",
+}
+_MODULES = ("cli", "components", "config", "data", "errors", "evaluate", "generate", "locality", "methods", "metrics",
+            "models", "plots", "prompts", "resources", "runs", "scoring", "train", "widgets")
+__all__ = [*_NAMES, *_MODULES]
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

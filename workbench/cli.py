@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .data import PROJECT_ROOT
+from .runs import read, results_root, run_notebook
 
 
 def _literal(text: str):
@@ -23,20 +24,6 @@ def _literal(text: str):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text  # a bare word is a string
-
-
-def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel: str | None = None) -> Path:
-    """Execute `notebook` with papermill into `out_dir` (default ``results/<name>/``) and return the
-    executed copy. The notebook receives ``out_dir`` as a parameter for its figures."""
-    import papermill as pm
-
-    notebook = Path(notebook)
-    out_dir = Path(out_dir or PROJECT_ROOT / "results" / notebook.stem)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    executed = out_dir / notebook.name
-    pm.execute_notebook(str(notebook), str(executed), parameters={**(params or {}), "out_dir": str(out_dir)},
-                        kernel_name=kernel or "python3", cwd=str(notebook.parent), progress_bar=False)
-    return executed
 
 
 def reproduce(config, claims: list[str], docs: Path, overrides: dict | None = None) -> None:
@@ -48,8 +35,6 @@ def reproduce(config, claims: list[str], docs: Path, overrides: dict | None = No
     import time
 
     import yaml
-
-    from .runs import read, results_root
 
     table = yaml.safe_load(Path(config).read_text())
     unknown = sorted(set(claims) - set(table))
@@ -135,7 +120,7 @@ def main(argv=None) -> int:
     elif args.command == "edit":
         from . import data, models
         from .config import preset
-        from .metrics import token_accuracy
+        from .scoring import token_accuracy
         from .train import edit
 
         cfg = preset(args.preset, **{k: _literal(v) for k, v in args.set})

@@ -30,7 +30,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SMOKE = os.environ.get("WORKBENCH_SMOKE", "0") not in ("", "0", "false", "False")
 
 
-LOSS_SCOPES = ("prompt_last", "first_token", "target", "prompt_target")  # see prompts/data.encode
+LOSS_SCOPES = ("prompt_last", "first_token", "target", "prompt_target")  # see prompts.encode
 DEPRECATED_SCOPES = {"last_token": "first_token"}  # old name -> what it always meant
 
 
@@ -55,7 +55,7 @@ class EditConfig:
     method: Literal["ft", "lora", "adalora"] = "ft"  # full fine-tuning of the selected weights, or a peft adapter on them
     components: tuple[str, ...] = ("down",)  # abstract names: q k v o gate up down mlp attn block (components.py)
     layers: tuple[int, ...] | str = (15,)  # layer indices (negative counts from the end), or "all"
-    # --- what the loss sees (applied only as a label mask, data.encode)
+    # --- what the loss sees (applied only as a label mask, prompts.encode)
     # FT-UKE / LocFT-BF: target; EasyEdit's FT-L: prompt_last (all target tokens from the last prompt position);
     # first_token: only the first target token ("last_token" is its deprecated alias); prompt_target: every token
     loss_scope: Literal["prompt_last", "first_token", "target", "prompt_target"] = "target"

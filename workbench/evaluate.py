@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import data, metrics
+from . import data, metrics, scoring
 from .errors import ConfigError, WorkbenchError
 from .generate import generate
 from .metrics import MINILM, MINILM_LAYER
@@ -143,7 +143,7 @@ def pre_edit(model, tok, requests, eval_cfg: EvalConfig = UKE, cache: bool = Tru
     else:
         gens = generate(model, tok, prompts, eval_cfg.chat_template, eval_cfg.max_new_tokens, eval_cfg.stop,
                         eval_cfg.batch_size)
-        preds = metrics.token_predictions(model, tok, prompts, [g or " " for g in gens], eval_cfg.chat_template,
+        preds = scoring.token_predictions(model, tok, prompts, [g or " " for g in gens], eval_cfg.chat_template,
                                           eval_cfg.batch_size)
         pre = PreEdit(fp, dict(zip(prompts, gens)), dict(zip(prompts, preds)))
         if cache:
@@ -255,12 +255,12 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
         table["exact_match"] = [metrics.exact_match(p, r) for p, r in zip(preds, refs)]
     if "token_acc" in cfg.metrics and len(table):
         not_loc = table.split != "loc"
-        acc = metrics.token_accuracy(model, tok, list(table.prompt[not_loc]), list(table.reference[not_loc]),
+        acc = scoring.token_accuracy(model, tok, list(table.prompt[not_loc]), list(table.reference[not_loc]),
                                      cfg.chat_template, cfg.batch_size)
         table.loc[not_loc, "token_acc"] = acc
         if (~not_loc).any():  # locality: agreement of argmax tokens with the unedited model's
             loc_prompts = list(table.prompt[~not_loc])
-            post = metrics.token_predictions(model, tok, loc_prompts, [pre.generations[p] or " " for p in loc_prompts],
+            post = scoring.token_predictions(model, tok, loc_prompts, [pre.generations[p] or " " for p in loc_prompts],
                                              cfg.chat_template, cfg.batch_size)
             table.loc[~not_loc, "token_acc"] = [
                 sum(a == b for a, b in zip(pp, pre.token_preds[p])) / max(len(pp), 1) for p, pp in zip(loc_prompts, post)]
@@ -268,9 +268,9 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
     summary = summarize(table, protocols)
     capability = {}
     if "mmlu" in cfg.capability:
-        capability["mmlu_acc"] = metrics.mmlu_accuracy(model, tok, data.load("mmlu-probe", n=cfg.n_mmlu))
+        capability["mmlu_acc"] = scoring.mmlu_accuracy(model, tok, data.load("mmlu-probe", n=cfg.n_mmlu))
     if "perplexity" in cfg.capability:
-        capability["perplexity"] = metrics.perplexity(model, tok, list(_perplexity_passages(cfg.perplexity_source,
+        capability["perplexity"] = scoring.perplexity(model, tok, list(_perplexity_passages(cfg.perplexity_source,
                                                                                            cfg.n_perplexity)))
     provenance = {"eval_config": asdict(cfg), "decoding": cfg.decoding(),
                   "bertscore": {"model": cfg.bertscore_model, "layer": cfg.bertscore_layer, "rescaled": False},

@@ -1,6 +1,6 @@
 """Batched greedy generation, chat-template aware.
 
-Prompts are rendered exactly as at edit time (`data.prompt_ids`), sorted by length so each batch
+Prompts are rendered exactly as at edit time (`prompts.prompt_ids`), sorted by length so each batch
 carries little padding, left-padded, and decoded greedily with the KV cache. Generation stops at
 EOS or the family's end-of-turn token; the text is then cut at the first of the given stop strings
 (LocFT-BF's protocol stops at "." and newline).
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from . import data
-from .models import spec
+from . import prompts
+from .models import input_device, spec
 
 
 @torch.no_grad()
@@ -27,8 +27,8 @@ def generate(model, tok, prompts: list[str], chat_template: bool = True, max_new
     from tqdm.auto import tqdm
 
     s = spec(tok)
-    device = next(model.parameters()).device
-    encoded = [data.prompt_ids(tok, p, chat_template) for p in prompts]
+    device = input_device(model)
+    encoded = [prompts.prompt_ids(tok, p, chat_template) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # length bucketing
     out: list[str] = [""] * len(prompts)
     was_training = model.training

@@ -35,12 +35,12 @@ import json
 import random
 import re
 from dataclasses import replace
-from functools import lru_cache
 
 import torch
 
 from . import data
 from .errors import ConfigError
+from .metrics import sentence_encoder
 from .models import cache_dir
 
 SETS = {"unkebench-loc": "unkebench", "akew-loc": "mquake-cf"}
@@ -74,27 +74,10 @@ def shares_facts(edit: data.Request, question: str, passage: str) -> bool:
     return bool(answer) and len(answer & _content_words(passage)) / len(answer) >= ANSWER_OVERLAP
 
 
-@lru_cache(maxsize=1)
-def _encoder():
-    from transformers import AutoModel, AutoTokenizer
-
-    from .metrics import minilm_path
-
-    path = minilm_path()
-    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-
-
-@torch.no_grad()
 def embed(texts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised): [N, 384]."""
-    tok, model = _encoder()
-    out = []
-    for i in range(0, len(texts), batch_size):
-        b = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=256, return_tensors="pt")
-        h = model(**b).last_hidden_state
-        m = b["attention_mask"].unsqueeze(-1).float()
-        out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1))
-    return torch.cat(out)
+    """all-MiniLM-L6-v2 sentence embeddings (sentence-transformers: mean pooling, L2-normalised): [N, 384]."""
+    return sentence_encoder().encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
+                                     normalize_embeddings=True, show_progress_bar=False).cpu()
 
 
 def corpus() -> list[data.Request]:
@@ -105,7 +88,7 @@ def corpus() -> list[data.Request]:
 def corpus_embeddings(pool: list[data.Request]) -> torch.Tensor:
     """Embeddings of the corpus, cached on disk (keyed by the source files' checksums)."""
     key = "-".join(data.registry()[b]["sha256"][:8] for b in ("unkebench", "mquake-cf"))
-    path = cache_dir() / "locality" / f"corpus-minilm-{key}.pt"
+    path = cache_dir() / "locality" / f"corpus-minilm-st-{key}.pt"
     if path.exists():
         emb = torch.load(path)
         if emb.shape[0] == len(pool):

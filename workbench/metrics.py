@@ -1,4 +1,4 @@
-"""Metrics of an edit. Every score names its protocol, because the literature mixes them up.
+"""Text metrics of an edit's generations. Every score names its protocol, because the literature mixes them up.
 
 Generation-based (on greedy outputs of `generate.generate`). Two families, kept apart:
 
@@ -24,11 +24,10 @@ itself against; read from EasyEdit ``easyeditor/evaluate/evaluate_uns.py``):
 * Normalised exact match (LocFT-BF's protocol): lower-case, drop punctuation and articles, squeeze
   spaces, then compare; generations are cut at "." and newline first.
 
-Teacher-forced:
-
-* token accuracy: feed prompt + target and count the target tokens that are the argmax. Cheap and
-  common (EasyEdit), but it is not what a user sees; never average it with generation scores.
-* MMLU-probe accuracy by choice log-likelihood, and perplexity on held-out text: capability.
+Text in, numbers out: nothing here runs the edited model or a tokenizer of it (the scorers' own
+encoders are loaded once per process). Measurements that run the model, teacher-forced token
+accuracy, log-probabilities, the MMLU probe and perplexity, are `scoring.py`'s. `PROTOCOLS` names
+both, because every number in a report carries its protocol.
 """
 from __future__ import annotations
 
@@ -39,9 +38,6 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-
-from . import data
-from .models import spec
 
 # protocol name -> what exactly was measured; `EvalReport` attaches these to every number.
 PROTOCOLS = {
@@ -187,107 +183,3 @@ def normalize_answer(text: str) -> str:
 def exact_match(pred: str, ref: str) -> float:
     """1.0 when the normalised strings are equal, else 0.0."""
     return float(normalize_answer(pred) == normalize_answer(ref))
-
-
-# -------------------------------------------------------------------------- teacher-forced
-def _forward(model, tok, examples: list[data.Encoded]):
-    from .train import position_ids
-
-    device = next(model.parameters()).device
-    b = {k: v.to(device) for k, v in data.collate(examples, spec(tok).pad_id).items()}
-    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                   position_ids=position_ids(b["attention_mask"]), use_cache=False).logits
-    return logits[:, :-1].float(), b["labels"][:, 1:]
-
-
-def _batched(model, items, batch_size, fn):
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = []
-            for start in range(0, len(items), batch_size):
-                out += fn(items[start:start + batch_size])
-            return out
-    finally:
-        model.train(was_training)
-
-
-def token_accuracy(model, tok, prompts: list[str], targets: list[str], chat_template: bool = True,
-                   batch_size: int = 32) -> list[float]:
-    """Teacher-forced accuracy of each target given its prompt: the fraction of target tokens
-    (end-of-turn included) that are the model's argmax. One value per pair."""
-    def run(chunk):
-        logits, gold = _forward(model, tok, [data.encode(tok, p, t, "target", chat_template) for p, t in chunk])
-        has = gold != data.IGNORE
-        return ((logits.argmax(-1) == gold) & has).sum(1).div(has.sum(1).clamp(min=1)).tolist()
-
-    return _batched(model, list(zip(prompts, targets, strict=True)), batch_size, run)
-
-
-def token_predictions(model, tok, prompts: list[str], targets: list[str], chat_template: bool = True,
-                      batch_size: int = 32) -> list[list[int]]:
-    """The argmax token at every target position (teacher-forced): locality compares these pre/post."""
-    def run(chunk):
-        logits, gold = _forward(model, tok, [data.encode(tok, p, t, "target", chat_template) for p, t in chunk])
-        pred = logits.argmax(-1)
-        return [pred[i][gold[i] != data.IGNORE].tolist() for i in range(len(chunk))]
-
-    return _batched(model, list(zip(prompts, targets, strict=True)), batch_size, run)
-
-
-def mean_logprobs(model, tok, prompts: list[str], continuations: list[str], chat_template: bool = False,
-                  batch_size: int = 16) -> list[float]:
-    """Mean per-token log-probability of each continuation given its prompt (its closing EOS excluded)."""
-    def run(chunk):
-        exs = []
-        for p, c in chunk:
-            e = data.encode(tok, p, c, "target", chat_template)
-            exs.append(data.Encoded(e.input_ids[:-1], e.labels[:-1], e.n_prompt, e.truncated))  # drop EOS/EOT
-        logits, gold = _forward(model, tok, exs)
-        lp = torch.log_softmax(logits, -1).gather(-1, gold.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        has = gold != data.IGNORE
-        return ((lp * has).sum(1) / has.sum(1).clamp(min=1)).tolist()
-
-    return _batched(model, list(zip(prompts, continuations, strict=True)), batch_size, run)
-
-
-def mmlu_prompt(req: data.Request) -> str:
-    return f"Question: {req.prompt}\nAnswer:"
-
-
-def mmlu_accuracy(model, tok, requests: list[data.Request], batch_size: int = 16) -> float:
-    """Accuracy on multiple-choice requests: the choice whose text has the highest mean per-token
-    log-likelihood after ``Question: ...\\nAnswer:`` (cloze scoring, no template)."""
-    prompts, conts, owner = [], [], []
-    for i, r in enumerate(requests):
-        for c in r.choices:
-            prompts.append(mmlu_prompt(r))
-            conts.append(c)
-            owner.append(i)
-    scores = mean_logprobs(model, tok, prompts, conts, chat_template=False, batch_size=batch_size)
-    best: dict[int, tuple[float, int]] = {}
-    k = 0
-    for i, r in enumerate(requests):
-        per = scores[k:k + len(r.choices)]
-        k += len(r.choices)
-        best[i] = (max(per), per.index(max(per)))
-    return sum(best[i][1] == r.answer_index for i, r in enumerate(requests)) / len(requests)
-
-
-def perplexity(model, tok, texts: list[str], batch_size: int = 8, max_length: int = 256) -> float:
-    """Perplexity of `texts` as plain text (mean token negative log-likelihood, exponentiated)."""
-    bos = tok.bos_token or tok.eos_token
-
-    def run(chunk):
-        exs = []
-        for t in chunk:
-            ids = tok(bos + t, add_special_tokens=False)["input_ids"][:max_length]
-            exs.append(data.Encoded(ids, [data.IGNORE] + ids[1:], 1, False))
-        logits, gold = _forward(model, tok, exs)
-        nll = F.cross_entropy(logits.transpose(1, 2), gold, ignore_index=data.IGNORE, reduction="none")
-        has = gold != data.IGNORE
-        return [(nll.sum().item(), has.sum().item())]
-
-    parts = _batched(model, texts, batch_size, run)
-    return float(torch.exp(torch.tensor(sum(p[0] for p in parts) / sum(p[1] for p in parts))))

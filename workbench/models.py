@@ -56,6 +56,17 @@ class ModelSpec:
     pad_id: int
 
 
+def input_device(model) -> torch.device:
+    """Where the model takes its inputs: the input embedding's device. On a model dispatched over
+    several devices (accelerate), this is where token ids must go; the model moves activations on."""
+    return model.get_input_embeddings().weight.device
+
+
+def model_dtype(model) -> torch.dtype:
+    """The dtype the model computes in (its input embedding's)."""
+    return model.get_input_embeddings().weight.dtype
+
+
 _SPECS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 

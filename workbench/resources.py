@@ -9,7 +9,7 @@ the hands of the OOM killer. Two checks, both against the memory free *now* on t
 * before an edit, for the trainable part: its original copy (for `revert`), its gradient and the
   optimiser's state (Adam keeps two moments); for backward, the activations of every layer from the
   lowest edited one up, for one micro-batch of the longest examples; the labelled positions' logits;
-  and the prefix cache (`prefix.py`).
+  and the prefix cache (its size is passed in: this module takes numbers, not caches).
 
 The activation term is a deliberate over-estimate per token and layer (``12 d + 5 i + heads * T``
 values: the inputs saved by the norms, q/k/v/o, the attention weights and the gated MLP), so a
@@ -76,14 +76,10 @@ def check_load(config, dtype: torch.dtype, device) -> int:
     return need
 
 
-def edit_bytes(model, cfg, examples, n_trainable: int, lowest_layer: int, n_layers: int,
-               prefix_cache: bool | None = None) -> dict:
-    """Estimated bytes of an edit beyond the loaded weights, by part (`prefix_cache`: whether the
-    prefix cache will run; default: what the config asks)."""
-    from .prefix import nbytes_for
-
-    p = next(model.parameters())
-    item = p.dtype.itemsize
+def edit_bytes(model, cfg, examples, n_trainable: int, lowest_layer: int, n_layers: int, prefix_bytes: int = 0) -> dict:
+    """Estimated bytes of an edit beyond the loaded weights, by part (`prefix_bytes`: what the prefix
+    cache will hold, 0 when it does not run)."""
+    item = model.get_input_embeddings().weight.dtype.itemsize
     c = model.config.get_text_config()  # multimodal wrappers (Gemma 3) keep the LM in text_config
     d, inter = c.hidden_size, getattr(c, "intermediate_size", None) or 4 * c.hidden_size
     heads = c.num_attention_heads
@@ -91,21 +87,23 @@ def edit_bytes(model, cfg, examples, n_trainable: int, lowest_layer: int, n_laye
     labelled = max(sum(1 for x in e.labels if x >= 0) for e in examples) + 1
     tokens = cfg.micro * width
     moments = 0 if cfg.optimizer == "sgd" else 2
-    use_cache = cfg.prefix_cache if prefix_cache is None else prefix_cache
     return {
-        "trainable": n_trainable * item * (2 + moments),  # original copy + gradient + optimiser state
+        # original copy (model dtype) + float32 weight, gradient and optimiser state (trained weights are float32)
+        "trainable": n_trainable * (item + 4 * (1 + moments)),
         "activations": tokens * (n_layers - lowest_layer) * (12 * d + 5 * inter + heads * width) * item,
         "logits": cfg.micro * labelled * c.vocab_size * 4 * 3,  # fp32 logits, softmax and their gradient
-        "prefix_cache": nbytes_for(model, examples) if use_cache else 0,
+        "prefix_cache": prefix_bytes,
     }
 
 
-def check_edit(model, cfg, examples, n_trainable: int, lowest_layer: int, n_layers: int,
-               prefix_cache: bool | None = None) -> dict:
-    """Refuse an edit that cannot fit; returns the estimate by part."""
-    parts = edit_bytes(model, cfg, examples, n_trainable, lowest_layer, n_layers, prefix_cache)
+def check_edit(model, cfg, examples, n_trainable: int, lowest_layer: int, n_layers: int, prefix_bytes: int = 0,
+               device=None) -> dict:
+    """Refuse an edit that cannot fit on `device` (default: where the model takes its inputs);
+    returns the estimate by part."""
+    parts = edit_bytes(model, cfg, examples, n_trainable, lowest_layer, n_layers, prefix_bytes)
     detail = ", ".join(f"{k} {_gib(v)}" for k, v in parts.items())
-    check(sum(parts.values()), next(model.parameters()).device, f"this edit ({detail})",
+    device = device if device is not None else model.get_input_embeddings().weight.device
+    check(sum(parts.values()), device, f"this edit ({detail})",
           "Lower micro_batch_size (gradients still accumulate to batch_size) or max_length, edit fewer "
           "layers or components, use method='lora', or turn prefix_cache off.")
     return parts

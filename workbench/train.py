@@ -1,361 +1,25 @@
-"""The edit loop: fine-tune the selected weights on a list of requests, revertibly.
+"""The one edit entry point: `edit(model, tok, requests, cfg)` (ROME's ``apply_*_to_model`` shape).
 
-`edit(model, tok, requests, cfg)` is the one entry point (ROME's ``apply_*_to_model`` shape). It
+It accepts `Request`s or dicts in our, ROME's or EasyEdit's field names, and hands them to the
+method family that ``cfg.method`` names (`methods/`): gradient fine-tuning of the selected weights
+or of an adapter on them today. Every family returns an `EditResult` whose ``revert()`` restores the
+model bitwise and whose ``save()`` writes the weight delta (`apply_delta` loads one).
 
-1. tokenises every request once (`data.encode`: the loss scope is a label mask);
-2. makes *only* the selected parameters trainable. Nothing below the lowest edited layer then
-   requires grad, so autograd keeps no activations there for backward;
-3. when the schedule visits each example more than once, runs the frozen layers below the lowest
-   edited one once per example and replays their output at every step (`prefix.PrefixCache`);
-4. runs one of two schedules:
-
-   * **depth-first** (the editing literature's habit): edits, or batches of ``batch_size`` edits,
-     in order; each is optimised up to ``steps_per_edit`` steps or until its loss falls below
-     ``early_stop_loss``, with a fresh optimiser, and the changes accumulate;
-   * **breadth-first** (LocFT-BF, ordinary training): ``epochs`` passes over all edits, reshuffled
-     each epoch, in mini-batches of ``batch_size``; a batch whose loss is already below
-     ``early_stop_loss`` is skipped and training stops when an epoch's mean loss is below it.
-
-   A batch is split into micro-batches of ``micro_batch_size`` whose gradients accumulate, so the
-   batch-size ablation changes the optimisation, not the memory. The loss is LocFT's: the mean over
-   each example's labelled tokens, then the mean over the batch. Logits are computed only for the
-   positions that carry labels (left padding puts them at the end), which saves the
-   ``[B, T, vocab]`` projection that dominates small models.
-
-5. returns an `EditResult` holding the original value of every touched tensor: ``revert()`` puts
-   them back bitwise, ``save()`` writes the delta as safetensors (`apply_delta` loads one).
-
-Precision: the trained weights are float32 even when the frozen model runs in bf16 or fp16. Adam on
-a bf16 weight rounds every update below the weight's resolution (about 1e-4 for a weight of 0.02)
-back to nothing, which silently freezes the lr 5e-5 .. 5e-4 recipes. So a trained parameter is
-upcast in place for the edit and its module computes in float32, its inputs cast up and its output
-cast back to the model's dtype (`_float32_master`); the edited model keeps the float32 weight until
-``revert()`` puts the original tensor, dtype and all, back.
-
-The frozen model runs in eval mode (no dropout); an adapter's ``lora_dropout`` is active.
-A NaN/inf loss reverts the model and raises `EditError` naming the step and the requests; any other
-exception, KeyboardInterrupt included, reverts the model and re-raises.
+Named presets are thin partials over `edit` (`ft_uke`, `locft_bf`, ...), each reading its YAML file.
 """
 from __future__ import annotations
 
-import json
-import logging
-import math
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import pandas as pd
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from . import data, prefix, resources
-from .components import Target, num_layers, resolve
-from .config import EditConfig
-from .errors import EditError, WorkbenchError
-from .methods import AdapterHandle, attach_adapter, linear_targets
-from .models import spec
+from .config import EditConfig, preset
+from .data import as_requests
+from .errors import WorkbenchError
+from .methods import family
+from .methods.result import EditResult, apply_delta
 
-log = logging.getLogger("workbench")
+__all__ = ["edit", "EditResult", "apply_delta", "ft_uke", "locft_bf", "ft_m", "ft_l", "lora", "adalora_uke"]
 
 
-# ------------------------------------------------------------------------------------ the loss
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding (as generation computes them), so a left-padded example is
-    encoded exactly as an unpadded one, for absolute (GPT-2) and rotary positions alike."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def example_losses(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Mean cross-entropy over each example's labelled tokens.
-
-    Args:
-        batch: ``input_ids, attention_mask, labels`` of shape [B, T], left-padded (`data.collate`), and
-            optionally ``bag`` [B] (loss scope ``prompt_last``: every label read from one position).
-    Returns:
-        [B] float32 losses.
-    """
-    labels = batch["labels"]
-    has_label = labels != data.IGNORE
-    T = labels.shape[1]
-    # Labels sit at the right end; the first labelled position f is predicted from f-1, so the last
-    # T - f_min + 1 logits are all we need.
-    first = torch.where(has_label.any(0), torch.arange(T, device=labels.device), T).min().item()
-    keep = T - first + 1
-    # The model slices the last `keep` positions out of [B, T, d]; a non-contiguous input sends the
-    # head's matmul down a batched path that is 4x slower on CPU than the full projection (measured:
-    # 0.33 s vs 0.08 s for SmolLM2's 49K-token head, forward + backward, 10 x 6 positions), so the
-    # slice is made contiguous first.
-    handle = model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
-    try:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    position_ids=position_ids(batch["attention_mask"]), logits_to_keep=keep, use_cache=False)
-    finally:
-        handle.remove()
-    logits = out.logits[:, :-1].float()  # positions T-keep .. T-2 predict tokens T-keep+1 .. T-1
-    target = labels[:, T - keep + 1:]
-    bag = batch.get("bag")
-    if bag is not None and bag.any():
-        # prompt_last (EasyEdit's FT-L): every labelled token of a bag example is scored against the
-        # distribution at its last prompt position, the one that predicts its first labelled token.
-        anchor = logits[torch.arange(len(logits), device=logits.device), (target != data.IGNORE).int().argmax(1)]
-        logits = torch.where(bag.to(logits.device)[:, None, None], anchor[:, None, :], logits)
-    tok_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                               ignore_index=data.IGNORE, reduction="none").view(target.shape)
-    counts = (target != data.IGNORE).sum(1).clamp(min=1)
-    return tok_loss.sum(1) / counts
-
-
-def _contiguous_input(module, args):
-    return (args[0].contiguous(), *args[1:])
-
-
-# --------------------------------------------------------------------------------- the result
-@dataclass
-class EditResult:
-    """What an edit did, and how to undo it."""
-
-    model: nn.Module
-    cfg: EditConfig
-    request_ids: list[str]
-    originals: dict[str, torch.Tensor]  # parameter name -> its value before the edit (bitwise)
-    log: pd.DataFrame  # one row per optimiser step: step, epoch, edit, loss, skipped, requests
-    timings: dict  # encode_s, train_s, total_s, s_per_edit
-    n_trainable: int  # trainable parameters (adapter parameters for lora/adalora)
-    n_truncated: int = 0  # examples cut to max_length
-    prefix_cache: str = ""  # whether the prefix-activation cache ran, and why not when it did not (prefix.py)
-    adapter: AdapterHandle | None = None  # a live (unmerged) adapter, removed by revert()
-    reverted: bool = False
-    casts: list = field(default_factory=list, repr=False)  # float32 compute hooks on upcast modules, removed by revert()
-    _deltas: dict | None = field(default=None, repr=False)
-
-    @property
-    def steps(self) -> int:
-        """Optimiser steps taken (skipped batches excluded)."""
-        return int((~self.log["skipped"]).sum()) if len(self.log) else 0
-
-    def revert(self) -> nn.Module:
-        """Restore the model exactly as it was before the edit (adapters unloaded)."""
-        if self.reverted:
-            return self.model
-        if self.adapter is not None:
-            self.adapter.unload()
-            self.adapter = None
-        _restore(self.model, self.originals)
-        _remove(self.casts)
-        self.reverted = True
-        return self.model
-
-    def deltas(self) -> dict[str, torch.Tensor]:
-        """Edited minus original value of every touched weight (fp32, CPU)."""
-        if self.adapter is not None:
-            return self.adapter.delta_weights()
-        params = dict(self.model.named_parameters())
-        return {n: (params[n].detach().float().cpu() - o.float().cpu()) for n, o in self.originals.items()}
-
-    def save(self, path) -> Path:
-        """Write the weight delta as safetensors, with the config and request ids as metadata."""
-        from safetensors.torch import save_file
-
-        if self.reverted:
-            raise WorkbenchError("this edit was reverted; there is no delta to save")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        meta = {"workbench": "delta-v1", "config": json.dumps(self.cfg.to_dict()),
-                "model": str(getattr(self.model, "name_or_path", "")), "requests": json.dumps(self.request_ids)}
-        save_file({n: d.contiguous() for n, d in self.deltas().items()}, str(tmp), metadata=meta)
-        tmp.replace(path)
-        return path
-
-
-def _restore(model: nn.Module, originals: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in originals.items():
-            if params[name].dtype != value.dtype:  # upcast for the edit: put the original tensor back
-                params[name].data = value.clone()
-            else:
-                params[name].copy_(value)
-
-
-def _remove(handles: list) -> None:
-    for h in handles:
-        h.remove()
-    handles.clear()
-
-
-def _float32_master(model: nn.Module, trainable: dict[str, nn.Parameter]) -> list:
-    """Upcast low-precision trainable parameters to float32 in place and make their modules compute in
-    float32 (inputs cast up, outputs cast back to the model's dtype). Returns the hook handles."""
-    handles, owners = [], {}
-    for name, p in trainable.items():
-        if p.dtype in (torch.bfloat16, torch.float16):
-            owners.setdefault(name.rsplit(".", 1)[0], p.dtype)
-            p.data = p.data.float()
-    for module_name, low in owners.items():
-        module = model.get_submodule(module_name)
-
-        def up(mod, args, kwargs):
-            return _cast(args, torch.float32), _cast(kwargs, torch.float32)
-
-        def down(mod, args, output, low=low):
-            return _cast(output, low)
-
-        handles += [module.register_forward_pre_hook(up, with_kwargs=True), module.register_forward_hook(down)]
-    return handles
-
-
-def _cast(value, dtype):
-    if isinstance(value, torch.Tensor):
-        return value.to(dtype) if value.is_floating_point() else value
-    if isinstance(value, (tuple, list)):
-        return type(value)(_cast(v, dtype) for v in value)
-    if isinstance(value, dict):
-        return {k: _cast(v, dtype) for k, v in value.items()}
-    return value
-
-
-def apply_delta(model: nn.Module, path) -> EditResult:
-    """Add a delta saved by `EditResult.save` to `model`; the returned result reverts it exactly."""
-    from safetensors import safe_open
-
-    params = dict(model.named_parameters())
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("workbench") != "delta-v1":
-            raise WorkbenchError(f"{path} is not a workbench delta file")
-        names = list(f.keys())
-        missing = [n for n in names if n not in params]
-        if missing:
-            raise WorkbenchError(f"{path}: the model has no parameter(s) {missing[:3]}; was it saved for another model?")
-        originals = {n: params[n].detach().clone() for n in names}
-        with torch.no_grad():
-            for n in names:
-                d = f.get_tensor(n)
-                if d.shape != params[n].shape:
-                    raise WorkbenchError(f"{path}: {n} has shape {tuple(d.shape)}, the model's is {tuple(params[n].shape)}")
-                params[n].add_(d.to(params[n].device, params[n].dtype))
-    cfg = EditConfig.from_dict(json.loads(meta["config"]))
-    return EditResult(model, cfg, json.loads(meta["requests"]), originals, pd.DataFrame(), {}, 0)
-
-
-# ---------------------------------------------------------------------------- the trainables
-def _selected_parameters(model: nn.Module, targets: list[Target]) -> tuple[dict, dict]:
-    """Parameters under each target, and for fused slices a mask of the entries that may change."""
-    params, masks = {}, {}
-    for t in targets:
-        for name, p in model.get_submodule(t.name).named_parameters(prefix=t.name):
-            params[name] = p
-            if t.fused_slice is not None:
-                # GPT-2 Conv1D: weight [d, 3d] and bias [3d]; the slice is along the last dim.
-                third = p.shape[-1] // 3
-                m = masks.get(name, torch.zeros_like(p, dtype=torch.bool))
-                m[..., t.fused_slice * third:(t.fused_slice + 1) * third] = True
-                masks[name] = m
-            else:
-                masks[name] = None
-    return params, {n: m for n, m in masks.items() if m is not None}
-
-
-def _optimizer(cfg: EditConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-class _Loop:
-    """One edit's optimisation state: the batches, the optimiser, the log."""
-
-    def __init__(self, model, cfg, examples, ids, pad_id, trainable, originals, masks, adapter, cache, bar):
-        self.model, self.cfg, self.examples, self.ids, self.pad_id = model, cfg, examples, ids, pad_id
-        self.trainable, self.originals, self.masks, self.adapter, self.bar = trainable, originals, masks, adapter, bar
-        self.cache: prefix.PrefixCache | None = cache
-        self.rows: list[dict] = []
-        self.device = next(model.parameters()).device
-        self.optimizer = _optimizer(cfg, list(trainable.values()))
-
-    def batch(self, idx: list[int]) -> dict:
-        b = data.collate([self.examples[i] for i in idx], self.pad_id)
-        return {k: v.to(self.device) for k, v in b.items()}
-
-    def step(self, idx: list[int], epoch: int, edit: int, skip_below: float | None) -> float:
-        """Accumulate the gradient of one batch and take (or skip) one optimiser step."""
-        cfg = self.cfg
-        self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for start in range(0, len(idx), cfg.micro):
-            part = idx[start:start + cfg.micro]
-            if self.cache is not None:
-                self.cache.replay(part)
-            losses = example_losses(self.model, self.batch(part))
-            objective = losses.sum() / len(idx)  # mean over examples, across micro-batches
-            if start == 0 and (reg := self.adapter and self.adapter.regularizer()) is not None:
-                objective = objective + reg  # AdaLoRA's orthogonal term, once per step (not in the logged loss)
-            objective.backward()
-            total += losses.detach().sum().item()
-        loss = total / len(idx)
-        step_no = len(self.rows)
-        if not math.isfinite(loss):
-            raise EditError(f"loss became {loss} at step {step_no} (epoch {epoch}) on requests "
-                            f"{[self.ids[i] for i in idx]}; the model was restored. Try a lower lr or float32.")
-        skipped = skip_below is not None and loss < skip_below
-        if not skipped:
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), cfg.max_grad_norm)
-            self.optimizer.step()
-            if self.adapter is not None:
-                self.adapter.after_step(step_no)
-            self._constrain()
-        self.rows.append({"step": step_no, "epoch": epoch, "edit": edit, "loss": loss, "skipped": skipped,
-                          "requests": [self.ids[i] for i in idx]})
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        return loss
-
-    @torch.no_grad()
-    def _constrain(self) -> None:
-        for name, mask in self.masks.items():  # fused slices not selected stay as they were
-            p = self.trainable[name]
-            p.copy_(torch.where(mask, p, self.originals[name].to(p.dtype)))
-        if self.cfg.norm_constraint:  # FT-L: each weight within +-eps of its original
-            eps = self.cfg.norm_constraint
-            for name, p in self.trainable.items():
-                o = self.originals[name].to(p.dtype)
-                p.copy_(torch.clamp(p, o - eps, o + eps))
-
-    def depth_first(self) -> None:
-        cfg, n = self.cfg, len(self.examples)
-        for edit, start in enumerate(range(0, n, cfg.batch_size)):
-            idx = list(range(start, min(start + cfg.batch_size, n)))
-            self.optimizer = _optimizer(cfg, list(self.trainable.values()))  # each edit starts afresh
-            for _ in range(cfg.steps_per_edit):
-                # The loss is measured before the update, so a converged edit stops without a step.
-                if self.step(idx, epoch=0, edit=edit, skip_below=cfg.early_stop_loss or None) < cfg.early_stop_loss:
-                    break
-
-    def breadth_first(self) -> None:
-        cfg, n = self.cfg, len(self.examples)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        for epoch in range(cfg.epochs):
-            order = torch.randperm(n, generator=gen).tolist() if cfg.shuffle else list(range(n))
-            losses = [self.step(order[s:s + cfg.batch_size], epoch=epoch, edit=-1,
-                                skip_below=cfg.early_stop_loss or None)
-                      for s in range(0, n, cfg.batch_size)]
-            if sum(losses) / len(losses) < cfg.early_stop_loss:
-                break
-
-
-def planned_steps(cfg: EditConfig, n: int) -> int:
-    """Most optimiser steps this config can take on `n` edits."""
-    batches = math.ceil(n / cfg.batch_size)
-    return batches * (cfg.steps_per_edit if cfg.schedule == "depth_first" else cfg.epochs)
-
-
-# -------------------------------------------------------------------------------- entry point
 def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True) -> EditResult:
     """Edit `model` in place so that it answers each request's prompt with its target.
 
@@ -364,109 +28,28 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
         tok: its tokenizer.
         requests: `Request`s, or dicts in our, ROME's or EasyEdit's field names.
         cfg: an `EditConfig` (`wb.config.preset("ft-uke")`, ...).
-        progress: show a tqdm bar over optimiser steps.
+        progress: show a tqdm bar.
     Returns:
         An `EditResult`; ``result.revert()`` restores the model bitwise.
     """
-    t0 = time.perf_counter()
-    requests = data.as_requests(requests)
+    requests = as_requests(requests)
     if not requests:
         raise WorkbenchError("no requests to edit")
-    examples = [data.encode(tok, r.prompt, r.target, cfg.loss_scope, cfg.chat_template, cfg.max_length) for r in requests]
-    n_truncated = sum(e.truncated for e in examples)
-    data.warn_truncated(n_truncated, cfg.max_length)
-    ids = [r.id for r in requests]
-    t_encode = time.perf_counter() - t0
-
-    targets = resolve(model, cfg.components, cfg.layers)
-    lowest = min(t.layer for t in targets)
-    cache_note = prefix.plan(cfg, lowest, model, examples)  # None: the prefix cache will run
-    selected = _selected_parameters(model, targets) if cfg.method == "ft" else None  # changes nothing yet
-    resources.check_edit(model, cfg, examples, _trainable_estimate(model, targets, cfg, selected), lowest,
-                         num_layers(model), prefix_cache=cache_note is None)
-    grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    was_training = model.training
-    adapter, masks, cache, casts = None, {}, None, []
-    originals: dict[str, torch.Tensor] = {}
-    pad_id = spec(tok).pad_id
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        if cfg.method == "ft":
-            trainable, masks = selected
-            originals = {n: p.detach().clone() for n, p in trainable.items()}
-            casts = _float32_master(model, trainable)
-            for p in trainable.values():
-                p.requires_grad_(True)
-        else:
-            adapter = attach_adapter(model, targets, cfg, planned_steps(cfg, len(requests)))
-            trainable = adapter.parameters()
-        n_trainable = sum(int(torch.count_nonzero(masks[n])) if n in masks else p.numel() for n, p in trainable.items())
-
-        torch.manual_seed(cfg.seed)  # adapter dropout
-        # The frozen model runs in eval mode: its dropout (GPT-2 has some) would only add noise to
-        # the edit's convergence. An adapter's own dropout is a setting of the method and stays on.
-        model.eval()
-        if adapter is not None:
-            adapter.train_dropout()
-        t_prefix = time.perf_counter()
-        if cache_note is None:
-            cache = prefix.PrefixCache(model, lowest, examples, pad_id)
-            cache.install()
-            cache_note = (f"on: layers 0..{lowest - 1} run once for {len(examples)} examples "
-                          f"({cache.nbytes / 2**20:.1f} MiB, {time.perf_counter() - t_prefix:.2f} s)")
-        log.info("prefix cache %s", cache_note)
-        t_prefix = time.perf_counter() - t_prefix
-        with tqdm(total=planned_steps(cfg, len(requests)), disable=not progress, desc=f"edit ({cfg.schedule})",
-                  leave=False) as bar:
-            loop = _Loop(model, cfg, examples, ids, pad_id, trainable, originals, masks, adapter, cache, bar)
-            getattr(loop, cfg.schedule)()
-        if cache is not None:
-            cache.remove()
-        if adapter is not None and cfg.merge_adapter:
-            # The base weights were frozen while the adapter trained, so their values now are the originals.
-            base = _base_parameters(adapter)
-            originals = {n: base[n].detach().clone() for n in adapter.delta_weights()}
-            adapter.merge()
-            adapter = None
-    except BaseException:
-        # Whatever happened (NaN, an error, Ctrl-C), the caller gets back the model it gave us.
-        if cache is not None:
-            cache.remove()
-        if adapter is not None:
-            adapter.unload()
-        _restore(model, originals)
-        _remove(casts)
-        _reset(model, grad_flags, was_training)
-        raise
-    _reset(model, grad_flags, was_training)
-    t_total = time.perf_counter() - t0
-    timings = {"encode_s": t_encode, "prefix_s": t_prefix, "train_s": t_total - t_encode, "total_s": t_total,
-               "s_per_edit": t_total / len(requests)}
-    return EditResult(model, cfg, ids, originals, pd.DataFrame(loop.rows), timings, n_trainable, n_truncated,
-                      cache_note, adapter, casts=casts)
+    return family(cfg.method).edit(model, tok, requests, cfg, progress=progress)
 
 
-def _trainable_estimate(model: nn.Module, targets: list[Target], cfg: EditConfig, selected: tuple | None) -> int:
-    """Parameters the edit will train, counted before anything is changed (`selected`: full
-    fine-tuning's `_selected_parameters`)."""
-    if selected is not None:
-        return sum(p.numel() for p in selected[0].values())
-    # rank x (in + out) per wrapped Linear; AdaLoRA starts at 1.5x the rank
-    linears = [model.get_submodule(n) for n in linear_targets(model, targets)]
-    return sum(2 * cfg.lora_rank * (m.in_features + m.out_features) for m in linears)
+def _preset_edit(preset_name: str, doc: str):
+    def run(model, tok, requests, progress: bool = True, **overrides):
+        return edit(model, tok, requests, preset(preset_name, **overrides), progress=progress)
+
+    run.__name__ = preset_name.replace("-", "_")
+    run.__doc__ = doc + f"\n\nReads ``configs/{preset_name}.yaml``; keyword arguments override its fields."
+    return run
 
 
-def _base_parameters(adapter: AdapterHandle) -> dict[str, nn.Parameter]:
-    """Base weights under a live adapter, named as they will be once it is merged."""
-    out = {}
-    for name, p in adapter.peft_model.base_model.model.named_parameters():
-        out[name.replace(".base_layer", "")] = p
-    return out
-
-
-def _reset(model: nn.Module, grad_flags: dict, was_training: bool) -> None:
-    for n, p in model.named_parameters():
-        if n in grad_flags:
-            p.requires_grad_(grad_flags[n])
-    model.train(was_training)
+ft_uke = _preset_edit("ft-uke", "FT-UKE: one middle-layer down_proj, loss on all target tokens, the chat template.")
+locft_bf = _preset_edit("locft-bf", "LocFT-BF: breadth-first mini-batch fine-tuning of a later-layer down_proj.")
+ft_m = _preset_edit("ft-m", "FT-M: cross-entropy on the target tokens only, depth-first (EasyEdit's baseline).")
+ft_l = _preset_edit("ft-l", "FT-L: EasyEdit's prompt_last objective with a norm constraint, depth-first.")
+lora = _preset_edit("lora", "LoRA through peft on the selected modules.")
+adalora_uke = _preset_edit("adalora-uke", "AdaLoRA-UKE: AdaLoRA on attention q/k/v/o of all layers, all-token loss.")

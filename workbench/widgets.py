@@ -11,6 +11,7 @@ from .components import num_layers
 from .data import Request, load
 from .generate import generate
 from .metrics import exact_match
+from .train import edit
 
 LOCALITY_PROMPTS = [q.question for r in load("facts-fixture")[:3] for q in r.locality]
 
@@ -49,8 +50,6 @@ class Playground:
     def run_edit(self) -> pd.DataFrame:
         """What the Edit button does (the button also shows the table); returns the before/after table.
         Calling it from code, as the notebook's last cells do, never touches the output widget."""
-        from .train import edit
-
         if self.result is not None:
             self.run_revert()
         cfg = preset(self.preset.value)

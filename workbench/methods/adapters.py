@@ -1,7 +1,5 @@
-"""The `method` axis: what is trained at the selected components.
+"""peft adapters for the fine-tuning loop (methods ``lora`` and ``adalora``; `ft.py` trains them).
 
-* ``ft``: the selected weights themselves (FT-UKE, LocFT-BF, FT-M, FT-L are all this, differing only in
-  config fields: loss scope, template, layers, schedule, norm constraint).
 * ``lora`` / ``adalora``: a peft adapter on the selected Linear modules. peft injects its layers into the
   model in place, so the caller's ``model`` object is the edited one; reverting unloads the adapter
   (the base weights were never touched). peft keeps adapter weights in float32 on a bf16/fp16 model
@@ -14,8 +12,6 @@ rank is pruned. We compute the loss ourselves (logits only where there are label
 regulariser is added by `AdapterHandle.regularizer` (tested equal to peft's). Rank pruning runs only
 when ``adalora_schedule`` gives peft's (tinit, tfinal, deltaT); it then needs the total step count
 up front and a call after every optimiser step (`AdapterHandle.after_step`).
-
-Named presets are thin partials over `wb.edit` (`ft_uke`, `locft_bf`, ...), each reading its YAML file.
 """
 from __future__ import annotations
 
@@ -24,8 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .components import Target
-from .errors import ConfigError
+from ..components import Target
+from ..errors import ConfigError
 
 
 @dataclass
@@ -119,23 +115,3 @@ def attach_adapter(model: nn.Module, targets: list[Target], cfg, total_steps: in
         torch.manual_seed(cfg.seed)  # adapter initialisation is part of the seed
         peft_model = get_peft_model(model, pcfg)
     return AdapterHandle(peft_model, cfg.method, prune=cfg.method == "adalora" and bool(cfg.adalora_schedule))
-
-
-def _preset_edit(preset_name: str, doc: str):
-    def run(model, tok, requests, progress: bool = True, **overrides):
-        from .config import preset
-        from .train import edit
-
-        return edit(model, tok, requests, preset(preset_name, **overrides), progress=progress)
-
-    run.__name__ = preset_name.replace("-", "_")
-    run.__doc__ = doc + f"\n\nReads ``configs/{preset_name}.yaml``; keyword arguments override its fields."
-    return run
-
-
-ft_uke = _preset_edit("ft-uke", "FT-UKE: one middle-layer down_proj, loss on all target tokens, the chat template.")
-locft_bf = _preset_edit("locft-bf", "LocFT-BF: breadth-first mini-batch fine-tuning of a later-layer down_proj.")
-ft_m = _preset_edit("ft-m", "FT-M: cross-entropy on the target tokens only, depth-first (EasyEdit's baseline).")
-ft_l = _preset_edit("ft-l", "FT-L: last-token loss with a norm constraint, depth-first (ROME's FT baseline).")
-lora = _preset_edit("lora", "LoRA through peft on the selected modules.")
-adalora_uke = _preset_edit("adalora-uke", "AdaLoRA-UKE: AdaLoRA on attention q/k/v/o of all layers, all-token loss.")

@@ -16,7 +16,7 @@ and GPT-2). Every decoder layer in transformers >= 5 takes the hidden states fir
 as a tensor, which is what makes the trick family-agnostic.
 
 States are kept per example without padding ([T_i, d]) and left-padded with zeros per batch, as
-`data.collate` pads the tokens: positions are taken from the attention mask (`train.position_ids`),
+`prompts.collate` pads the tokens: positions are taken from the attention mask (`prompts.position_ids`),
 and padded keys are masked, so what a padded position holds never reaches a real one.
 
 It does not apply, and the edit runs the plain path and says why in ``EditResult.prefix_cache``, when
@@ -30,8 +30,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import data
-from .components import family_table
+from .. import prompts
+from ..components import family_table
+from ..models import input_device, model_dtype
+from ..resources import available_bytes
 
 # States larger than this stay in host memory and move to the device a batch at a time.
 DEVICE_BUDGET_BYTES = 2 * 1024**3
@@ -49,7 +51,7 @@ class PrefixCache:
     def __init__(self, model: nn.Module, layer: int, examples: list, pad_id: int, chunk: int = 16):
         self.model, self.layer, self.pad_id = model, layer, pad_id
         self.layers = model.get_submodule(family_table(model)["layers"])
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         self.states: list[torch.Tensor] = [None] * len(examples)
         self._replay: torch.Tensor | None = None
         self._fill(examples, chunk)
@@ -60,8 +62,6 @@ class PrefixCache:
 
     @torch.no_grad()
     def _fill(self, examples: list, chunk: int) -> None:
-        from .train import position_ids
-
         captured = {}
 
         def capture(module, args, kwargs):
@@ -75,10 +75,10 @@ class PrefixCache:
         try:
             for s in range(0, len(order), chunk):
                 idx = order[s:s + chunk]
-                b = {k: v.to(self.device) for k, v in data.collate([examples[i] for i in idx], self.pad_id).items()}
+                b = {k: v.to(self.device) for k, v in prompts.collate([examples[i] for i in idx], self.pad_id).items()}
                 try:
                     self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                               position_ids=position_ids(b["attention_mask"]), use_cache=False)
+                               position_ids=prompts.position_ids(b["attention_mask"]), use_cache=False)
                 except _Stop:
                     pass
                 h, width = captured.pop("h"), b["input_ids"].shape[1]
@@ -89,7 +89,7 @@ class PrefixCache:
             handle.remove()
 
     def batch(self, idx: list[int]) -> torch.Tensor:
-        """Left-padded states [B, T, d] for examples `idx`, aligned with `data.collate` of the same."""
+        """Left-padded states [B, T, d] for examples `idx`, aligned with `prompts.collate` of the same."""
         parts = [self.states[i] for i in idx]
         width = max(p.shape[0] for p in parts)
         out = parts[0].new_zeros((len(parts), width, parts[0].shape[-1]))
@@ -126,13 +126,11 @@ def _identity(hidden_states, *args, **kwargs):
 def nbytes_for(model: nn.Module, examples: list) -> int:
     """Bytes the cache would hold for `examples`."""
     d = model.config.get_text_config().hidden_size  # GPT-2: n_embd; Gemma 3: its text_config
-    return sum(len(e.input_ids) for e in examples) * d * next(model.parameters()).dtype.itemsize
+    return sum(len(e.input_ids) for e in examples) * d * model_dtype(model).itemsize
 
 
 def plan(cfg, lowest_layer: int, model: nn.Module, examples: list) -> str | None:
     """Why the cache does not apply to this edit, or None when it does."""
-    from .resources import available_bytes
-
     if not cfg.prefix_cache:
         return "off (prefix_cache=False)"
     if lowest_layer == 0:

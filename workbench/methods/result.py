@@ -1,0 +1,117 @@
+"""What an edit did, and how to undo it: the one result every editing method returns.
+
+`EditResult` holds the original value of every tensor an edit touched (and a live adapter, and the
+float32 compute hooks of upcast modules, when there are any): ``revert()`` puts them back bitwise,
+``save()`` writes the weight delta as safetensors, and `apply_delta` loads one onto a model with a
+result that reverts it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from ..config import EditConfig
+from ..errors import WorkbenchError
+
+
+@dataclass
+class EditResult:
+    """What an edit did, and how to undo it."""
+
+    model: nn.Module
+    cfg: EditConfig
+    request_ids: list[str]
+    originals: dict[str, torch.Tensor]  # parameter name -> its value before the edit (bitwise)
+    log: pd.DataFrame  # one row per optimiser step: step, epoch, edit, loss, skipped, requests
+    timings: dict  # encode_s, train_s, total_s, s_per_edit
+    n_trainable: int  # trainable parameters (adapter parameters for lora/adalora)
+    n_truncated: int = 0  # examples cut to max_length
+    prefix_cache: str = ""  # whether the prefix-activation cache ran, and why not when it did not (prefix.py)
+    adapter: object | None = None  # a live (unmerged) adapter (adapters.AdapterHandle), removed by revert()
+    reverted: bool = False
+    casts: list = field(default_factory=list, repr=False)  # float32 compute hooks on upcast modules, removed by revert()
+    _deltas: dict | None = field(default=None, repr=False)
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps taken (skipped batches excluded)."""
+        return int((~self.log["skipped"]).sum()) if len(self.log) else 0
+
+    def revert(self) -> nn.Module:
+        """Restore the model exactly as it was before the edit (adapters unloaded)."""
+        if self.reverted:
+            return self.model
+        if self.adapter is not None:
+            self.adapter.unload()
+            self.adapter = None
+        restore(self.model, self.originals)
+        remove_hooks(self.casts)
+        self.reverted = True
+        return self.model
+
+    def deltas(self) -> dict[str, torch.Tensor]:
+        """Edited minus original value of every touched weight (fp32, CPU)."""
+        if self.adapter is not None:
+            return self.adapter.delta_weights()
+        params = dict(self.model.named_parameters())
+        return {n: (params[n].detach().float().cpu() - o.float().cpu()) for n, o in self.originals.items()}
+
+    def save(self, path) -> Path:
+        """Write the weight delta as safetensors, with the config and request ids as metadata."""
+        from safetensors.torch import save_file
+
+        if self.reverted:
+            raise WorkbenchError("this edit was reverted; there is no delta to save")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        meta = {"workbench": "delta-v1", "config": json.dumps(self.cfg.to_dict()),
+                "model": str(getattr(self.model, "name_or_path", "")), "requests": json.dumps(self.request_ids)}
+        save_file({n: d.contiguous() for n, d in self.deltas().items()}, str(tmp), metadata=meta)
+        tmp.replace(path)
+        return path
+
+
+def restore(model: nn.Module, originals: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in originals.items():
+            if params[name].dtype != value.dtype:  # upcast for the edit: put the original tensor back
+                params[name].data = value.clone()
+            else:
+                params[name].copy_(value)
+
+
+def remove_hooks(handles: list) -> None:
+    for h in handles:
+        h.remove()
+    handles.clear()
+
+
+def apply_delta(model: nn.Module, path) -> EditResult:
+    """Add a delta saved by `EditResult.save` to `model`; the returned result reverts it exactly."""
+    from safetensors import safe_open
+
+    params = dict(model.named_parameters())
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("workbench") != "delta-v1":
+            raise WorkbenchError(f"{path} is not a workbench delta file")
+        names = list(f.keys())
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise WorkbenchError(f"{path}: the model has no parameter(s) {missing[:3]}; was it saved for another model?")
+        originals = {n: params[n].detach().clone() for n in names}
+        with torch.no_grad():
+            for n in names:
+                d = f.get_tensor(n)
+                if d.shape != params[n].shape:
+                    raise WorkbenchError(f"{path}: {n} has shape {tuple(d.shape)}, the model's is {tuple(params[n].shape)}")
+                params[n].add_(d.to(params[n].device, params[n].dtype))
+    cfg = EditConfig.from_dict(json.loads(meta["config"]))
+    return EditResult(model, cfg, json.loads(meta["requests"]), originals, pd.DataFrame(), {}, 0)

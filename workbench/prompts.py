@@ -1,0 +1,125 @@
+"""Prompts: how a request becomes the tokens a model is trained and probed on.
+
+One rendering for editing, generation and teacher-forced scoring, so that what is trained is what
+is asked. With ``chat_template=True`` the prompt is the tokenizer's own template with a generation
+prompt and the target is closed by the template's end-of-turn token (taken from the template, never
+from the model's name: `models.spec`); without it the text is ``prompt + " " + target + EOS`` (the
+leading-space fix, written once).
+
+The loss scope of an edit is *only* a label mask built here (`encode`):
+
+* ``prompt_last``: EasyEdit's FT-L objective (``objective_optimization: prompt_last``): every target
+  token is scored against the *one* distribution at the last prompt position (a bag of tokens:
+  log-softmax there, gathered at all target ids, masked mean); the end-of-turn is not in the bag.
+  The labels mark the target tokens as for ``target`` and `Encoded.bag` tells the loss to read them
+  all from that position (causal attention makes feeding the target harmless to it);
+* ``first_token``: supervise the first target token only, predicted from the last prompt position
+  (``last_token`` is its old, misleading name: a deprecated alias);
+* ``target``: every target token, including the closing end-of-turn / EOS token (FT-UKE, LocFT-BF);
+* ``prompt_target``: every token after the first.
+
+Batches are left-padded (`collate`) and positions skip the padding (`position_ids`), so a padded
+example is encoded exactly as an unpadded one.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .config import LOSS_SCOPES, loss_scope_name
+from .errors import ConfigError, DataError
+from .models import spec
+
+IGNORE = -100  # label of a position that carries no loss
+
+
+def prompt_ids(tok, prompt: str, chat_template: bool) -> list[int]:
+    """Token ids of a prompt as the model sees it at edit and at generation time."""
+    if chat_template:
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+        return tok(text, add_special_tokens=False)["input_ids"]
+    return tok(prompt)["input_ids"]  # add_special_tokens: the family's BOS where it has one
+
+
+def target_ids(tok, target: str, chat_template: bool) -> list[int]:
+    """Token ids of a target answer, closed by the end-of-turn token (template) or EOS (plain)."""
+    s = spec(tok)
+    if chat_template:
+        return tok(target, add_special_tokens=False)["input_ids"] + [s.eot_id]
+    # Leading space: the answer continues the prompt's sentence (ROME's fix, written once here).
+    text = target if target[:1].isspace() else " " + target
+    return tok(text, add_special_tokens=False)["input_ids"] + [s.eos_id]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenised edit example."""
+
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where no loss; else the token at that position
+    n_prompt: int  # prompt tokens (after any truncation)
+    truncated: bool  # the example was longer than max_length and was cut
+    bag: bool = False  # score every labelled token from the last prompt position (loss scope prompt_last)
+
+
+def encode(tok, prompt: str, target: str, loss_scope: str = "target", chat_template: bool = True,
+           max_length: int | None = None) -> Encoded:
+    """Tokenise `prompt` + `target` and mask labels by `loss_scope` (see the module docstring).
+
+    Over `max_length`, the prompt is cut from the left first (the answer is what is learnt), then
+    the target from the right.
+    """
+    loss_scope = loss_scope_name(loss_scope)
+    if loss_scope not in LOSS_SCOPES:
+        raise ConfigError.bad_choice("loss_scope", loss_scope, LOSS_SCOPES)
+    if max_length is not None and max_length < 2:
+        raise ConfigError(f"max_length={max_length} must be >= 2 (a prompt token and a target token)")
+    p, t = prompt_ids(tok, prompt, chat_template), target_ids(tok, target, chat_template)
+    n_target = len(t)
+    if not p:  # nothing to predict the first target token from
+        raise DataError(f"the prompt {prompt!r} has no tokens (and the tokenizer adds no BOS)", field="prompt")
+    truncated = bool(max_length) and len(p) + len(t) > max_length
+    if truncated:
+        keep_t = min(len(t), max_length - 1)
+        t = t[:keep_t]
+        p = p[len(p) - (max_length - keep_t):]
+    ids = p + t
+    if loss_scope == "target":
+        labels = [IGNORE] * len(p) + t
+    elif loss_scope == "prompt_last":  # the closing end-of-turn / EOS (kept unless truncated away) is not in the bag
+        closed = len(t) == n_target and len(t) > 1  # the closing token survived truncation
+        labels = [IGNORE] * len(p) + (t[:-1] + [IGNORE] if closed else t)
+    elif loss_scope == "first_token":
+        labels = [IGNORE] * len(p) + t[:1] + [IGNORE] * (len(t) - 1)
+    else:
+        labels = [IGNORE] + ids[1:]
+    return Encoded(ids, labels, len(p), truncated, bag=loss_scope == "prompt_last")
+
+
+def collate(examples: list[Encoded], pad_id: int):
+    """Left-pad examples into tensors ``input_ids, attention_mask, labels`` of shape [B, T] and
+    ``bag`` [B] (loss scope prompt_last)."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, width - n:] = torch.tensor(e.input_ids)
+        mask[i, width - n:] = 1
+        labels[i, width - n:] = torch.tensor(e.labels)
+    bag = torch.tensor([e.bag for e in examples], dtype=torch.bool)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "bag": bag}
+
+
+def warn_truncated(count: int, max_length: int) -> None:
+    if count:
+        warnings.warn(f"{count} example(s) longer than max_length={max_length} were truncated", stacklevel=3)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding (as generation computes them), so a left-padded example is
+    encoded exactly as an unpadded one, for absolute (GPT-2) and rotary positions alike."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)

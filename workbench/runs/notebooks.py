@@ -1,0 +1,97 @@
+"""Notebooks as runs: record a notebook's metrics, read them back, execute it headless, sweep it.
+
+`record(metrics)` / `read(notebook)` carry a notebook's final metrics through papermill
+(recommenders' idea in a few lines; scrapbook broke with pandas 2). `run_notebook` executes one
+with papermill; `sweep_notebook` executes it once per grid point into the store.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..data import PROJECT_ROOT
+from .store import check_writable, clear_leftovers, plain, results_root, to_json, write_atomically
+from .sweep import grid_points
+
+MIME = "application/x.workbench.record+json"
+
+
+def run_notebook(notebook, params: dict | None = None, out_dir=None, kernel: str | None = None) -> Path:
+    """Execute `notebook` with papermill into `out_dir` (default ``results/<name>/``) and return the
+    executed copy. The notebook receives ``out_dir`` as a parameter for its figures."""
+    import papermill as pm
+
+    notebook = Path(notebook)
+    out_dir = Path(out_dir or PROJECT_ROOT / "results" / notebook.stem)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = out_dir / notebook.name
+    pm.execute_notebook(str(notebook), str(executed), parameters={**(params or {}), "out_dir": str(out_dir)},
+                        kernel_name=kernel or "python3", cwd=str(notebook.parent), progress_bar=False)
+    return executed
+
+
+def record(metrics: dict) -> None:
+    """Display `metrics` (a dict of JSON-able values) so that `read()` finds them in the notebook."""
+    from IPython.display import display
+
+    metrics = plain(metrics)
+    json.dumps(metrics)  # fail here, in the notebook, on values that cannot be stored
+    display({MIME: metrics, "text/plain": json.dumps(metrics, indent=1, sort_keys=True)}, raw=True)
+
+
+def read(notebook) -> dict:
+    """Every recorded metric of an executed notebook, later records overriding earlier ones."""
+    import nbformat
+
+    nb = nbformat.read(str(Path(notebook)), as_version=4)
+    out: dict = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if MIME in data:
+                out.update(data[MIME])
+    return out
+
+
+def sweep_notebook(notebook, grid: dict[str, list], experiment: str | None = None, progress: bool = True) -> pd.DataFrame:
+    """Execute `notebook` with papermill once per grid point into ``results/sweeps/<experiment>/<hash>/``
+    (the executed notebook, its figures, ``params.json`` and the recorded ``metrics.json``).
+
+    A point whose folder has ``metrics.json`` is skipped, so rerunning after an interruption
+    completes the grid with no duplicate and no missing result. (The runs the notebook itself makes
+    are cached as usual in ``results/<its experiment>/``, shared between grid points.)
+    """
+    notebook = Path(notebook)
+    experiment = experiment or notebook.stem
+    root = results_root() / "sweeps" / experiment
+    check_writable(root)
+    rows = []
+    for params in tqdm(grid_points(grid), desc=notebook.name, disable=not progress):
+        key = hashlib.sha256(json.dumps(plain(params), sort_keys=True).encode()).hexdigest()[:12]
+        folder = root / key
+        if not (folder / "metrics.json").exists():
+            clear_leftovers(folder)
+            work = root / f".{key}.work{os.getpid()}"
+            executed = run_notebook(notebook, params, work)
+            files = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}  # figures include PNGs
+            files.update({"params.json": to_json(params), "metrics.json": to_json(read(executed))})
+            write_atomically(folder, files)
+            shutil.rmtree(work, ignore_errors=True)
+        rows.append({**plain(params), **json.loads((folder / "metrics.json").read_text()), "hash": key})
+    return pd.DataFrame(rows)
+
+
+def flatten(df: pd.DataFrame, axis: str, metrics: list[str]) -> dict:
+    """``{"<axis value>/<metric>": value}`` for `record()` (list values joined by "+")."""
+    out = {}
+    for row in df.to_dict("records"):  # keeps each column's dtype (iterrows would make ints floats)
+        key = row[axis]
+        key = "+".join(map(str, key)) if isinstance(key, (list, tuple)) else str(key)
+        out.update({f"{key}/{m}": row[m] for m in metrics if m in row and row[m] is not None})
+    return plain(out)

@@ -1,0 +1,134 @@
+"""A run's specification: the config, the data, the editing protocol and the evaluation.
+
+A run is one `RunSpec`: an `EditConfig`, the data (benchmark, how many edits, from where), the
+editing protocol, and the evaluation. Protocols are explicit, because "sequential" means different
+things in different papers:
+
+* ``batch``: all edits go to one `wb.edit` call (the config's schedule and batch size decide how
+  they are visited: LocFT-BF's breadth-first, or depth-first sequential editing), and everything is
+  scored **after the last edit**;
+* ``single``: each edit alone on the unedited model, scored, then reverted (FT-UKE's single editing).
+
+`RunSpec.hash()` keys the results store (`store.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..config import EditConfig, preset
+from ..errors import ConfigError
+from ..evaluate import EvalConfig
+
+LONG_FORM = ("unkebench", "mquake-cf", "unkebench-loc", "akew-loc")  # scored the FT-UKE way
+
+
+# Spec fields added after results were stored, with their defaults (see `RunSpec.to_dict`).
+ADDED_LATER = {"eval_chat_template": None}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    edit: EditConfig = field(default_factory=EditConfig)
+    benchmark: str = "zsre"  # a registry name, or "unkebench-loc" / "akew-loc" (with our locality sets)
+    n_edits: int = 10  # requests edited (and scored)
+    offset: int = 0  # skip this many requests first
+    protocol: Literal["batch", "single"] = "batch"  # see the module docstring
+    eval: str = "auto"  # "uke", "locft", or "auto" (uke for long-form benchmarks, locft otherwise)
+    splits: tuple[str, ...] = ("ori", "para", "loc")
+    max_new_tokens: int = 0  # 0 = the eval preset's
+    capability: tuple[str, ...] = ()  # "mmlu", "perplexity" (after the edit)
+    n_mmlu: int = 570
+    smoke_run: bool = False  # CI-sized: tiny 30-layer random model, the config's smoke() steps (see `smoke()`)
+    eval_chat_template: bool | None = None  # probe through the chat template (True) or not (False); None: as edited
+    # version of the scorers and locality sets: 2 = the UnKE lineage's scorers, FT-L's prompt_last, locality sets
+    # that exclude the edit set. In the hash, so runs scored the old way are never read back as new ones.
+    scoring: int = 2
+
+    def __post_init__(self):
+        if self.protocol not in ("batch", "single"):
+            raise ConfigError.bad_choice("protocol", self.protocol, ("batch", "single"))
+        if self.eval not in ("auto", "uke", "locft"):
+            raise ConfigError.bad_choice("eval", self.eval, ("auto", "uke", "locft"))
+        object.__setattr__(self, "splits", tuple(self.splits))
+        object.__setattr__(self, "capability", tuple(self.capability))
+        if self.protocol == "single" and self.capability:
+            raise ConfigError("capability is measured after the edits of a 'batch' run; with protocol='single' "
+                              "each edit is reverted before the next, so there is no edited model to measure")
+
+    def run_config(self) -> EditConfig:
+        """The EditConfig this run trains with: `edit`, or for a smoke run its smoke() on the tiny
+        30-layer model (applied here, so that a preset swapped in by a sweep is smoked too)."""
+        if not self.smoke_run:
+            return self.edit
+        return self.edit.smoke().replace(model_name="tiny-random-smollm2", device="cpu", dtype="float32")
+
+    def eval_config(self) -> EvalConfig:
+        name = self.eval if self.eval != "auto" else "uke" if self.benchmark in LONG_FORM else "locft"
+        template = self.edit.chat_template if self.eval_chat_template is None else self.eval_chat_template
+        cfg = EvalConfig.preset(name).replace(splits=self.splits, capability=self.capability, n_mmlu=self.n_mmlu,
+                                              chat_template=template)  # by default, probe as it was edited
+        return cfg.replace(max_new_tokens=self.max_new_tokens) if self.max_new_tokens else cfg
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, default in ADDED_LATER.items():  # left out at their default: stored runs keep their hash
+            if d[name] == default:
+                del d[name]
+        d["edit"] = self.edit.to_dict()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def replace(self, **changes) -> "RunSpec":
+        """Change spec fields or, by name, EditConfig fields (``spec.replace(lr=1e-3, n_edits=50)``).
+
+        ``preset="lora"`` swaps in that preset's config, keeping this spec's model, device and dtype.
+        """
+        own = {f.name for f in dataclasses.fields(self)}
+        edit = self.edit
+        if "preset" in changes:
+            name = changes.pop("preset")
+            edit = preset(name, model_name=edit.model_name, device=edit.device, dtype=edit.dtype)
+        edit_changes = {k: v for k, v in changes.items() if k not in own}
+        spec_changes = {k: v for k, v in changes.items() if k in own}
+        edit = edit.replace(**edit_changes) if edit_changes else edit
+        return dataclasses.replace(self, edit=edit, **spec_changes)
+
+    def smoke(self) -> "RunSpec":
+        """Seconds-long version for CI and nbval: a tiny random model with SmolLM2's 30 layers, 3
+        edits, 16 new tokens, the config's smoke(). A smoke run checks that a notebook runs, not what
+        it finds."""
+        return dataclasses.replace(self, smoke_run=True, n_edits=min(self.n_edits, 3),
+                                   max_new_tokens=min(self.max_new_tokens or 16, 16), n_mmlu=min(self.n_mmlu, 20))
+
+    @classmethod
+    def from_params(cls, namespace: dict, names: list[str] | None = None) -> "RunSpec":
+        """Build a spec from a notebook's parameters.
+
+        `names` are the parameter names (default: every name in `namespace` that is a spec or config
+        field, plus ``preset``). ``preset`` picks the base config; every other name must be a spec or
+        EditConfig field, so a typo in a parameters cell fails here instead of being ignored.
+        """
+        spec_fields = {f.name for f in dataclasses.fields(cls)} - {"edit"}
+        edit_fields = {f.name for f in dataclasses.fields(EditConfig)}
+        if names is None:
+            names = [k for k in namespace if k in spec_fields | edit_fields | {"preset"}]
+        unknown = sorted(set(names) - spec_fields - edit_fields - {"preset"})
+        if unknown:
+            raise ConfigError(f"parameters {unknown} are neither run-spec nor EditConfig fields")
+        base = preset(namespace["preset"]) if "preset" in names else EditConfig()
+        edit = base.replace(**{k: namespace[k] for k in names if k in edit_fields})
+        return cls(edit=edit, **{k: namespace[k] for k in names if k in spec_fields})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSpec":
+        d = dict(d)
+        d["edit"] = EditConfig.from_dict(d.get("edit", {}))
+        return cls(**d)
+
+

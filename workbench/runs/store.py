@@ -1,0 +1,96 @@
+"""The results store: one folder per run, written atomically, read back by spec hash.
+
+Each run is stored in ``results/<experiment>/<spec hash>/`` with ``spec.json`` (the resolved config),
+``env.json`` (package versions, git sha), ``per_probe.jsonl``, ``summary.csv`` and ``metrics.json``.
+The folder is written under a temporary name and renamed when complete, so a killed run leaves
+nothing that looks finished; a folder with ``metrics.json`` is a finished run and is skipped, and an
+identical spec (same hash) finished under another experiment is copied instead of re-run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from ..data import PROJECT_ROOT
+from ..errors import WorkbenchError
+from .spec import RunSpec
+
+
+def results_root() -> Path:
+    """``$WORKBENCH_RESULTS`` or the project's ``results/``."""
+    return Path(os.environ.get("WORKBENCH_RESULTS", PROJECT_ROOT / "results"))
+
+
+def git_sha() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any work when results cannot be written (and leave nothing behind)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise WorkbenchError(f"cannot write results to {folder}: {e.strerror}. Set $WORKBENCH_RESULTS to a "
+                             "writable folder.") from None
+
+
+def clear_leftovers(folder: Path) -> None:
+    """Remove what a killed earlier attempt at `folder` left beside it (``.<name>.*`` work folders)."""
+    for stale in folder.parent.glob(f".{folder.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def write_atomically(folder: Path, files: dict[str, str | bytes]) -> None:
+    """Write `files` (text or bytes) into a temporary sibling of `folder`, then rename it into place."""
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, text in files.items():
+        (tmp / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    if folder.exists():  # an unfinished earlier attempt (no metrics.json): replace it
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def to_json(obj) -> str:
+    return json.dumps(plain(obj), indent=1, sort_keys=True, default=str)
+
+
+def run_folder(spec: RunSpec, experiment: str) -> Path:
+    """Where `spec`'s run lives in the store (finished when it holds ``metrics.json``)."""
+    return results_root() / experiment / spec.hash()
+
+
+def load(experiment: str) -> pd.DataFrame:
+    """Every finished run of `experiment` as one DataFrame: spec fields, EditConfig fields, metrics."""
+    rows = []
+    for folder in sorted((results_root() / experiment).glob("*/metrics.json")):
+        spec = json.loads((folder.parent / "spec.json").read_text())
+        edit = spec.pop("edit")
+        rows.append({**edit, **spec, **json.loads(folder.read_text()), "hash": folder.parent.name})
+    return pd.DataFrame(rows)
+
+
+def plain(value):
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict)):  # numpy / torch scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value

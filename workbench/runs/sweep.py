@@ -1,0 +1,202 @@
+"""Executing runs and sweeps: one run, a grid of runs, seeds, and lifelong (chunked sequential) editing.
+
+`execute(spec, experiment)` runs one `RunSpec` (or reads it back from the store); `sweep` runs every
+point of a grid over a base spec, optionally once per seed; `lifelong` edits in chunks on top of each
+other and scores everything after each chunk. Models are loaded once per process (`model_for`) and
+checked to be unedited before every run.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .. import data, locality, train
+from ..config import EditConfig
+from ..errors import ConfigError
+from ..evaluate import EvalReport, evaluate, pre_edit, protocols_for, save_report, summarize, versions
+from ..models import fingerprint, load
+from .spec import RunSpec
+from .store import (check_writable, clear_leftovers, git_sha, plain, results_root, run_folder, to_json,
+                    write_atomically)
+
+
+_MODELS: dict = {}
+
+
+def model_for(cfg: EditConfig):
+    """The model of `cfg`, loaded once per process and checked to be unedited before every run."""
+    key = (cfg.model_name, cfg.device, cfg.dtype)
+    if key in _MODELS:
+        model, tok, fp = _MODELS[key]
+        if fingerprint(model) == fp:
+            return model, tok
+        # An edit was left in the model (a notebook cell that did not revert): never reuse it.
+    model, tok = load(cfg.model_name, None if cfg.device == "auto" else cfg.device, cfg.dtype)
+    _MODELS[key] = (model, tok, fingerprint(model))
+    return model, tok
+
+
+def requests_for(spec: RunSpec):
+    n = spec.offset + spec.n_edits
+    reqs = locality.load(spec.benchmark, n=n) if spec.benchmark in locality.SETS else data.load(spec.benchmark, n=n)
+    reqs = reqs[spec.offset:]
+    if len(reqs) < spec.n_edits:
+        raise ConfigError(f"n_edits={spec.n_edits} but {spec.benchmark} has only {len(reqs)} requests after offset {spec.offset}")
+    return reqs
+
+
+def grid_points(grid: dict[str, list] | None) -> list[dict]:
+    """Every combination of a grid's values, one dict per point (``[{}]`` for no grid)."""
+    grid = grid or {}
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
+
+
+def execute(spec: RunSpec, experiment: str, progress: bool = False) -> dict:
+    """Run `spec` (or read it back if it already finished) and return its metrics."""
+    folder = run_folder(spec, experiment)
+    if (folder / "metrics.json").exists():
+        return json.loads((folder / "metrics.json").read_text())
+    check_writable(folder.parent)
+    clear_leftovers(folder)
+    same = next(iter(sorted(results_root().glob(f"*/{spec.hash()}/metrics.json"))), None)
+    if same is not None:  # the identical run finished under another experiment: share it, don't redo it
+        write_atomically(folder, {p.name: p.read_bytes() for p in same.parent.iterdir() if p.is_file()})
+        return json.loads((folder / "metrics.json").read_text())
+    cfg = spec.run_config()
+    model, tok = model_for(cfg)
+    reqs = requests_for(spec)
+    ecfg = spec.eval_config()
+    pre = pre_train.edit(model, tok, reqs, ecfg) if "loc" in ecfg.splits and any(r.locality for r in reqs) else None
+    timings, steps, n_trainable, truncated = [], 0, 0, 0
+    if spec.protocol == "batch":
+        result = train.edit(model, tok, reqs, cfg, progress=progress)
+        try:
+            report = evaluate(model, tok, reqs, ecfg, pre=pre)
+        finally:
+            result.revert()
+        results = [result]
+    else:
+        tables, results = [], []
+        for r in tqdm(reqs, desc="single edits", disable=not progress, leave=False):
+            res = train.edit(model, tok, [r], cfg, progress=False)
+            try:
+                tables.append(evaluate(model, tok, [r], ecfg.replace(capability=()), pre=pre).per_probe)
+            finally:
+                res.revert()
+            results.append(res)
+        report = evaluate(model, tok, reqs[:0], ecfg.replace(splits=()), pre=pre)  # provenance only
+        report.per_probe = pd.concat(tables, ignore_index=True)
+        report.summary = summarize(report.per_probe, protocols_for(ecfg))
+    for res in results:
+        timings.append(res.timings["total_s"])
+        steps += res.steps
+        truncated += res.n_truncated
+        n_trainable = res.n_trainable
+    metrics = {**report.scores(), "edit_s": sum(timings), "s_per_edit": sum(timings) / len(reqs), "steps": steps,
+               "n_trainable": n_trainable, "n_truncated": truncated, "n_edits": len(reqs)}
+    tmp_report = folder.with_name(f".{folder.name}.report{os.getpid()}")
+    save_report(report, tmp_report)
+    files = {p.name: p.read_text() for p in tmp_report.iterdir()}
+    shutil.rmtree(tmp_report)
+    files.update({"spec.json": to_json(spec.to_dict()), "env.json": to_json({"versions": versions(), "git_sha": git_sha(),
+                                                                          "config_hash": spec.run_config().hash()}),
+                  "metrics.json": to_json(metrics)})
+    write_atomically(folder, files)
+    return plain(metrics)
+
+
+def seeded(points: list[dict], seeds, base: RunSpec) -> list[dict]:
+    """Every point once per seed. Seed s trains with ``seed=s`` (shuffle order, adapter init and
+    dropout) on its own block of requests, ``offset = base.offset + s * base.n_edits``: a
+    single-example edit is deterministic, so replicates must differ in their data to vary at all."""
+    return [{**p, "seed": s, "offset": base.offset + s * base.n_edits} for p in points for s in seeds]
+
+
+def sweep(base: RunSpec, grid: dict[str, list] | list[dict] | None = None, experiment: str = "sweep",
+          progress: bool = True, seeds=None, only_finished: bool = False) -> pd.DataFrame:
+    """Run every combination of `grid` over `base`, cached in ``results/<experiment>/``.
+
+    `grid` maps spec or EditConfig fields (or ``preset``) to values:
+    ``sweep(spec, {"layers": [[10], [20]], "lr": [1e-3, 5e-3]}, "layer_lr")`` runs 4 specs; a list
+    of dicts gives the points themselves (``[{"schedule": "depth_first", "batch_size": 1}, ...]``).
+    ``seeds=[0, 1, 2]`` replicates every point (see `seeded`; `over_seeds` gives means and CIs).
+    ``only_finished=True`` runs nothing and returns the points already in the store (to look at a
+    grid that another process is still filling, or to report one that was cut short).
+    Returns one row per run with its point's values and metrics (see `load`).
+    """
+    points = grid if isinstance(grid, list) else grid_points(grid)
+    if seeds is not None:
+        points = seeded(points, seeds, base)
+    specs = [base.replace(**p) for p in points]
+    rows = []
+    for point, spec in tqdm(list(zip(points, specs)), desc=experiment, disable=not progress):
+        folder = run_folder(spec, experiment)
+        if only_finished and not (folder / "metrics.json").exists():
+            continue
+        metrics = execute(spec, experiment)
+        rows.append({**{k: plain(v) for k, v in point.items()}, **metrics, "hash": folder.name})
+    return pd.DataFrame(rows)
+
+
+def by_chunk(report, seen: list, chunk_size: int, protocols: dict[str, str]) -> dict[str, float]:
+    """Edit scores of each chunk so far (``chunk1.ori.exact_match``, ...): whether the old edits
+    survive the new ones (LocFT-BF's Figure 3 view), which the overall mean over all edits hides.
+    Each chunk's probes are summarised as a report of their own (`evaluate.summarize`); locality
+    probes are left out, as they belong to no edit."""
+    table = report.per_probe[report.per_probe.split != "loc"]
+    out = {}
+    for k, start in enumerate(range(0, len(seen), chunk_size), 1):
+        rows = table[table.request.isin({r.id for r in seen[start:start + chunk_size]})]
+        out.update({f"chunk{k}.{key}": v for key, v in EvalReport(rows, summarize(rows, protocols)).scores().items()})
+    return out
+
+
+def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = True, seeds=None) -> pd.DataFrame:
+    """Sequential editing in chunks: edits arrive `chunk_size` at a time; each chunk is edited on top
+    of the previous ones (with `spec.edit`'s schedule), then *every* edit so far is scored, and the
+    capability probes run. One row per stage; stored (and skipped when finished) like any run.
+
+    This is LocFT-BF's sequential setting ("edits buffered into small batches") and the only honest
+    reading of "sequential": scores are taken after the last edit of each stage, never right after
+    the edit they belong to. ``seeds=[0, 1, 2]`` runs one sequence per seed, each on its own block
+    of requests (as `seeded`), and adds a ``seed`` column.
+    """
+    if seeds is not None:
+        parts = [lifelong(spec.replace(**point), chunk_size, experiment, progress).assign(seed=point["seed"])
+                 for point in seeded([{}], seeds, spec)]
+        return pd.concat(parts, ignore_index=True)
+    folder = results_root() / experiment / f"{spec.hash()}-chunk{chunk_size}"
+    if (folder / "metrics.json").exists():
+        return pd.read_json(folder / "stages.jsonl", lines=True)
+    check_writable(folder.parent)
+    cfg = spec.run_config()
+    model, tok = model_for(cfg)
+    reqs = requests_for(spec)
+    ecfg = spec.eval_config()
+    pre = pre_train.edit(model, tok, reqs, ecfg) if "loc" in ecfg.splits and any(r.locality for r in reqs) else None
+    before = evaluate(model, tok, reqs[:0], ecfg.replace(splits=()), pre=pre).capability
+    stages = [{"n_edits": 0, **{f"capability.{k}": v for k, v in before.items()}}]
+    done = []
+    try:
+        for start in tqdm(range(0, len(reqs), chunk_size), desc=experiment, disable=not progress):
+            chunk = reqs[start:start + chunk_size]
+            done.append(train.edit(model, tok, chunk, cfg, progress=False))
+            seen = reqs[:start + len(chunk)]
+            report = evaluate(model, tok, seen, ecfg, pre=pre)
+            stages.append({"n_edits": len(seen), **report.scores(),
+                           **by_chunk(report, seen, chunk_size, protocols_for(ecfg)),
+                           "edit_s": sum(r.timings["total_s"] for r in done), "steps": sum(r.steps for r in done)})
+    finally:
+        for r in reversed(done):  # undo in reverse order: each revert restores the state before its edit
+            r.revert()
+    df = pd.DataFrame(stages)
+    write_atomically(folder, {"stages.jsonl": df.to_json(orient="records", lines=True),
+                               "spec.json": to_json({**spec.to_dict(), "chunk_size": chunk_size}),
+                               "env.json": to_json({"versions": versions(), "git_sha": git_sha()}),
+                               "metrics.json": to_json(stages[-1])})
+    return df
