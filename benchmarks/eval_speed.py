@@ -15,7 +15,7 @@ import torch
 import workbench as wb
 from workbench import locality, metrics
 from workbench.prompts import prompt_ids
-from workbench.evaluate import probes
+from workbench.evaluation import probes
 from workbench.models import spec
 
 

@@ -14,7 +14,7 @@ import time
 import pandas as pd
 
 import workbench as wb
-from workbench.evaluate import protocols_for, summarize
+from workbench.evaluation import protocols_for, summarize
 
 PAIRS = [("sentence_cosine", "bertscore_f1"), ("rougeL_recall", "rougeL_f1")]
 

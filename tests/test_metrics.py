@@ -5,7 +5,7 @@ import pytest
 
 import workbench as wb
 from workbench import metrics, scoring
-from workbench.evaluate import LOCFT, UKE, EvalConfig
+from workbench.evaluation import LOCFT, UKE, EvalConfig
 
 
 def test_rouge_l_identical_and_disjoint():

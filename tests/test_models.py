@@ -4,7 +4,7 @@ import copy
 import pytest
 
 import workbench as wb
-from workbench.generate import generate
+from workbench.generation import generate
 from workbench.models import spec
 
 

@@ -35,7 +35,7 @@ def test_00_quickstart(tmp_path):
     assert got["reverted_exactly"] is True
     assert 1 <= got["steps"] <= 8 and 1 <= got["batch.steps"] <= 4  # smoke caps steps and epochs
     assert 0.0 <= got["token_accuracy_paraphrase"] <= 1.0 and 0.0 <= got["token_accuracy_question"] <= 1.0
-    assert {"batch.reliability", "batch.generalisation", "batch.locality"} <= set(got)
+    assert {"batch.reliability", "batch.generalisation", "batch.locality_ours"} <= set(got)
     assert (tmp_path / "out" / "loss_curve.html").stat().st_size > 10_000
 
 

@@ -127,7 +127,7 @@ def test_an_error_mid_edit_removes_the_short_circuit(tiny, tok, facts, monkeypat
             raise KeyboardInterrupt
         return real(model, batch)
 
-    monkeypatch.setattr(wb.train, "example_losses", failing)
+    monkeypatch.setattr(wb.methods.ft, "example_losses", failing)
     with pytest.raises(KeyboardInterrupt):
         wb.edit(tiny, tok, facts, wb.EditConfig(model_name="tiny-random-llama", layers=(2,), lr=1e-2), progress=False)
     assert all("forward" not in m.__dict__ for m in tiny.model.layers)

@@ -46,7 +46,9 @@ def test_the_guard_can_be_turned_off(tiny, tok, facts, little_memory, monkeypatc
 
 def test_the_estimate_grows_with_what_costs_memory(tiny, tok, facts):
     examples = [wb.prompts.encode(tok, r.prompt, r.target, max_length=64) for r in facts]
-    est = lambda cfg, n=64 * 128, lowest=2: resources.edit_bytes(tiny, cfg, examples, n, lowest, 4)  # noqa: E731
+    cache = wb.methods.prefix.nbytes_for(tiny, examples)
+    est = lambda cfg, n=64 * 128, lowest=2: resources.edit_bytes(tiny, cfg, examples, n, lowest, 4,  # noqa: E731
+                                                                  cache if cfg.prefix_cache else 0)
     base = est(TINY)
     assert base["trainable"] == 64 * 128 * 4 * 4  # copy + gradient + Adam's two moments, fp32
     assert est(TINY.replace(optimizer="sgd"))["trainable"] == 64 * 128 * 4 * 2
@@ -66,7 +68,8 @@ def test_truncated_examples_warn_and_are_counted(tiny, tok, facts):
 RUN = """
 import json, sys
 from workbench import runs
-spec = runs.RunSpec(edit=runs.EditConfig(model_name="tiny-random-llama", device="cpu", layers=(1, 2), lr=1e-2,
+from workbench.config import EditConfig
+spec = runs.RunSpec(edit=EditConfig(model_name="tiny-random-llama", device="cpu", layers=(1, 2), lr=1e-2,
                                           epochs=8, batch_size=2, lora_dropout=0.1, method=sys.argv[1]),
                     benchmark="facts-fixture", n_edits=4, max_new_tokens=8, eval="locft")
 m = runs.execute(spec, "repeat")

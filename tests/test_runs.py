@@ -174,7 +174,7 @@ def test_lifelong_scores_each_chunk_so_the_old_edits_can_be_told_from_the_new():
     import pandas as pd
 
     from workbench.data import Request
-    from workbench.evaluate import EvalReport, protocols_for, summarize
+    from workbench.evaluation import EvalReport, protocols_for, summarize
 
     seen = [Request(id=str(i), prompt=f"q{i}", target="a") for i in range(4)]
     per_probe = pd.DataFrame({"request": ["0", "1", "2", "3", "3", "0"], "split": ["ori"] * 4 + ["para", "loc"],

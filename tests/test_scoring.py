@@ -184,7 +184,7 @@ def test_sentence_cosine_is_the_sentence_transformers_cosine():
 def test_sub_questions_are_averaged_per_request_first():
     import pandas as pd
 
-    from workbench.evaluate import protocols_for, summarize
+    from workbench.evaluation import protocols_for, summarize
 
     table = pd.DataFrame({"request": ["a", "a", "a", "b"], "split": ["sub"] * 4, "kind": [""] * 4,
                           "rougeL_recall": [1.0, 1.0, 1.0, 0.0]})

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, Qwen2Config
 import workbench as wb
 from workbench import data, prompts
 from workbench.errors import EditError
-from workbench.metrics import token_accuracy
+from workbench.scoring import token_accuracy
 from workbench.methods.ft import example_losses
 
 from workbench.models import state_hash

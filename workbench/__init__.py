@@ -7,9 +7,11 @@
     result.revert()                              # bitwise back to the original
 
 The package is built in floors, each module importing only from the floors below it (a test walks
-the imports): errors, config, components | data, models, resources | prompts | generate, scoring,
-metrics | methods/, train | evaluate, locality | runs/, plots, widgets | cli. Names are resolved
-lazily here, so ``import workbench.metrics`` loads only what metrics needs.
+the imports): errors, config, components | data, models, resources | prompts | generation, scoring,
+metrics | methods/, train | evaluation, locality | runs/, plots, widgets | cli. Names are resolved
+lazily here, so ``import workbench.metrics`` loads only what metrics needs. (The modules behind
+``wb.evaluate`` and ``wb.generate`` are `evaluation` and `generation`: a submodule named like the
+function would replace it in this namespace once imported.)
 """
 import importlib
 
@@ -22,11 +24,11 @@ _NAMES = {
     "ConfigError": "errors", "DataError": "errors", "DataNotFound": "errors", "EditError": "errors",
     "WorkbenchError": "errors",
     "load": "models",
-    "generate": "generate",
+    "generate": "generation",
     "EditResult": "train", "apply_delta": "train", "edit": "train",
-    "EvalConfig": "evaluate", "EvalReport": "evaluate", "evaluate": "evaluate", "pre_edit": "evaluate",
+    "EvalConfig": "evaluation", "EvalReport": "evaluation", "evaluate": "evaluation", "pre_edit": "evaluation",
 }
-_MODULES = ("cli", "components", "config", "data", "errors", "evaluate", "generate", "locality", "methods", "metrics",
+_MODULES = ("cli", "components", "config", "data", "errors", "evaluation", "generation", "locality", "methods", "metrics",
             "models", "plots", "prompts", "resources", "runs", "scoring", "train", "widgets")
 __all__ = [*_NAMES, *_MODULES]
 

@@ -138,7 +138,7 @@ def main(argv=None) -> int:
             print(f"delta written to {result.save(args.save)}")
     elif args.command == "eval":
         from . import models
-        from .evaluate import EvalConfig, evaluate, pre_edit
+        from .evaluation import EvalConfig, evaluate, pre_edit
         from .runs import RunSpec, requests_for
 
         spec = RunSpec(benchmark=args.benchmark, n_edits=args.n)

@@ -14,17 +14,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import prompts
 from .data import Request
 from .models import input_device, spec
-from .prompts import IGNORE, Encoded
+from .prompts import IGNORE, Encoded, collate, encode, position_ids
 
 
 def _forward(model, tok, examples: list[Encoded]):
     device = input_device(model)
-    b = {k: v.to(device) for k, v in prompts.collate(examples, spec(tok).pad_id).items()}
+    b = {k: v.to(device) for k, v in collate(examples, spec(tok).pad_id).items()}
     logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                   position_ids=prompts.position_ids(b["attention_mask"]), use_cache=False).logits
+                   position_ids=position_ids(b["attention_mask"]), use_cache=False).logits
     return logits[:, :-1].float(), b["labels"][:, 1:]
 
 
@@ -46,7 +45,7 @@ def token_accuracy(model, tok, prompts: list[str], targets: list[str], chat_temp
     """Teacher-forced accuracy of each target given its prompt: the fraction of target tokens
     (end-of-turn included) that are the model's argmax. One value per pair."""
     def run(chunk):
-        logits, gold = _forward(model, tok, [prompts.encode(tok, p, t, "target", chat_template) for p, t in chunk])
+        logits, gold = _forward(model, tok, [encode(tok, p, t, "target", chat_template) for p, t in chunk])
         has = gold != IGNORE
         return ((logits.argmax(-1) == gold) & has).sum(1).div(has.sum(1).clamp(min=1)).tolist()
 
@@ -57,7 +56,7 @@ def token_predictions(model, tok, prompts: list[str], targets: list[str], chat_t
                       batch_size: int = 32) -> list[list[int]]:
     """The argmax token at every target position (teacher-forced): locality compares these pre/post."""
     def run(chunk):
-        logits, gold = _forward(model, tok, [prompts.encode(tok, p, t, "target", chat_template) for p, t in chunk])
+        logits, gold = _forward(model, tok, [encode(tok, p, t, "target", chat_template) for p, t in chunk])
         pred = logits.argmax(-1)
         return [pred[i][gold[i] != IGNORE].tolist() for i in range(len(chunk))]
 
@@ -70,7 +69,7 @@ def mean_logprobs(model, tok, prompts: list[str], continuations: list[str], chat
     def run(chunk):
         exs = []
         for p, c in chunk:
-            e = prompts.encode(tok, p, c, "target", chat_template)
+            e = encode(tok, p, c, "target", chat_template)
             exs.append(Encoded(e.input_ids[:-1], e.labels[:-1], e.n_prompt, e.truncated))  # drop EOS/EOT
         logits, gold = _forward(model, tok, exs)
         lp = torch.log_softmax(logits, -1).gather(-1, gold.clamp(min=0).unsqueeze(-1)).squeeze(-1)

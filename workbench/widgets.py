@@ -9,7 +9,7 @@ from IPython.display import display
 from .config import preset, presets
 from .components import num_layers
 from .data import Request, load
-from .generate import generate
+from .generation import generate
 from .metrics import exact_match
 from .train import edit
 

@@ -29,7 +29,7 @@ Precision: the trained weights are float32 even when the frozen model runs in bf
 a bf16 weight rounds every update below the weight's resolution (about 1e-4 for a weight of 0.02)
 back to nothing, which silently freezes the lr 5e-5 .. 5e-4 recipes. So a trained parameter is
 upcast in place for the edit and its module computes in float32, its inputs cast up and its output
-cast back to the model's dtype (`_float32_master`); the edited model keeps the float32 weight until
+cast back to the model's dtype (`weights.float32_master`); the edited model keeps the float32 weight until
 ``revert()`` puts the original tensor, dtype and all, back.
 
 The frozen model runs in eval mode (no dropout); an adapter's ``lora_dropout`` is active.
@@ -57,7 +57,8 @@ from ..models import input_device, spec
 from ..prompts import IGNORE
 from . import prefix
 from .adapters import AdapterHandle, attach_adapter, linear_targets
-from .result import EditResult, remove_hooks, restore
+from .result import EditResult
+from .weights import float32_master, remove_hooks, restore
 
 log = logging.getLogger("workbench")
 
@@ -105,38 +106,6 @@ def example_losses(model: nn.Module, batch: dict) -> torch.Tensor:
 
 def _contiguous_input(module, args):
     return (args[0].contiguous(), *args[1:])
-
-
-# ---------------------------------------------------------------------------- precision
-def _float32_master(model: nn.Module, trainable: dict[str, nn.Parameter]) -> list:
-    """Upcast low-precision trainable parameters to float32 in place and make their modules compute in
-    float32 (inputs cast up, outputs cast back to the model's dtype). Returns the hook handles."""
-    handles, owners = [], {}
-    for name, p in trainable.items():
-        if p.dtype in (torch.bfloat16, torch.float16):
-            owners.setdefault(name.rsplit(".", 1)[0], p.dtype)
-            p.data = p.data.float()
-    for module_name, low in owners.items():
-        module = model.get_submodule(module_name)
-
-        def up(mod, args, kwargs):
-            return _cast(args, torch.float32), _cast(kwargs, torch.float32)
-
-        def down(mod, args, output, low=low):
-            return _cast(output, low)
-
-        handles += [module.register_forward_pre_hook(up, with_kwargs=True), module.register_forward_hook(down)]
-    return handles
-
-
-def _cast(value, dtype):
-    if isinstance(value, torch.Tensor):
-        return value.to(dtype) if value.is_floating_point() else value
-    if isinstance(value, (tuple, list)):
-        return type(value)(_cast(v, dtype) for v in value)
-    if isinstance(value, dict):
-        return {k: _cast(v, dtype) for k, v in value.items()}
-    return value
 
 
 def _selected_parameters(model: nn.Module, targets: list[Target]) -> tuple[dict, dict]:
@@ -287,7 +256,7 @@ def edit(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: bool 
         if cfg.method == "ft":
             trainable, masks = selected
             originals = {n: p.detach().clone() for n, p in trainable.items()}
-            casts = _float32_master(model, trainable)
+            casts = float32_master(model, trainable)
             for p in trainable.values():
                 p.requires_grad_(True)
         else:

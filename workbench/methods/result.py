@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from ..config import EditConfig
 from ..errors import WorkbenchError
+from .weights import remove_hooks, restore
 
 
 @dataclass
@@ -35,12 +36,18 @@ class EditResult:
     adapter: object | None = None  # a live (unmerged) adapter (adapters.AdapterHandle), removed by revert()
     reverted: bool = False
     casts: list = field(default_factory=list, repr=False)  # float32 compute hooks on upcast modules, removed by revert()
+    undo: list = field(default_factory=list, repr=False)  # callables revert() runs last (state a method keeps on the model)
     _deltas: dict | None = field(default=None, repr=False)
 
     @property
     def steps(self) -> int:
-        """Optimiser steps taken (skipped batches excluded)."""
-        return int((~self.log["skipped"]).sum()) if len(self.log) else 0
+        """Optimiser steps taken (skipped batches excluded; a method that logs one row per request or
+        layer reports its steps in a ``steps`` column)."""
+        if not len(self.log):
+            return 0
+        if "steps" in self.log:
+            return int(self.log["steps"].sum())
+        return int((~self.log["skipped"]).sum())
 
     def revert(self) -> nn.Module:
         """Restore the model exactly as it was before the edit (adapters unloaded)."""
@@ -51,6 +58,8 @@ class EditResult:
             self.adapter = None
         restore(self.model, self.originals)
         remove_hooks(self.casts)
+        for undo in reversed(self.undo):
+            undo()
         self.reverted = True
         return self.model
 
@@ -75,22 +84,6 @@ class EditResult:
         save_file({n: d.contiguous() for n, d in self.deltas().items()}, str(tmp), metadata=meta)
         tmp.replace(path)
         return path
-
-
-def restore(model: nn.Module, originals: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in originals.items():
-            if params[name].dtype != value.dtype:  # upcast for the edit: put the original tensor back
-                params[name].data = value.clone()
-            else:
-                params[name].copy_(value)
-
-
-def remove_hooks(handles: list) -> None:
-    for h in handles:
-        h.remove()
-    handles.clear()
 
 
 def apply_delta(model: nn.Module, path) -> EditResult:

@@ -21,7 +21,7 @@ from typing import Literal
 
 from ..config import EditConfig, preset
 from ..errors import ConfigError
-from ..evaluate import EvalConfig
+from ..evaluation import EvalConfig
 
 LONG_FORM = ("unkebench", "mquake-cf", "unkebench-loc", "akew-loc")  # scored the FT-UKE way
 

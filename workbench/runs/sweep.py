@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .. import data, locality, train
 from ..config import EditConfig
 from ..errors import ConfigError
-from ..evaluate import EvalReport, evaluate, pre_edit, protocols_for, save_report, summarize, versions
+from ..evaluation import EvalReport, evaluate, pre_edit, protocols_for, save_report, summarize, versions
 from ..models import fingerprint, load
 from .spec import RunSpec
 from .store import (check_writable, clear_leftovers, git_sha, plain, results_root, run_folder, to_json,
@@ -71,7 +71,7 @@ def execute(spec: RunSpec, experiment: str, progress: bool = False) -> dict:
     model, tok = model_for(cfg)
     reqs = requests_for(spec)
     ecfg = spec.eval_config()
-    pre = pre_train.edit(model, tok, reqs, ecfg) if "loc" in ecfg.splits and any(r.locality for r in reqs) else None
+    pre = pre_edit(model, tok, reqs, ecfg) if "loc" in ecfg.splits and any(r.locality for r in reqs) else None
     timings, steps, n_trainable, truncated = [], 0, 0, 0
     if spec.protocol == "batch":
         result = train.edit(model, tok, reqs, cfg, progress=progress)
@@ -178,7 +178,7 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
     model, tok = model_for(cfg)
     reqs = requests_for(spec)
     ecfg = spec.eval_config()
-    pre = pre_train.edit(model, tok, reqs, ecfg) if "loc" in ecfg.splits and any(r.locality for r in reqs) else None
+    pre = pre_edit(model, tok, reqs, ecfg) if "loc" in ecfg.splits and any(r.locality for r in reqs) else None
     before = evaluate(model, tok, reqs[:0], ecfg.replace(splits=()), pre=pre).capability
     stages = [{"n_edits": 0, **{f"capability.{k}": v for k, v in before.items()}}]
     done = []

@@ -39,7 +39,7 @@ import pandas as pd
 
 from . import data, metrics, scoring
 from .errors import ConfigError, WorkbenchError
-from .generate import generate
+from .generation import generate
 from .metrics import MINILM, MINILM_LAYER
 from .models import cache_dir, fingerprint
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from . import prompts
 from .models import input_device, spec
+from .prompts import prompt_ids
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def generate(model, tok, prompts: list[str], chat_template: bool = True, max_new
 
     s = spec(tok)
     device = input_device(model)
-    encoded = [prompts.prompt_ids(tok, p, chat_template) for p in prompts]
+    encoded = [prompt_ids(tok, p, chat_template) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # length bucketing
     out: list[str] = [""] * len(prompts)
     was_training = model.training
