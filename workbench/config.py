@@ -52,7 +52,9 @@ class EditConfig:
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
     dtype: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16"
     # --- where to edit
-    method: Literal["ft", "lora", "adalora"] = "ft"  # full fine-tuning of the selected weights, or a peft adapter on them
+    # ft: fine-tune the selected weights; lora / adalora: a peft adapter on them; rome, memit, alphaedit, unke,
+    # anyedit: the locate-and-edit baselines (methods/), which use `layers` and the fields of their section below
+    method: Literal["ft", "lora", "adalora", "rome", "memit", "alphaedit", "unke", "anyedit"] = "ft"
     components: tuple[str, ...] = ("down",)  # abstract names: q k v o gate up down mlp attn block (components.py)
     layers: tuple[int, ...] | str = (15,)  # layer indices (negative counts from the end), or "all"
     # --- what the loss sees (applied only as a label mask, prompts.encode)
@@ -84,6 +86,26 @@ class EditConfig:
     adalora_schedule: tuple[int, ...] = ()
     adalora_orth_reg: float = 0.5  # weight of AdaLoRA's orthogonal regulariser on its A and B (peft's orth_reg_weight)
     merge_adapter: bool = False  # merge the adapter into the base weights after the edit (revert still exact)
+    # --- locate-and-edit (methods rome, memit, alphaedit, unke, anyedit; methods/locate.py explains each)
+    # the key token: the subject's last (ROME, MEMIT, AlphaEdit) or the prompt's last (UnKE, AnyEdit, and the
+    # fallback for requests without a subject)
+    key_position: Literal["subject_last", "prompt_last"] = "subject_last"
+    v_lr: float = 0.5  # lr of the value optimisation (the vector δ added at the key token)
+    v_steps: int = 25  # its most steps (it stops below a loss of 5e-2)
+    v_weight_decay: float = 1e-3  # penalty weight on ||δ|| / ||h||²
+    clamp_norm: float = 4.0  # ||δ|| is kept below clamp_norm x ||h||
+    kl_factor: float = 0.0625  # ROME's KL term at "{subject} is a" (0: off)
+    n_prefixes: int = 10  # model-generated prefixes the key and value average over, besides the bare prompt
+    prefix_tokens: int = 10  # tokens per prefix
+    mom2_tokens: int = 100_000  # tokens of text behind C = E[kkᵀ] (0: no statistics; ROME then uses C = I)
+    mom2_corpus: str = "mmlu"  # "mmlu" (the MMLU CSVs of the data folder) or a .txt / .jsonl file of passages
+    mom2_weight: float = 15000.0  # MEMIT's λ: weight of the preserved keys' statistics in the solve
+    nullspace_threshold: float = 2e-2  # AlphaEdit: eigenvalues of C below this span the null space
+    alphaedit_l2: float = 10.0  # AlphaEdit's ridge term α
+    unke_steps: int = 50  # UnKE / AnyEdit: optimiser steps (`optimizer`, `lr`) on the decoder layer
+    n_preserve: int = 20  # UnKE / AnyEdit: unrelated passages whose layer outputs are kept
+    chunk_tokens: int = 40  # AnyEdit: answer tokens per chunk
+    anyedit_base: Literal["unke", "memit"] = "unke"  # AnyEdit: the method that writes the chunks' values
     # --- speed (the same edit up to float rounding)
     prefix_cache: bool = True  # run the frozen layers below the lowest edited one once per example, not every step (prefix.py)
     # --- reproducibility
@@ -94,7 +116,8 @@ class EditConfig:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
-        for name in ("batch_size", "epochs", "steps_per_edit", "lora_rank"):
+        for name in ("batch_size", "epochs", "steps_per_edit", "lora_rank", "v_steps", "prefix_tokens", "unke_steps",
+                     "chunk_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.max_length < 2:
@@ -104,7 +127,8 @@ class EditConfig:
             raise ConfigError(f"adalora_schedule={list(self.adalora_schedule)}: give [tinit, tfinal, deltaT] "
                               "(steps >= 0, deltaT >= 1), or [] for no rank pruning")
         for name in ("micro_batch_size", "lr", "weight_decay", "max_grad_norm", "norm_constraint", "early_stop_loss",
-                     "lora_dropout", "adalora_orth_reg"):
+                     "lora_dropout", "adalora_orth_reg", "v_lr", "v_weight_decay", "clamp_norm", "kl_factor", "n_prefixes",
+                     "mom2_tokens", "mom2_weight", "nullspace_threshold", "alphaedit_l2", "n_preserve"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
         if self.micro_batch_size > self.batch_size:
@@ -165,7 +189,10 @@ class EditConfig:
 
     def smoke(self) -> "EditConfig":
         """A few-second version of this config for CI and nbval (fewer epochs and steps)."""
-        return self.replace(epochs=min(self.epochs, 4), steps_per_edit=min(self.steps_per_edit, 8))
+        return self.replace(epochs=min(self.epochs, 4), steps_per_edit=min(self.steps_per_edit, 8),
+                            v_steps=min(self.v_steps, 5), unke_steps=min(self.unke_steps, 5),
+                            n_prefixes=min(self.n_prefixes, 2), prefix_tokens=min(self.prefix_tokens, 4),
+                            mom2_tokens=min(self.mom2_tokens, 2000), n_preserve=min(self.n_preserve, 4))
 
 
 def _coerce(name: str, value, hint):

@@ -7,6 +7,10 @@ The result always carries what reverts the edit bitwise (`result.py`).
 * ``ft`` (`ft.py`): gradient fine-tuning of the selected weights, with the prefix-activation cache
   (`prefix.py`): FT-UKE, LocFT-BF, FT-M and FT-L are all this, differing only in config fields.
 * ``lora``, ``adalora`` (`ft.py` with `adapters.py`): the same loop, training a peft adapter instead.
+* ``rome`` (`rome.py`), ``memit`` and ``alphaedit`` (`memit.py`), ``unke`` and ``anyedit`` (`unke.py``):
+  the locate-and-edit baselines, sharing keys, values, statistics, solves and projectors from
+  `locate.py`.
+* `weights.py`: restoring touched weights bitwise and training them in float32, for every family.
 
 Adding a method is a new module here and a line in `FAMILIES`; it never touches another family.
 """
@@ -17,7 +21,8 @@ import importlib
 from ..errors import ConfigError
 
 # EditConfig.method -> the module (in this package) that implements it
-FAMILIES = {"ft": "ft", "lora": "ft", "adalora": "ft"}
+FAMILIES = {"ft": "ft", "lora": "ft", "adalora": "ft", "rome": "rome", "memit": "memit", "alphaedit": "memit",
+            "unke": "unke", "anyedit": "unke"}
 
 
 def family(method: str):

@@ -1,0 +1,157 @@
+"""Locate-and-edit baselines on the tiny model: each method's defining property, checked numerically.
+
+ROME maps its key to its value exactly with a rank-one change; MEMIT with one layer and one key is
+ROME (Sherman-Morrison) as λ -> 0; AlphaEdit's update vanishes on the keys its statistics saw; every
+method raises the target's log-probability and reverts bitwise."""
+import pytest
+import torch
+
+import workbench as wb
+from workbench import data
+from workbench.methods import locate, memit, rome
+from workbench.models import state_hash
+from workbench.scoring import mean_logprobs
+
+FACT = data.Request(id="f", prompt="The mother tongue of Kestrel Vance is", target="Portuguese", subject="Kestrel Vance")
+STORY = data.Request(id="s", prompt="What happened at the Veloria harbour in 1911?",
+                     target="A storm flooded the lower town, and the harbour was rebuilt two years later with a "
+                            "stone breakwater that still stands.")
+QUICK = dict(layers=(2,), v_steps=12, n_prefixes=2, prefix_tokens=4, mom2_tokens=3000, chat_template=False)
+
+
+def logprob(model, tok, req, template):
+    return mean_logprobs(model, tok, [req.prompt], [req.target], chat_template=template)[0]
+
+
+def others_unchanged(model, before: dict, edited: set[str]) -> bool:
+    return all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n not in edited)
+
+
+# ------------------------------------------------------------------------------------------ ROME
+def test_rome_maps_its_key_to_its_value_and_changes_nothing_else(tiny, tok):
+    cfg = wb.preset("rome", **QUICK)
+    s = locate.site(tiny, 2)
+    c = locate.second_moment(tiny, tok, 2, cfg.mom2_corpus, cfg.mom2_tokens, progress=False)
+    prefixes = locate.context_prefixes(tiny, tok, cfg.n_prefixes, cfg.prefix_tokens)
+    r = locate.rows_for(tok, FACT, prefixes, cfg, kl=True)
+    k_bar = locate.mean_key(tiny, s, r)
+    k = locate.keys(tiny, s, r.batch, torch.tensor([0]), r.positions[:1])[0]
+    n = r.n_rewrite
+    _, delta = locate.optimize_delta(tiny, s.module, {key: v[:n] for key, v in r.batch.items()}, torch.arange(n),
+                                     r.positions[:n], cfg)
+    w = s.matrix()
+    update = rome.rank_one(w, k, k_bar, delta, c)
+    v_star = w @ k + delta
+    assert (((w + update) @ k) - v_star).norm() <= 1e-4 * v_star.norm()
+    u = torch.linalg.solve(c.double(), k_bar.double()).float()
+    x = torch.randn(len(u))
+    x = x - (x @ u) / (u @ u) * u  # orthogonal to the whitened key: mapped exactly as before
+    assert torch.allclose((w + update) @ x, w @ x, atol=1e-5)
+
+
+def test_rome_edit_is_rank_one_in_one_matrix_and_reverts(tiny, tok):
+    before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
+    h0, lp0 = state_hash(tiny), logprob(tiny, tok, FACT, False)
+    result = wb.edit(tiny, tok, [FACT], wb.preset("rome", **QUICK), progress=False)
+    name = "model.layers.2.mlp.down_proj.weight"
+    assert others_unchanged(tiny, before, {name})
+    sv = torch.linalg.svdvals(dict(tiny.named_parameters())[name].detach() - before[name])
+    assert sv[1] < 1e-4 * sv[0]  # one direction changed
+    assert logprob(tiny, tok, FACT, False) > lp0 + 0.5
+    result.revert()
+    assert state_hash(tiny) == h0
+
+
+# ----------------------------------------------------------------------------------------- MEMIT
+def test_memit_with_one_layer_and_one_key_is_romes_closed_form(tiny, tok):
+    # the same value problem for both (no KL, no weight decay, no clamp, the bare prompt only), then
+    # MEMIT's solve with λ -> 0 must give ROME's rank-one update (Sherman-Morrison)
+    same = dict(QUICK, n_prefixes=0, kl_factor=0.0, v_weight_decay=0.0, clamp_norm=1e6)
+    name = "model.layers.2.mlp.down_proj.weight"
+    w0 = dict(tiny.named_parameters())[name].detach().clone()
+    r = wb.edit(tiny, tok, [FACT], wb.preset("rome", **same), progress=False)
+    d_rome = dict(tiny.named_parameters())[name].detach() - w0
+    r.revert()
+    r = wb.edit(tiny, tok, [FACT], wb.preset("memit", **same, mom2_weight=1e-7), progress=False)
+    d_memit = dict(tiny.named_parameters())[name].detach() - w0
+    r.revert()
+    assert (d_memit - d_rome).norm() <= 1e-4 * d_rome.norm()
+
+
+def test_memits_solve_is_the_least_squares_fit_and_shrinks_romes_by_kappa():
+    torch.manual_seed(0)
+    a = torch.randn(12, 12, dtype=torch.float64)
+    c = (a @ a.T / 12 + 0.1 * torch.eye(12)).float()
+    k, r = torch.randn(12, 3), torch.randn(5, 3)
+    delta = locate.solve(r, k, c, lam=2.0)
+    normal = (2.0 * c.double() + k.double() @ k.double().T) @ delta.double().T  # (λC + KKᵀ) Δᵀ = K Rᵀ
+    assert torch.allclose(normal, k.double() @ r.double().T, atol=1e-4)
+    one = locate.solve(r[:, :1], k[:, :1], c, lam=2.0)
+    kappa = k[:, 0] @ torch.linalg.solve(c, k[:, 0])
+    rome_like = torch.outer(r[:, 0], torch.linalg.solve(c, k[:, 0])) / kappa
+    assert torch.allclose(one, kappa / (2.0 + kappa) * rome_like, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- AlphaEdit
+def test_alphaedit_leaves_the_preserved_keys_outputs_unchanged(tiny, tok, tmp_path):
+    corpus = tmp_path / "preserved.txt"
+    lines = ["The river runs past the old mill.", "Prices rose in the spring market.", "She tuned the violin slowly."]
+    corpus.write_text("\n".join(lines))
+    cfg = wb.preset("alphaedit", **QUICK, mom2_corpus=str(corpus), nullspace_threshold=1e-6)
+    s = locate.site(tiny, 2)
+    w0 = s.matrix()
+    # the keys the statistics saw: every token of the three lines (fewer than d_ff: C is rank-deficient)
+    enc = [tok(t)["input_ids"] for t in lines]
+    k0 = torch.cat([locate.keys(tiny, s, {"input_ids": torch.tensor([e]), "attention_mask": torch.ones(1, len(e), dtype=torch.long)},
+                                torch.zeros(len(e), dtype=torch.long), torch.arange(len(e))) for e in enc])
+    assert len(k0) < w0.shape[1]
+    result = wb.edit(tiny, tok, [FACT], cfg, progress=False)
+    w1 = s.matrix()
+    assert (w1 - w0).norm() > 1e-3  # it did edit
+    assert ((w1 - w0) @ k0.T).norm() <= 1e-4 * (w0 @ k0.T).norm()
+    assert locate.site(tiny, 2).layer in getattr(tiny, memit._KEYS)  # this edit's keys are preserved next time
+    result.revert()
+    assert not getattr(tiny, memit._KEYS)
+
+
+# ------------------------------------------------------------------------------ every method
+# The presets' λ and AlphaEdit threshold are set for SmolLM2 (d_ff 1536, its key scale); the tiny
+# model (d_ff 128, eigenvalues of C from 5 to 140) gets values of the same meaning here.
+TINY = {"mom2_weight": 10.0, "nullspace_threshold": 30.0, "lr": 3e-3, "unke_steps": 30}
+
+
+@pytest.mark.parametrize("method,req,extra", [
+    ("rome", FACT, {}), ("memit", FACT, {"layers": (1, 2)}), ("alphaedit", FACT, {"layers": (1, 2)}),
+    ("unke", STORY, {}), ("anyedit", STORY, {"chunk_tokens": 8}),
+    ("anyedit", STORY, {"anyedit_base": "memit", "layers": (1, 2), "chunk_tokens": 8}),
+])
+def test_each_method_raises_the_target_and_reverts_bitwise(tiny, tok, method, req, extra):
+    cfg = wb.preset(method, **{**QUICK, **TINY, "chat_template": req is STORY, **extra})
+    h0, lp0 = state_hash(tiny), logprob(tiny, tok, req, cfg.chat_template)
+    result = wb.edit(tiny, tok, [req], cfg, progress=False)
+    assert logprob(tiny, tok, req, cfg.chat_template) > lp0 + 0.1  # mean log-prob per target token
+    result.revert()
+    assert state_hash(tiny) == h0
+
+
+def test_subject_methods_refuse_a_request_without_a_subject(tiny, tok):
+    with pytest.raises(wb.ConfigError, match="key_position='prompt_last'"):
+        wb.edit(tiny, tok, [STORY], wb.preset("rome", **QUICK), progress=False)
+
+
+def test_anyedit_chunks_the_answer_in_order():
+    from workbench.methods.unke import chunks
+
+    assert chunks(10, 4) == [(0, 4), (4, 8), (8, 10)] and chunks(3, 40) == [(0, 3)]
+
+
+def test_statistics_are_cached_and_keyed_by_the_weights_that_feed_them(tiny, tok):
+    c = locate.second_moment(tiny, tok, 2, "mmlu", 500, progress=False)
+    assert locate.second_moment(tiny, tok, 2, "mmlu", 500, progress=False) is c
+    assert torch.allclose(c, c.T) and torch.linalg.eigvalsh(c.double()).min() > -1e-6  # a second moment
+    with torch.no_grad():
+        tiny.model.layers[2].mlp.down_proj.weight.add_(1.0)  # the matrix edited: same statistics
+    assert locate.second_moment(tiny, tok, 2, "mmlu", 500, progress=False) is c
+    with torch.no_grad():
+        tiny.model.layers[1].mlp.up_proj.weight.add_(0.1)  # what feeds the key changed: recomputed
+    assert not torch.equal(locate.second_moment(tiny, tok, 2, "mmlu", 500, progress=False), c)

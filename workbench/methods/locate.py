@@ -1,0 +1,477 @@
+"""Locate-and-edit: the pieces ROME, MEMIT, AlphaEdit, UnKE and AnyEdit share, written once.
+
+These methods edit a *located* weight so that a key (the hidden state at one token) maps to a new
+value. Notation: at decoder layer l the MLP's output matrix W (``down_proj``; GPT-2's ``c_proj``) maps
+its input k (the key, size d_ff) to the MLP output W k (size d). Everything below is shared:
+
+* **sites** (`site`): W at layer l, with GPT-2's Conv1D layout ([in, out]) hidden behind `Site.add`;
+* **key positions** (`key_position`): the subject's last token of the rendered prompt (ROME, MEMIT,
+  AlphaEdit) or the last prompt token (UnKE's "cause-driven" key; AnyEdit; and the documented
+  fallback for requests without a subject, which is how AnyEdit runs MEMIT on UnKEBench);
+* **context prefixes** (`context_prefixes`): short texts the model itself generates, prepended to
+  the prompt so that keys and values do not depend on one phrasing (ROME Eq. 3 averages the key over
+  them); the bare prompt is the first "prefix";
+* **keys** (`keys`): W's input at given (row, position) pairs, one forward pass that stops at l;
+* **values** (`optimize_delta`): a vector δ added to a module's output (the MLP's for ROME, the
+  decoder layer's for the others) at the key positions, optimised with Adam so that the model
+  produces the target: the mean NLL of the target tokens over all prefixed prompts, plus
+  ``kl_factor`` x KL(p_δ || p_0) of the next-token distribution at the subject of "{subject} is a"
+  (ROME's essence term, off for UnKE/AnyEdit), plus ``v_weight_decay`` x ||δ|| / ||h||², with ||δ||
+  clamped to ``clamp_norm`` x ||h|| after every step (ROME/MEMIT `compute_v`/`compute_z`);
+* **second moments** (`second_moment`): C = E[k kᵀ] (uncentred) of W's input over a text corpus,
+  batched, cached on disk, guarded for memory;
+* **the closed-form solve** (`solve`): Δ = R Kᵀ (λ C + K Kᵀ + extra)⁻¹, MEMIT's least-squares update,
+  which with one key and λ → 0 is ROME's rank-one update (Sherman-Morrison);
+* **null-space projection** (`null_space`): P = Û Ûᵀ over the eigenvectors of C with eigenvalues
+  below a threshold (AlphaEdit).
+
+Sources: Meng et al. 2022 (ROME, §3), Meng et al. 2023 (MEMIT, §4), Fang et al. 2025 (AlphaEdit),
+Deng et al. 2024 (UnKE), Jiang et al. 2025 (AnyEdit), and our reading of kmeng01/rome, kmeng01/memit,
+jianghoucheng/AlphaEdit, TrustedLLM/UnKE and zjunlp/EasyEdit; no code was copied.
+
+Statistics: the originals compute C from 100,000 Wikipedia documents. Offline we use text that
+ships with the benchmarks: by default the MMLU test and dev questions with their choices (14,327
+passages, 1,242,345 tokens on SmolLM2's tokenizer cut at 256 each; ``mom2_tokens`` caps what is
+used, 100,000 by default, drawn in a seeded order), or a
+user's corpus (a .txt file, one passage per line, or a .jsonl with a "text" field). Exam questions
+are shorter and more formal than encyclopaedia text, so C (and AlphaEdit's null space) describes
+a narrower distribution of keys than the papers'.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import data, resources
+from ..components import family_table, resolve
+from ..errors import ConfigError, DataError
+from ..models import cache_dir, input_device, spec
+from ..prompts import IGNORE, Encoded, collate, encode, position_ids, prompt_ids
+from .ft import example_losses
+
+
+class _Stop(Exception):
+    """Raised by a hook once what is needed has been captured: the layers above never run."""
+
+
+@contextmanager
+def frozen_eval(model):
+    """Eval mode (no dropout) and no parameter requiring grad, restored afterwards: the methods
+    optimise their own vectors or choose their own trainable weights."""
+    was, flags = model.training, {p: p.requires_grad for p in model.parameters()}
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, f in flags.items():
+            p.requires_grad_(f)
+        model.train(was)
+
+
+# ---------------------------------------------------------------------------------------- sites
+@dataclass(frozen=True)
+class Site:
+    """The MLP output matrix W of one decoder layer."""
+
+    layer: int
+    name: str  # module path, e.g. "model.layers.5.mlp.down_proj"
+    module: nn.Module
+    conv1d: bool  # GPT-2's Conv1D stores W as [in, out]
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.module.weight
+
+    def matrix(self) -> torch.Tensor:
+        """W as [out, in] (a float32 copy)."""
+        w = self.weight.detach().float()
+        return w.T.clone() if self.conv1d else w.clone()
+
+    @torch.no_grad()
+    def add(self, delta: torch.Tensor) -> None:
+        """W += delta ([out, in]), in W's own dtype and device."""
+        d = delta.T if self.conv1d else delta
+        self.weight.add_(d.to(self.weight.device, self.weight.dtype))
+
+
+def site(model: nn.Module, layer: int) -> Site:
+    """The MLP output matrix of `layer` (the family table's ``down``)."""
+    target = resolve(model, ("down",), (layer,))[0]
+    module = model.get_submodule(target.name)
+    return Site(target.layer, target.name, module, type(module).__name__ == "Conv1D")
+
+
+def decoder_layer(model: nn.Module, layer: int) -> nn.Module:
+    return model.get_submodule(family_table(model)["layers"])[layer]
+
+
+def layer_index(model: nn.Module, layer: int) -> int:
+    return resolve(model, ("down",), (layer,))[0].layer
+
+
+# -------------------------------------------------------------------------------- key positions
+def key_position(tok, prompt: str, subject: str, chat_template: bool, where: str) -> int:
+    """Index, in the rendered prompt's tokens (`prompts.prompt_ids`), of the token whose hidden state is
+    the key: the last token of the subject's last occurrence (``subject_last``) or the last prompt
+    token (``prompt_last``)."""
+    ids = prompt_ids(tok, prompt, chat_template)
+    if where == "prompt_last":
+        return len(ids) - 1
+    if not subject:
+        raise ConfigError("this request has no subject, and key_position='subject_last' needs one (UnKEBench "
+                          "questions have none): set key_position='prompt_last', the last prompt token, as UnKE "
+                          "and AnyEdit do")
+    if chat_template:
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    else:
+        text = prompt
+        enc = tok(prompt, return_offsets_mapping=True)
+    if enc["input_ids"] != ids:
+        raise ConfigError("the tokenizer's offsets do not match its encoding of the prompt; use key_position='prompt_last'")
+    end = text.rfind(subject)
+    if end < 0:
+        raise DataError(f"the subject {subject!r} does not occur in the prompt {prompt!r}", field="subject")
+    end += len(subject)
+    inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < end and b > a]
+    return inside[-1]
+
+
+# ------------------------------------------------------------------------------ context prefixes
+_PREFIX_CACHE: dict = {}
+
+
+@torch.no_grad()
+def context_prefixes(model, tok, n: int, length: int, seed: int = 0) -> list[str]:
+    """``[""]`` and `n` short texts of `length` tokens sampled from the model itself (top-5 sampling,
+    seeded), each ending in ". ", to prepend to a prompt (ROME's context templates). Computed once per
+    model state and cached in memory: editing does not change the prefixes of a sequence."""
+    if n == 0:
+        return [""]
+    key = (id(model), n, length, seed)
+    if key not in _PREFIX_CACHE:
+        starts = ["The", "Therefore", "Because", "I", "You"]
+        gen = torch.Generator().manual_seed(seed)
+        out = []
+        device = input_device(model)
+        for i in range(n):
+            ids = tok(starts[i % len(starts)], add_special_tokens=False)["input_ids"]
+            for _ in range(length):
+                logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float().cpu()
+                top = logits.topk(5)
+                pick = top.indices[torch.multinomial(top.values.softmax(-1), 1, generator=gen)].item()
+                ids.append(pick)
+            text = tok.decode(ids, skip_special_tokens=True).replace("{", " ").replace("}", " ").strip()
+            out.append(text.rstrip(".") + ". ")
+        _PREFIX_CACHE[key] = [""] + out
+    return _PREFIX_CACHE[key]
+
+
+# ------------------------------------------------------------------------------------------ rows
+@dataclass
+class Rows:
+    """Prompts of one request rendered for the key and value computations, left-padded together."""
+
+    batch: dict  # prompts.collate of the encoded rows
+    positions: torch.Tensor  # [R] the key position of each row in the padded batch
+    n_rewrite: int  # rows that carry the target (the rest: the KL row)
+
+
+def rows_for(tok, req, prefixes: list[str], cfg, with_target: bool = True, kl: bool = False) -> Rows:
+    """One row per prefix: the prefixed prompt (and the target, labelled, when `with_target`), and
+    with `kl` ROME's essence prompt "{subject} is a" without a target."""
+    texts = [p + req.prompt for p in prefixes]
+    exs, pos = [], []
+    for text in texts:
+        e = encode(tok, text, req.target if with_target else " ", "target", cfg.chat_template, cfg.max_length)
+        exs.append(e)
+        k = key_position(tok, text, req.subject, cfg.chat_template, cfg.key_position)
+        pos.append(k - (len(prompt_ids(tok, text, cfg.chat_template)) - e.n_prompt))  # the prompt may be cut on the left
+    if kl:
+        text = f"{req.subject} is a"
+        e = encode(tok, text, " ", "target", cfg.chat_template, cfg.max_length)
+        exs.append(e)
+        pos.append(key_position(tok, text, req.subject, cfg.chat_template, "subject_last"))
+    if min(pos) < 0:
+        raise ConfigError(f"request {req.id}: the key token was cut off by max_length={cfg.max_length}")
+    batch = collate(exs, spec(tok).pad_id)
+    width = batch["input_ids"].shape[1]
+    positions = torch.tensor([width - len(e.input_ids) + p for e, p in zip(exs, pos)])
+    return Rows(batch, positions, len(texts))
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------------------ keys
+def capture(model, module: nn.Module, batch: dict, output: bool, grad: bool = False) -> torch.Tensor:
+    """`module`'s input (``output=False``) or output on `batch` ([B, T, ·], with autograd when
+    `grad`), from one forward pass that stops there: the layers above never run."""
+    captured = {}
+
+    def before(mod, args):
+        captured["x"] = args[0]
+        raise _Stop
+
+    def after(mod, args, out):
+        captured["x"] = out[0] if isinstance(out, tuple) else out
+        raise _Stop
+
+    b = _to(batch, input_device(model))
+    handle = module.register_forward_hook(after) if output else module.register_forward_pre_hook(before)
+    try:
+        with torch.set_grad_enabled(grad):
+            model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                  position_ids=position_ids(b["attention_mask"]), use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured["x"]
+
+
+def keys(model, s: Site, batch: dict, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """W's input (the key) at each (row, position): [N, d_in] float32."""
+    k = capture(model, s.module, batch, output=False)
+    return k[rows.to(k.device), positions.to(k.device)].float()
+
+
+def layer_outputs(model, module: nn.Module, batch: dict, grad: bool = False) -> torch.Tensor:
+    """`module`'s whole output on `batch`, [B, T, d]."""
+    return capture(model, module, batch, output=True, grad=grad)
+
+
+def outputs(model, module: nn.Module, batch: dict, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`module`'s output at each (row, position): [N, d] float32."""
+    h = layer_outputs(model, module, batch)
+    return h[rows.to(h.device), positions.to(h.device)].float()
+
+
+def mean_key(model, s: Site, r: Rows) -> torch.Tensor:
+    """The key of a request: the mean over its prefixed prompts (ROME Eq. 3), [d_in]."""
+    n = r.n_rewrite
+    return keys(model, s, r.batch, torch.arange(n), r.positions[:n]).mean(0)
+
+
+# ---------------------------------------------------------------------------------------- values
+class _AddAt:
+    """A forward hook adding vectors to a module's output at (row, position) pairs."""
+
+    def __init__(self, module: nn.Module):
+        self.module, self.adds, self.first = module, [], None
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, module, args, out):
+        h = out[0] if isinstance(out, tuple) else out
+        if self.first is None:
+            self.first = h.detach()
+        if self.adds:
+            h = h.clone()
+            for rows, pos, vec in self.adds:
+                h[rows, pos] = h[rows, pos] + vec.to(h.dtype)
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    def remove(self):
+        self.handle.remove()
+
+
+def optimize_delta(model, module: nn.Module, batch: dict, rows: torch.Tensor, positions: torch.Tensor, cfg,
+                   fixed: list | None = None, kl: tuple[dict, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimise δ added to `module`'s output at every (row, position) so that the model produces each
+    row's labelled target. Returns (h, δ): the unperturbed output at the first (row, position) and δ.
+    Call it under `frozen_eval` (the model's own weights must not collect gradients).
+
+    Args:
+        batch: the rows (`prompts.collate`), labels on the target tokens.
+        fixed: ``[(rows, positions, vector)]`` added as well and kept fixed (AnyEdit's earlier chunks).
+        kl: (batch of ROME's "{subject} is a" row, its subject position) for the KL term, or None.
+    """
+    device = input_device(model)
+    b = _to(batch, device)
+    hook = _AddAt(module)
+    d = model.config.get_text_config().hidden_size
+    delta = torch.zeros(d, device=device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=cfg.v_lr)
+    kl_init = None
+    try:
+        for f_rows, f_pos, vec in fixed or []:
+            hook.adds.append((f_rows.to(device), f_pos.to(device), vec.detach().to(device)))
+        hook.adds.append((rows.to(device), positions.to(device), delta))
+        h0 = None
+        for step in range(cfg.v_steps):
+            hook.first = None
+            loss = example_losses(model, b).mean()  # the NLL of each row's target, mean over rows
+            if h0 is None:  # the unperturbed value, before δ was added (the hook saw it first)
+                h0 = hook.first[rows[0], positions[0]].float()
+            if kl is not None and cfg.kl_factor:
+                kb, kpos = kl
+                kb = _to(kb, device)
+                main, hook.adds = hook.adds, [(torch.tensor([0], device=device), torch.tensor([kpos], device=device), delta)]
+                kl_logits = model(input_ids=kb["input_ids"], attention_mask=kb["attention_mask"],
+                                  position_ids=position_ids(kb["attention_mask"]), use_cache=False).logits[0, kpos]
+                hook.adds = main
+                logp = torch.log_softmax(kl_logits.float(), -1)
+                if kl_init is None:
+                    kl_init = logp.detach()
+                loss = loss + cfg.kl_factor * F.kl_div(kl_init, logp, log_target=True, reduction="sum")
+            loss = loss + cfg.v_weight_decay * delta.norm() / h0.norm() ** 2
+            if loss.item() < 5e-2 or step == cfg.v_steps - 1:
+                break
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():  # keep δ within clamp_norm x ||h||
+                limit = cfg.clamp_norm * h0.norm()
+                if delta.norm() > limit:
+                    delta.mul_(limit / delta.norm())
+    finally:
+        hook.remove()
+    return h0.detach(), delta.detach()
+
+
+# -------------------------------------------------------------------------------- second moments
+def corpus_texts(source: str) -> tuple[list[str], str]:
+    """See `_corpus_texts`; read once per process and file version."""
+    path = Path(source)
+    stamp = path.stat().st_mtime if source != "mmlu" and path.is_file() else None
+    texts, digest = _corpus_texts(source, stamp)
+    return list(texts), digest
+
+
+@lru_cache(maxsize=4)
+def _corpus_texts(source: str, stamp) -> tuple[tuple[str, ...], str]:
+    """Passages for the statistics and a hash naming them: ``"mmlu"`` (every MMLU test and dev
+    question with its four choices, from the data folder) or a .txt (one passage per line) / .jsonl
+    ("text" field) file."""
+    if source == "mmlu":
+        import csv
+
+        folder = data.find("mmlu-probe").parent
+        texts = []
+        for path in sorted(folder.glob("*/*.csv")):
+            with open(path, newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    texts.append(" ".join([row["question"]] + [row[f"choice{i}"] for i in range(4)]))
+        if not texts:
+            raise DataError("no MMLU CSVs (test/*.csv, dev/*.csv) beside the probe file", file=folder)
+        digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+        return tuple(texts), f"mmlu-{digest}"
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"mom2_corpus={source!r}: give 'mmlu' or a .txt / .jsonl file")
+    if path.suffix == ".jsonl":
+        records = data.read_records(path)
+        texts = [r.get("text", "") if isinstance(r, dict) else "" for r in records]
+    else:
+        texts = path.read_text(encoding="utf-8").splitlines()
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise DataError("no text in the corpus", file=path)
+    return tuple(texts), f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
+def _stats_key(model, layer: int, corpus: str, n_tokens: int) -> str:
+    """The model's weights other than its MLP output matrices (which these methods edit: statistics
+    computed before a sequence of edits are reused through it, as MEMIT and AlphaEdit use the
+    unedited model's), the layer, the corpus and the token count."""
+    out_suffix = family_table(model)["down"]
+    out_suffix = out_suffix if isinstance(out_suffix, str) else out_suffix[0]
+    h = hashlib.sha256(f"{getattr(model, 'name_or_path', '')}|{layer}|{corpus}|{n_tokens}".encode())
+    for name, p in model.named_parameters():
+        if not name.endswith(f"{out_suffix}.weight") and not name.endswith(f"{out_suffix}.bias"):
+            h.update(f"{name}{tuple(p.shape)}{p.dtype}{p.detach().double().sum().item()!r}".encode())
+    return h.hexdigest()[:16]
+
+
+_STATS: dict[str, torch.Tensor] = {}
+
+
+@torch.no_grad()
+def second_moment(model, tok, layer: int, corpus: str = "mmlu", n_tokens: int = 100_000, batch_size: int = 16,
+                  max_length: int = 256, progress: bool = True) -> torch.Tensor:
+    """C = E[k kᵀ] of the MLP output matrix's input at `layer` over `n_tokens` tokens of `corpus`
+    (every non-padding token counts once), [d_in, d_in] float32 on the CPU. Cached in memory and on
+    disk (``$WORKBENCH_CACHE/stats/``) by model weights, layer, corpus hash and token count."""
+    s = site(model, layer)
+    texts, corpus_id = corpus_texts(corpus)
+    key = _stats_key(model, s.layer, corpus_id, n_tokens)
+    path = cache_dir() / "stats" / f"{key}.pt"
+    if key in _STATS:
+        return _STATS[key]
+    if path.exists():
+        _STATS[key] = torch.load(path)
+        return _STATS[key]
+    d_in = s.weight.shape[0] if s.conv1d else s.weight.shape[1]
+    resources.check(2 * d_in * d_in * 8, "cpu", f"the second-moment statistics of layer {s.layer} ({d_in} x {d_in})",
+                    "Use a smaller model or fewer layers.")
+    total = torch.zeros(d_in, d_in, dtype=torch.float64)
+    count = 0
+    rng = random.Random(f"stats-{corpus_id}")
+    order = list(range(len(texts)))
+    rng.shuffle(order)  # a seeded sample of the corpus, not its first subjects
+    pad = spec(tok).pad_id
+    bar = tqdm(total=n_tokens, desc=f"E[kk^T] layer {s.layer}", disable=not progress, leave=False)
+    i = 0
+    while count < n_tokens and i < len(order):
+        enc = [tok(texts[j], truncation=True, max_length=max_length)["input_ids"] for j in order[i:i + batch_size]]
+        i += batch_size
+        batch = collate([Encoded(e, [IGNORE] * len(e), len(e), False) for e in enc], pad)
+        k = capture(model, s.module, batch, output=False)
+        flat = k[batch["attention_mask"].bool().to(k.device)].double().cpu()  # every real token once
+        total += flat.T @ flat
+        count += len(flat)
+        bar.update(len(flat))
+    bar.close()
+    c = (total / max(count, 1)).float()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    torch.save(c, tmp)
+    tmp.replace(path)
+    (path.with_suffix(".json")).write_text(json.dumps({"layer": s.layer, "module": s.name, "corpus": corpus_id,
+                                                       "tokens": count, "model": getattr(model, "name_or_path", "")}))
+    _STATS[key] = c
+    return c
+
+
+# ------------------------------------------------------------------------------------ the solves
+def solve(residuals: torch.Tensor, k: torch.Tensor, c: torch.Tensor | None, lam: float,
+          extra: torch.Tensor | None = None) -> torch.Tensor:
+    """MEMIT's update: Δ = R Kᵀ (λ C + K Kᵀ + extra)⁻¹, in float64.
+
+    Args:
+        residuals: R, [d_out, n] (what the n keys' outputs should gain).
+        k: K, [d_in, n].
+        c: C = E[k kᵀ] of preserved keys, [d_in, d_in] (None: no preservation term).
+        extra: added inside the inverse (AnyEdit's K_p K_pᵀ of the sequence's other tokens).
+    Returns:
+        Δ, [d_out, d_in] float32: the minimiser of ||Δ K - R||² + λ tr(Δ C Δᵀ) (+ the extra term).
+    """
+    r, k = residuals.double(), k.double()
+    a = k @ k.T
+    if c is not None and lam:
+        a = a + lam * c.double().to(a.device)
+    if extra is not None:
+        a = a + extra.double().to(a.device)
+    return torch.linalg.solve(a, k @ r.T).T.float()  # A is symmetric: (R Kᵀ A⁻¹)ᵀ = A⁻¹ K Rᵀ
+
+
+def null_space(c: torch.Tensor, threshold: float) -> torch.Tensor:
+    """AlphaEdit's projector onto the null space of the preserved keys: P = Û Ûᵀ, Û the eigenvectors of
+    C = E[k kᵀ] whose eigenvalues are below `threshold`. [d_in, d_in] float32; P k ≈ 0 for keys the
+    statistics saw, so an update Δ P leaves their outputs unchanged."""
+    values, vectors = torch.linalg.eigh(c.double())
+    u = vectors[:, values < threshold]
+    return (u @ u.T).float()

@@ -1,0 +1,124 @@
+"""MEMIT and AlphaEdit: batched closed-form updates spread over a range of MLP output matrices
+(methods ``memit`` and ``alphaedit``).
+
+**MEMIT** (Meng et al. 2023, "Mass-Editing Memory in a Transformer", §4). For the batch of requests:
+
+1. a target hidden state z_i per request: δ added to the *output of the last edited layer* L at the
+   key token, optimised for the target (`locate.optimize_delta`, KL term included); z_i = h_i + δ_i;
+2. for each edited layer l_j in ascending order, on the model as already edited below it: the keys K
+   (W's input at the key token, the mean over the context prefixes), the current h_i at layer L, and
+   the residual spread over the layers still to edit, R = (z - h) / (number of layers from l_j up);
+3. Δ = R Kᵀ (λ C + K Kᵀ)⁻¹ (`locate.solve`; λ = ``mom2_weight``, C = E[k kᵀ]): the least-squares fit
+   of the new keys with a penalty on moving the preserved ones. With one layer and one key this is
+   ROME's rank-one update scaled by κ/(λ + κ), κ = kᵀC⁻¹k (Sherman-Morrison): equal as λ → 0.
+
+**AlphaEdit** (Fang et al. 2025, "Null-Space Constrained Knowledge Editing"). The same z, K and R,
+but the update is projected onto the null space of the preserved keys, P = Û Ûᵀ over the
+eigenvectors of C below ``nullspace_threshold`` (`locate.null_space`), and fits the keys of earlier
+edits too: Δ = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + α I)⁻¹ with α = ``alphaedit_l2``. Δ = Δ P, so Δ k₀ = Δ P k₀ ≈ 0
+for every key the statistics saw. K_p K_pᵀ accumulates the keys of the edits already applied to
+this model (recomputed after each edit, as the original code does); ``revert()`` takes them back.
+
+Differs from the originals: statistics from offline text (`locate`); one key definition for both
+(the mean over the bare prompt and the prefixes: MEMIT averages the prefix mean with the bare key);
+λ of the presets scaled to the model's MLP width (see the preset files).
+"""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+
+from ..config import EditConfig
+from . import locate
+from .result import EditResult
+from .weights import restore
+from .rome import locate_layers
+
+_KEYS = "_workbench_alphaedit_keys"  # on the model: layer -> Σ k kᵀ of the keys of edits applied so far
+
+
+def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> EditResult:
+    """Edit `model` in place (see the module docstring); the result reverts it bitwise."""
+    with locate.frozen_eval(model):
+        return _edit(model, tok, requests, cfg, progress)
+
+
+def _edit(model, tok, requests: list, cfg: EditConfig, progress: bool) -> EditResult:
+    t0 = time.perf_counter()
+    layers = locate_layers(model, cfg)
+    sites = [locate.site(model, l) for l in layers]
+    top = locate.decoder_layer(model, layers[-1])
+    stats = {s.layer: locate.second_moment(model, tok, s.layer, cfg.mom2_corpus, cfg.mom2_tokens, progress=progress)
+             for s in sites} if cfg.mom2_tokens else {}
+    prefixes = locate.context_prefixes(model, tok, cfg.n_prefixes, cfg.prefix_tokens, cfg.seed)
+    rows = [locate.rows_for(tok, r, prefixes, cfg, kl=bool(cfg.kl_factor and r.subject)) for r in requests]
+    originals = {f"{s.name}.weight": s.weight.detach().clone() for s in sites}
+    previous = dict(getattr(model, _KEYS, {}))
+    log = []
+    try:
+        z = torch.stack([target(model, top, r, cfg) for r in rows], 1)  # [d, n]
+        for j, s in enumerate(sites):
+            k = torch.stack([locate.mean_key(model, s, r) for r in rows], 1)  # [d_in, n]
+            h = torch.stack([current(model, top, r) for r in rows], 1)
+            resid = (z - h) / (len(sites) - j)
+            if cfg.method == "alphaedit":
+                p = projector(stats[s.layer], cfg.nullspace_threshold)
+                update = alphaedit_solve(resid, k, p, getattr(model, _KEYS, {}).get(s.layer), cfg.alphaedit_l2)
+            else:
+                update = locate.solve(resid, k, stats.get(s.layer), cfg.mom2_weight)
+            s.add(update)
+            log.append({"layer": s.layer, "residual_norm": float(resid.norm()), "update_norm": float(update.norm()),
+                        "steps": cfg.v_steps * len(requests) if j == 0 else 0, "skipped": False})
+        if cfg.method == "alphaedit":  # the keys of this edit join the preserved ones, as the edited model sees them
+            acc = dict(getattr(model, _KEYS, {}))
+            for s in sites:
+                k = torch.stack([locate.mean_key(model, s, r) for r in rows], 1)
+                acc[s.layer] = acc.get(s.layer, 0) + k @ k.T
+            setattr(model, _KEYS, acc)
+    except BaseException:
+        restore(model, originals)
+        setattr(model, _KEYS, previous)
+        raise
+    t = time.perf_counter() - t0
+    undo = [lambda: setattr(model, _KEYS, previous)] if cfg.method == "alphaedit" else []
+    return EditResult(model, cfg, [r.id for r in requests], originals, pd.DataFrame(log),
+                      {"encode_s": 0.0, "train_s": t, "total_s": t, "s_per_edit": t / len(requests)},
+                      sum(s.weight.numel() for s in sites), prefix_cache="n/a (closed form)", undo=undo)
+
+
+def target(model, top, r: locate.Rows, cfg) -> torch.Tensor:
+    """z = h + δ at the last edited layer's output, the key token of the bare prompt."""
+    n = r.n_rewrite
+    rewrite = {key: v[:n] for key, v in r.batch.items()}
+    kl = ({key: v[n:] for key, v in r.batch.items()}, int(r.positions[n])) if n < len(r.positions) else None
+    h, delta = locate.optimize_delta(model, top, rewrite, torch.arange(n), r.positions[:n], cfg, kl=kl)
+    return h + delta
+
+
+def current(model, top, r: locate.Rows) -> torch.Tensor:
+    """The last edited layer's output at the bare prompt's key token, on the model as it is now."""
+    return locate.outputs(model, top, r.batch, torch.tensor([0]), r.positions[:1])[0]
+
+
+_P: dict = {}
+
+
+def projector(c: torch.Tensor, threshold: float) -> torch.Tensor:
+    key = (id(c), threshold)
+    if key not in _P:
+        _P[key] = locate.null_space(c, threshold)
+    return _P[key]
+
+
+def alphaedit_solve(resid: torch.Tensor, k: torch.Tensor, p: torch.Tensor, previous: torch.Tensor | None,
+                    alpha: float) -> torch.Tensor:
+    """Δ = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + α I)⁻¹, [d_out, d_in], computed as the transpose of
+    (P (K_p K_pᵀ + K Kᵀ) + α I)⁻¹ P K Rᵀ (P is symmetric)."""
+    p, k, r = p.double(), k.double(), resid.double()
+    a = k @ k.T
+    if previous is not None:
+        a = a + previous.double()
+    lhs = p @ a + alpha * torch.eye(len(p), dtype=torch.float64)
+    return torch.linalg.solve(lhs, p @ k @ r.T).T.float()

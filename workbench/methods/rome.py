@@ -1,0 +1,83 @@
+"""ROME: a rank-one update of one MLP output matrix per fact (Meng et al. 2022, "Locating and Editing
+Factual Associations in GPT", §3; method ``rome``).
+
+For each request, in order (each on the model the previous ones edited):
+
+1. the key: k̄, the mean over the context prefixes of W's input at the key token (the subject's
+   last token), and k, the same at the bare prompt;
+2. the value: δ added to the MLP output at the key token of every prefixed prompt, optimised for the
+   target with the KL term at "{subject} is a" (`locate.optimize_delta`); v* = W k + δ;
+3. the closed form: with u = C⁻¹ k̄ (C = E[k kᵀ], `locate.second_moment`; u = k̄ with
+   ``mom2_tokens=0``, as EasyEdit's Llama presets), W' = W + (v* - W k) uᵀ / (uᵀ k), so that
+   W' k = v* exactly and any input orthogonal to u is mapped as before.
+
+Differs from the original: the statistics come from text that ships offline (`locate`), the
+prefixes are sampled with a seed, and one prefix length is used (ROME: 10 of 5 and 10 of 10 tokens).
+"""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+
+from ..config import EditConfig
+from ..errors import ConfigError
+from . import locate
+from .result import EditResult
+from .weights import restore
+
+
+def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> EditResult:
+    """Edit `model` in place (see the module docstring); the result reverts it bitwise."""
+    with locate.frozen_eval(model):
+        return _edit(model, tok, requests, cfg, progress)
+
+
+def _edit(model, tok, requests: list, cfg: EditConfig, progress: bool) -> EditResult:
+    if len(locate_layers(model, cfg)) != 1:
+        raise ConfigError(f"rome edits one layer; layers={list(cfg.layers)} (use memit for several)")
+    t0 = time.perf_counter()
+    s = locate.site(model, locate_layers(model, cfg)[0])
+    c = locate.second_moment(model, tok, s.layer, cfg.mom2_corpus, cfg.mom2_tokens, progress=progress) \
+        if cfg.mom2_tokens else None
+    prefixes = locate.context_prefixes(model, tok, cfg.n_prefixes, cfg.prefix_tokens, cfg.seed)
+    originals = {f"{s.name}.weight": s.weight.detach().clone()}
+    rows = []
+    try:
+        for req in requests:
+            r = locate.rows_for(tok, req, prefixes, cfg, kl=bool(cfg.kl_factor and req.subject))
+            k_bar = locate.mean_key(model, s, r)
+            k = locate.keys(model, s, r.batch, torch.tensor([0]), r.positions[:1])[0]
+            n = r.n_rewrite
+            rewrite = {key: v[:n] for key, v in r.batch.items()}
+            kl = None
+            if n < len(r.positions):
+                kl = ({key: v[n:] for key, v in r.batch.items()}, int(r.positions[n]))
+            _, delta = locate.optimize_delta(model, s.module, rewrite, torch.arange(n), r.positions[:n], cfg, kl=kl)
+            update = rank_one(s.matrix(), k, k_bar, delta, c)
+            s.add(update)
+            rows.append({"request": req.id, "delta_norm": float(delta.norm()), "update_norm": float(update.norm()),
+                         "steps": cfg.v_steps, "skipped": False})
+    except BaseException:
+        restore(model, originals)
+        raise
+    t = time.perf_counter() - t0
+    return EditResult(model, cfg, [r.id for r in requests], originals, pd.DataFrame(rows),
+                      {"encode_s": 0.0, "train_s": t, "total_s": t, "s_per_edit": t / len(requests)},
+                      s.weight.numel(), prefix_cache="n/a (closed form)")
+
+
+def rank_one(w: torch.Tensor, k: torch.Tensor, k_bar: torch.Tensor, delta: torch.Tensor,
+             c: torch.Tensor | None) -> torch.Tensor:
+    """ROME's update [d_out, d_in]: (v* - W k) uᵀ / (uᵀ k) with v* = W k + δ and u = C⁻¹ k̄ (or k̄)."""
+    u = k_bar.double() if c is None else torch.linalg.solve(c.double(), k_bar.double())
+    v_star = w.double() @ k.double() + delta.double()
+    return (torch.outer(v_star - w.double() @ k.double(), u) / (u @ k.double())).float()
+
+
+def locate_layers(model, cfg) -> list[int]:
+    layers = cfg.layers if cfg.layers != "all" else None
+    if layers is None:
+        raise ConfigError(f"{cfg.method} needs explicit layers, not 'all'")
+    return sorted(locate.layer_index(model, l) for l in layers)

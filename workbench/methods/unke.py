@@ -1,0 +1,197 @@
+"""UnKE and AnyEdit: editing unstructured answers through a whole decoder layer (methods ``unke`` and
+``anyedit``).
+
+**UnKE** (Deng et al. 2024, "Everything is Editable", arXiv 2405.15349). Keys and values are a
+whole layer's input and output ("non-local block key-value storage"), and the key token is the last
+prompt token ("cause-driven": the question, not a subject, causes the answer). Per request:
+
+1. the value: δ added to the output of decoder layer l at the last prompt token, optimised for the
+   whole answer (NLL over every target token, no KL term; `locate.optimize_delta`); z = h + δ;
+2. the layer: *every* parameter of layer l is trained (``unke_steps`` steps of ``optimizer`` at
+   ``lr``) on two mean-squared errors: the layer's outputs on the question, with the key token's
+   target moved to z and every other position kept, and its outputs on ``n_preserve`` unrelated
+   passages, kept as they were. The layer is run inside the model's own forward (the layers below
+   replay their cached outputs, `prefix.PrefixCache`, and the forward stops after layer l), so
+   masks and positions are the model's own.
+
+**AnyEdit** (Jiang et al. 2025, "AnyEdit: Edit Any Knowledge Encoded in Language Models",
+arXiv 2502.05628). A long answer is edited autoregressively in chunks of ``chunk_tokens`` tokens:
+chunk c's key token is the one before it (the last prompt token for the first chunk, else the last
+token of chunk c-1), its δ_c is optimised for that chunk given the question and the earlier chunks
+(teacher-forced) with the earlier δs applied, and then all chunk targets are written at once by the
+base method, ``anyedit_base``: UnKE's layer training on the whole question + answer, or MEMIT's
+solve with the keys of the sequence's other tokens preserved, Δ = R Kᵀ (λ C + K_p K_pᵀ + K Kᵀ)⁻¹.
+With ``chunk_tokens`` ≥ the answer's length AnyEdit on UnKE is UnKE.
+
+Differs from the originals: the preserved passages are MMLU questions from the data folder (UnKE
+uses 20 Alpaca samples, which are not offline here); the mean-squared errors average over real
+tokens only (UnKE's include padding); one request per update (UnKE's batch size 1).
+"""
+from __future__ import annotations
+
+import random
+import time
+
+import pandas as pd
+import torch
+
+from ..config import EditConfig
+from ..errors import ConfigError
+from ..models import spec
+from ..prompts import IGNORE, Encoded, collate, encode
+from . import locate
+from .ft import _optimizer
+from .prefix import PrefixCache
+from .result import EditResult
+from .rome import locate_layers
+from .weights import float32_master, remove_hooks, restore
+
+
+def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> EditResult:
+    """Edit `model` in place (see the module docstring); the result reverts it bitwise."""
+    with locate.frozen_eval(model):
+        return _edit(model, tok, requests, cfg, progress)
+
+
+def _edit(model, tok, requests: list, cfg: EditConfig, progress: bool) -> EditResult:
+    t0 = time.perf_counter()
+    layers = locate_layers(model, cfg)
+    use_memit = cfg.method == "anyedit" and cfg.anyedit_base == "memit"
+    if not use_memit and len(layers) != 1:
+        raise ConfigError(f"{cfg.method} trains one decoder layer; layers={list(cfg.layers)}")
+    block = locate.decoder_layer(model, layers[-1])
+    if use_memit:
+        sites = [locate.site(model, l) for l in layers]
+        originals = {f"{s.name}.weight": s.weight.detach().clone() for s in sites}
+    else:
+        prefix = locate.decoder_layer(model, layers[0])
+        name = next(n for n, m in model.named_modules() if m is prefix)
+        originals = {f"{name}.{n}": p.detach().clone() for n, p in prefix.named_parameters()}
+    preserve = preserved(tok, cfg)
+    log, casts = [], []
+    try:
+        for req in requests:
+            seq, positions, deltas = values(model, tok, block, req, cfg)
+            if use_memit:
+                memit_write(model, tok, sites, block, seq, positions, deltas, cfg, progress)
+                log.append({"request": req.id, "chunks": len(positions), "steps": cfg.v_steps * len(positions),
+                            "skipped": False})
+            else:
+                if cfg.method == "unke":  # UnKE trains on the question alone; AnyEdit on question + answer
+                    seq = Encoded(seq.input_ids[:seq.n_prompt], [IGNORE] * seq.n_prompt, seq.n_prompt, False)
+                losses, casts = train_layer(model, tok, layers[0], seq, positions, deltas, preserve, cfg, casts)
+                log.append({"request": req.id, "chunks": len(positions), "loss": losses[-1],
+                            "steps": cfg.unke_steps, "skipped": False})
+    except BaseException:
+        restore(model, originals)
+        remove_hooks(casts)
+        raise
+    t = time.perf_counter() - t0
+    n_trainable = sum(v.numel() for v in originals.values())
+    return EditResult(model, cfg, [r.id for r in requests], originals, pd.DataFrame(log),
+                      {"encode_s": 0.0, "train_s": t, "total_s": t, "s_per_edit": t / len(requests)},
+                      n_trainable, prefix_cache="n/a", casts=casts)
+
+
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, end) of each chunk of `size` target tokens (one chunk for ``unke``)."""
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def values(model, tok, block, req, cfg) -> tuple[Encoded, list[int], list[torch.Tensor]]:
+    """The edit sequence (prompt + target), the key position of each chunk in it, and each chunk's δ."""
+    full = encode(tok, req.prompt, req.target, "target", cfg.chat_template, cfg.max_length)
+    n_p, target = full.n_prompt, full.input_ids[full.n_prompt:]
+    spans = chunks(len(target), cfg.chunk_tokens if cfg.method == "anyedit" else len(target))
+    positions, deltas, fixed = [], [], []
+    for start, end in spans:
+        ids = full.input_ids[:n_p + end]
+        labels = [IGNORE] * (n_p + start) + target[start:end]
+        batch = collate([Encoded(ids, labels, n_p, False)], spec(tok).pad_id)
+        pos = n_p - 1 + start  # the token before the chunk
+        _, delta = locate.optimize_delta(model, block, batch, torch.tensor([0]), torch.tensor([pos]), cfg, fixed=fixed)
+        fixed.append((torch.tensor([0]), torch.tensor([pos]), delta))
+        positions.append(pos)
+        deltas.append(delta)
+    return full, positions, deltas
+
+
+def preserved(tok, cfg) -> list[Encoded]:
+    """``n_preserve`` passages whose layer outputs must not move (seeded draw from the statistics corpus)."""
+    texts, _ = locate.corpus_texts(cfg.mom2_corpus)
+    picks = random.Random(f"preserve-{cfg.seed}").sample(range(len(texts)), min(cfg.n_preserve, len(texts)))
+    out = []
+    for i in picks:
+        ids = tok(texts[i], truncation=True, max_length=min(cfg.max_length, 128))["input_ids"]
+        out.append(Encoded(ids, [IGNORE] * len(ids), len(ids), False))
+    return out
+
+
+def train_layer(model, tok, layer: int, seq: Encoded, positions: list[int], deltas: list[torch.Tensor],
+                preserve: list[Encoded], cfg, casts: list) -> tuple[list[float], list]:
+    """UnKE's step 2: train every parameter of `layer` so that its outputs on `seq` move by each δ at
+    its position and stay elsewhere, and its outputs on `preserve` stay. Returns the losses and the
+    float32 compute hooks (for revert)."""
+    block = locate.decoder_layer(model, layer)
+    examples = [seq, *preserve]
+    pad_id = spec(tok).pad_id
+    batch = collate(examples, pad_id)
+    width = batch["input_ids"].shape[1]
+    with torch.no_grad():
+        goal = locate.layer_outputs(model, block, batch).clone()
+        for pos, delta in zip(positions, deltas):
+            goal[0, width - len(seq.input_ids) + pos] += delta.to(goal.dtype)
+    real = batch["attention_mask"].bool().to(goal.device)
+    name = next(n for n, m in model.named_modules() if m is block)
+    trainable = {f"{name}.{n}": p for n, p in block.named_parameters()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    casts = casts + float32_master(model, trainable)
+    for p in trainable.values():
+        p.requires_grad_(True)
+    cache = PrefixCache(model, layer, examples, pad_id) if layer > 0 else None
+    opt = _optimizer(cfg, list(trainable.values()))
+    losses = []
+    try:
+        if cache is not None:
+            cache.install()
+        for _ in range(cfg.unke_steps):
+            if cache is not None:
+                cache.replay(list(range(len(examples))))
+            out = locate.layer_outputs(model, block, batch, grad=True).float()
+            err = (out - goal.float()).pow(2).mean(-1)  # [B, T]
+            edit_term = err[0][real[0]].mean()
+            keep_term = err[1:][real[1:]].mean() if len(examples) > 1 else err.new_zeros(())
+            loss = edit_term + keep_term
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        if cache is not None:
+            cache.remove()
+        for p, f in flags.items():
+            p.requires_grad_(f)
+    return losses, casts
+
+
+def memit_write(model, tok, sites, top, seq: Encoded, positions: list[int], deltas: list[torch.Tensor], cfg,
+                progress: bool) -> None:
+    """AnyEdit on MEMIT: each chunk's target written by MEMIT's solve, the keys of the sequence's
+    other tokens preserved (K_p K_pᵀ inside the inverse)."""
+    stats = {s.layer: locate.second_moment(model, tok, s.layer, cfg.mom2_corpus, cfg.mom2_tokens, progress=progress)
+             for s in sites} if cfg.mom2_tokens else {}
+    batch = collate([seq], spec(tok).pad_id)
+    n = len(seq.input_ids)
+    rows, pos = torch.zeros(len(positions), dtype=torch.long), torch.tensor(positions)
+    z = (locate.outputs(model, top, batch, rows, pos) + torch.stack(deltas)).T  # [d, chunks]
+    other = torch.tensor([i for i in range(n) if i not in set(positions)])
+    for j, s in enumerate(sites):
+        every = locate.keys(model, s, batch, torch.zeros(n, dtype=torch.long), torch.arange(n))  # [n, d_in]
+        k = every[pos].T
+        rest = every[other] if len(other) else every[:0]
+        h = locate.outputs(model, top, batch, rows, pos).T
+        update = locate.solve((z - h) / (len(sites) - j), k, stats.get(s.layer), cfg.mom2_weight,
+                              extra=rest.T @ rest)
+        s.add(update)
