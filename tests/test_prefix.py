@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, Qwen2Config
 
 import workbench as wb
-from workbench import data, prompts
+from workbench import prompts
 from workbench.components import family_table, resolve
 from workbench.methods.prefix import PrefixCache
 from workbench.methods.ft import example_losses

@@ -39,9 +39,11 @@ a narrower distribution of keys than the papers'.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -62,6 +64,28 @@ from .ft import example_losses
 
 class _Stop(Exception):
     """Raised by a hook once what is needed has been captured: the layers above never run."""
+
+
+def frozen(edit_fn):
+    """Decorator for a method's ``edit``: it runs under `frozen_eval`."""
+    @functools.wraps(edit_fn)
+    def edit(model, tok, requests: list, cfg, progress: bool = True):
+        with frozen_eval(model):
+            return edit_fn(model, tok, requests, cfg, progress)
+    return edit
+
+
+def layers_of(model, cfg) -> list[int]:
+    """The edited layers of `cfg`, as non-negative indices in ascending order."""
+    if cfg.layers == "all":
+        raise ConfigError(f"{cfg.method} needs explicit layers, not 'all'")
+    return sorted(layer_index(model, layer) for layer in cfg.layers)
+
+
+def timings(t0: float, n: int) -> dict:
+    """An EditResult's timings for a method that has no separate encoding phase."""
+    t = time.perf_counter() - t0
+    return {"encode_s": 0.0, "train_s": t, "total_s": t, "s_per_edit": t / n}
 
 
 @contextmanager

@@ -34,20 +34,15 @@ from ..config import EditConfig
 from . import locate
 from .result import EditResult
 from .weights import restore
-from .rome import locate_layers
 
 _KEYS = "_workbench_alphaedit_keys"  # on the model: layer -> Σ k kᵀ of the keys of edits applied so far
 
 
+@locate.frozen
 def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> EditResult:
     """Edit `model` in place (see the module docstring); the result reverts it bitwise."""
-    with locate.frozen_eval(model):
-        return _edit(model, tok, requests, cfg, progress)
-
-
-def _edit(model, tok, requests: list, cfg: EditConfig, progress: bool) -> EditResult:
     t0 = time.perf_counter()
-    layers = locate_layers(model, cfg)
+    layers = locate.layers_of(model, cfg)
     sites = [locate.site(model, l) for l in layers]
     top = locate.decoder_layer(model, layers[-1])
     stats = {s.layer: locate.second_moment(model, tok, s.layer, cfg.mom2_corpus, cfg.mom2_tokens, progress=progress)
@@ -81,10 +76,9 @@ def _edit(model, tok, requests: list, cfg: EditConfig, progress: bool) -> EditRe
         restore(model, originals)
         setattr(model, _KEYS, previous)
         raise
-    t = time.perf_counter() - t0
     undo = [lambda: setattr(model, _KEYS, previous)] if cfg.method == "alphaedit" else []
     return EditResult(model, cfg, [r.id for r in requests], originals, pd.DataFrame(log),
-                      {"encode_s": 0.0, "train_s": t, "total_s": t, "s_per_edit": t / len(requests)},
+                      locate.timings(t0, len(requests)),
                       sum(s.weight.numel() for s in sites), prefix_cache="n/a (closed form)", undo=undo)
 
 

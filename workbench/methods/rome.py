@@ -28,17 +28,13 @@ from .result import EditResult
 from .weights import restore
 
 
+@locate.frozen
 def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> EditResult:
     """Edit `model` in place (see the module docstring); the result reverts it bitwise."""
-    with locate.frozen_eval(model):
-        return _edit(model, tok, requests, cfg, progress)
-
-
-def _edit(model, tok, requests: list, cfg: EditConfig, progress: bool) -> EditResult:
-    if len(locate_layers(model, cfg)) != 1:
+    if len(locate.layers_of(model, cfg)) != 1:
         raise ConfigError(f"rome edits one layer; layers={list(cfg.layers)} (use memit for several)")
     t0 = time.perf_counter()
-    s = locate.site(model, locate_layers(model, cfg)[0])
+    s = locate.site(model, locate.layers_of(model, cfg)[0])
     c = locate.second_moment(model, tok, s.layer, cfg.mom2_corpus, cfg.mom2_tokens, progress=progress) \
         if cfg.mom2_tokens else None
     prefixes = locate.context_prefixes(model, tok, cfg.n_prefixes, cfg.prefix_tokens, cfg.seed)
@@ -62,9 +58,8 @@ def _edit(model, tok, requests: list, cfg: EditConfig, progress: bool) -> EditRe
     except BaseException:
         restore(model, originals)
         raise
-    t = time.perf_counter() - t0
     return EditResult(model, cfg, [r.id for r in requests], originals, pd.DataFrame(rows),
-                      {"encode_s": 0.0, "train_s": t, "total_s": t, "s_per_edit": t / len(requests)},
+                      locate.timings(t0, len(requests)),
                       s.weight.numel(), prefix_cache="n/a (closed form)")
 
 
@@ -74,10 +69,3 @@ def rank_one(w: torch.Tensor, k: torch.Tensor, k_bar: torch.Tensor, delta: torch
     u = k_bar.double() if c is None else torch.linalg.solve(c.double(), k_bar.double())
     v_star = w.double() @ k.double() + delta.double()
     return (torch.outer(v_star - w.double() @ k.double(), u) / (u @ k.double())).float()
-
-
-def locate_layers(model, cfg) -> list[int]:
-    layers = cfg.layers if cfg.layers != "all" else None
-    if layers is None:
-        raise ConfigError(f"{cfg.method} needs explicit layers, not 'all'")
-    return sorted(locate.layer_index(model, l) for l in layers)

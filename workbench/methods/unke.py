@@ -43,19 +43,14 @@ from . import locate
 from .ft import _optimizer
 from .prefix import PrefixCache
 from .result import EditResult
-from .rome import locate_layers
 from .weights import float32_master, remove_hooks, restore
 
 
+@locate.frozen
 def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> EditResult:
     """Edit `model` in place (see the module docstring); the result reverts it bitwise."""
-    with locate.frozen_eval(model):
-        return _edit(model, tok, requests, cfg, progress)
-
-
-def _edit(model, tok, requests: list, cfg: EditConfig, progress: bool) -> EditResult:
     t0 = time.perf_counter()
-    layers = locate_layers(model, cfg)
+    layers = locate.layers_of(model, cfg)
     use_memit = cfg.method == "anyedit" and cfg.anyedit_base == "memit"
     if not use_memit and len(layers) != 1:
         raise ConfigError(f"{cfg.method} trains one decoder layer; layers={list(cfg.layers)}")
@@ -86,10 +81,9 @@ def _edit(model, tok, requests: list, cfg: EditConfig, progress: bool) -> EditRe
         restore(model, originals)
         remove_hooks(casts)
         raise
-    t = time.perf_counter() - t0
     n_trainable = sum(v.numel() for v in originals.values())
     return EditResult(model, cfg, [r.id for r in requests], originals, pd.DataFrame(log),
-                      {"encode_s": 0.0, "train_s": t, "total_s": t, "s_per_edit": t / len(requests)},
+                      locate.timings(t0, len(requests)),
                       n_trainable, prefix_cache="n/a", casts=casts)
 
 
