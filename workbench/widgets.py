@@ -52,7 +52,8 @@ class Playground:
         Calling it from code, as the notebook's last cells do, never touches the output widget."""
         if self.result is not None:
             self.run_revert()
-        cfg = preset(self.preset.value)
+        # the playground's fact has no subject: locate-and-edit methods read their key at the last prompt token
+        cfg = preset(self.preset.value).replace(key_position="prompt_last")
         if cfg.layers != "all":
             cfg = cfg.replace(layers=(self.layer.value,))
         prompts = [self.question.value, *LOCALITY_PROMPTS]
