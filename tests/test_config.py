@@ -30,7 +30,7 @@ def test_yaml_strings_are_coerced(tmp_path):
     ({"loss_scope": "all"}, "choose one of: 'prompt_last', 'first_token', 'target', 'prompt_target'"),
     ({"schedule": "bfs"}, "'depth_first', 'breadth_first'"),
     ({"components": ["down", "ffn"]}, "components='ffn' is not valid"),
-    ({"method": "rome"}, "'ft', 'lora', 'adalora'"),
+    ({"method": "grace"}, "'ft', 'lora', 'adalora', 'rome', 'memit', 'alphaedit', 'unke', 'anyedit'"),
     ({"optimizer": "lion"}, "'adam', 'adamw', 'sgd'"),
     ({"dtype": "int8"}, "dtype='int8'"),
     ({"lr": "fast"}, "lr='fast': expected a number"),
