@@ -213,13 +213,15 @@ class Rows:
     n_rewrite: int  # rows that carry the target (the rest: the KL row)
 
 
-def rows_for(tok, req, prefixes: list[str], cfg, with_target: bool = True, kl: bool = False) -> Rows:
-    """One row per prefix: the prefixed prompt (and the target, labelled, when `with_target`), and
-    with `kl` ROME's essence prompt "{subject} is a" without a target."""
+def rows_for(tok, req, prefixes: list[str], cfg, kl: bool | None = None) -> Rows:
+    """One row per prefix: the prefixed prompt and the target, labelled; and with `kl` (default: when
+    ``kl_factor`` is on and the request has a subject) ROME's essence prompt "{subject} is a"."""
+    if kl is None:
+        kl = bool(cfg.kl_factor and req.subject)
     texts = [p + req.prompt for p in prefixes]
     exs, pos = [], []
     for text in texts:
-        e = encode(tok, text, req.target if with_target else " ", "target", cfg.chat_template, cfg.max_length)
+        e = encode(tok, text, req.target, "target", cfg.chat_template, cfg.max_length)
         exs.append(e)
         k = key_position(tok, text, req.subject, cfg.chat_template, cfg.key_position)
         pos.append(k - (len(prompt_ids(tok, text, cfg.chat_template)) - e.n_prompt))  # the prompt may be cut on the left
@@ -234,6 +236,15 @@ def rows_for(tok, req, prefixes: list[str], cfg, with_target: bool = True, kl: b
     width = batch["input_ids"].shape[1]
     positions = torch.tensor([width - len(e.input_ids) + p for e, p in zip(exs, pos)])
     return Rows(batch, positions, len(texts))
+
+
+def value(model, module: nn.Module, r: Rows, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """`optimize_delta` over a request's rows: δ at the key token of every prefixed prompt, with the
+    KL row (when `r` has one) for the KL term. Returns (h, δ) at the bare prompt."""
+    n = r.n_rewrite
+    rewrite = {key: v[:n] for key, v in r.batch.items()}
+    kl = ({key: v[n:] for key, v in r.batch.items()}, int(r.positions[n])) if n < len(r.positions) else None
+    return optimize_delta(model, module, rewrite, torch.arange(n), r.positions[:n], cfg, kl=kl)
 
 
 def _to(batch: dict, device) -> dict:

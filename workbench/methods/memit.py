@@ -48,7 +48,7 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
     stats = {s.layer: locate.second_moment(model, tok, s.layer, cfg.mom2_corpus, cfg.mom2_tokens, progress=progress)
              for s in sites} if cfg.mom2_tokens else {}
     prefixes = locate.context_prefixes(model, tok, cfg.n_prefixes, cfg.prefix_tokens, cfg.seed)
-    rows = [locate.rows_for(tok, r, prefixes, cfg, kl=bool(cfg.kl_factor and r.subject)) for r in requests]
+    rows = [locate.rows_for(tok, r, prefixes, cfg) for r in requests]
     originals = {f"{s.name}.weight": s.weight.detach().clone() for s in sites}
     previous = dict(getattr(model, _KEYS, {}))
     log = []
@@ -84,10 +84,7 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
 
 def target(model, top, r: locate.Rows, cfg) -> torch.Tensor:
     """z = h + δ at the last edited layer's output, the key token of the bare prompt."""
-    n = r.n_rewrite
-    rewrite = {key: v[:n] for key, v in r.batch.items()}
-    kl = ({key: v[n:] for key, v in r.batch.items()}, int(r.positions[n])) if n < len(r.positions) else None
-    h, delta = locate.optimize_delta(model, top, rewrite, torch.arange(n), r.positions[:n], cfg, kl=kl)
+    h, delta = locate.value(model, top, r, cfg)
     return h + delta
 
 

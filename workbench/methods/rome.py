@@ -42,15 +42,10 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
     rows = []
     try:
         for req in requests:
-            r = locate.rows_for(tok, req, prefixes, cfg, kl=bool(cfg.kl_factor and req.subject))
+            r = locate.rows_for(tok, req, prefixes, cfg)
             k_bar = locate.mean_key(model, s, r)
             k = locate.keys(model, s, r.batch, torch.tensor([0]), r.positions[:1])[0]
-            n = r.n_rewrite
-            rewrite = {key: v[:n] for key, v in r.batch.items()}
-            kl = None
-            if n < len(r.positions):
-                kl = ({key: v[n:] for key, v in r.batch.items()}, int(r.positions[n]))
-            _, delta = locate.optimize_delta(model, s.module, rewrite, torch.arange(n), r.positions[:n], cfg, kl=kl)
+            _, delta = locate.value(model, s.module, r, cfg)  # δ at the MLP output
             update = rank_one(s.matrix(), k, k_bar, delta, c)
             s.add(update)
             rows.append({"request": req.id, "delta_norm": float(delta.norm()), "update_norm": float(update.norm()),

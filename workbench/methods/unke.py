@@ -35,6 +35,7 @@ import time
 import pandas as pd
 import torch
 
+from ..components import family_table
 from ..config import EditConfig
 from ..errors import ConfigError
 from ..models import spec
@@ -59,10 +60,8 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
         sites = [locate.site(model, l) for l in layers]
         originals = {f"{s.name}.weight": s.weight.detach().clone() for s in sites}
     else:
-        prefix = locate.decoder_layer(model, layers[0])
-        name = next(n for n, m in model.named_modules() if m is prefix)
-        originals = {f"{name}.{n}": p.detach().clone() for n, p in prefix.named_parameters()}
-    preserve = preserved(tok, cfg)
+        originals = {n: p.detach().clone() for n, p in layer_parameters(model, layers[0]).items()}
+        preserve = preserved(tok, cfg)
     log, casts = [], []
     try:
         for req in requests:
@@ -136,11 +135,7 @@ def train_layer(model, tok, layer: int, seq: Encoded, positions: list[int], delt
         for pos, delta in zip(positions, deltas):
             goal[0, width - len(seq.input_ids) + pos] += delta.to(goal.dtype)
     real = batch["attention_mask"].bool().to(goal.device)
-    name = next(n for n, m in model.named_modules() if m is block)
-    trainable = {f"{name}.{n}": p for n, p in block.named_parameters()}
-    flags = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
+    trainable = layer_parameters(model, layer)
     casts = casts + float32_master(model, trainable)
     for p in trainable.values():
         p.requires_grad_(True)
@@ -165,9 +160,15 @@ def train_layer(model, tok, layer: int, seq: Encoded, positions: list[int], delt
     finally:
         if cache is not None:
             cache.remove()
-        for p, f in flags.items():
-            p.requires_grad_(f)
+        for p in trainable.values():  # back to frozen, as `locate.frozen` left them
+            p.requires_grad_(False)
     return losses, casts
+
+
+def layer_parameters(model, layer: int) -> dict:
+    """Every parameter of decoder layer `layer`, by its full name in the model."""
+    name = f"{family_table(model)['layers']}.{layer}"
+    return {f"{name}.{n}": p for n, p in model.get_submodule(name).named_parameters()}
 
 
 def memit_write(model, tok, sites, top, seq: Encoded, positions: list[int], deltas: list[torch.Tensor], cfg,
