@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow test-lab bench reproduce smoke-notebooks clean
+.PHONY: install demo test test-slow test-gpu test-lab bench reproduce smoke-notebooks clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,12 @@ smoke-notebooks: install
 test-slow: install
 	$(BIN)/python -m workbench.cli prepare
 	$(BIN)/python -m pytest -q -m slow -p no:cacheprovider
+
+# CUDA tests and the GPU benchmark (a GPU machine; both skip or exit without CUDA).
+test-gpu: install
+	$(BIN)/python -m workbench.cli prepare
+	$(BIN)/python -m pytest -q -m gpu -p no:cacheprovider -rs
+	$(BIN)/python benchmarks/gpu.py
 
 # JupyterLab in headless Chromium runs the quickstart (needs Debian's chromium: apt install chromium).
 test-lab: install

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import workbench as wb
 from workbench import data, prompts
 from workbench.components import resolve
-from workbench.models import spec
+from workbench.models import input_device, spec
 from workbench.methods.ft import _optimizer
 from workbench.prompts import position_ids
 
@@ -53,12 +53,14 @@ def plain_loop(model, tok, requests, cfg, freeze: bool = True) -> float:
     for p in params:
         p.requires_grad_(True)
     opt = _optimizer(cfg, params)
+    device = input_device(model)
     gen = torch.Generator().manual_seed(cfg.seed)  # the order wb.edit draws
     t0 = time.perf_counter()
     for _ in range(cfg.epochs):
         order = torch.randperm(len(examples), generator=gen).tolist()
         for s in range(0, len(order), cfg.batch_size):
             b = prompts.collate([examples[i] for i in order[s:s + cfg.batch_size]], pad_id)
+            b = {k: v.to(device) for k, v in b.items()}
             mask = b["attention_mask"]
             logits = model(input_ids=b["input_ids"], attention_mask=mask, position_ids=position_ids(mask)).logits.float()
             target = b["labels"][:, 1:]
@@ -68,6 +70,8 @@ def plain_loop(model, tok, requests, cfg, freeze: bool = True) -> float:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - t0
     for p in model.parameters():
         p.requires_grad_(False)

@@ -60,7 +60,8 @@ def test_sweep_runs_the_grid_and_load_collects_it(store):
     assert len(again) == 4 and {"lr", "layers", "benchmark", "ori.exact_match", "hash"} <= set(again.columns)
     assert sorted(runs.sweep(SPEC, {"layers": [[1], [3]], "n_edits": [2, 3]}, "grid", progress=False).hash) == \
         sorted(df.hash)  # all cached
-    assert len(list((store / "grid").iterdir())) == 4
+    assert len([p for p in (store / "grid").iterdir() if p.is_dir()]) == 4
+    assert len((store / "grid" / "runs.log").read_text().splitlines()) == 4  # executed once each
 
 
 def test_unwritable_results_fail_up_front(store, monkeypatch):

@@ -23,13 +23,13 @@ _NAMES = {
     "Request": "data",
     "ConfigError": "errors", "DataError": "errors", "DataNotFound": "errors", "EditError": "errors",
     "WorkbenchError": "errors",
-    "load": "models",
+    "load": "models", "load_for": "models",
     "generate": "generation",
     "EditResult": "train", "apply_delta": "train", "edit": "train",
     "EvalConfig": "evaluation", "EvalReport": "evaluation", "evaluate": "evaluation", "pre_edit": "evaluation",
 }
 _MODULES = ("cli", "components", "config", "data", "errors", "evaluation", "generation", "locality", "methods", "metrics",
-            "models", "plots", "prompts", "resources", "runs", "scoring", "train", "widgets")
+            "models", "placement", "plots", "prompts", "resources", "runs", "scoring", "train", "widgets")
 __all__ = [*_NAMES, *_MODULES]
 
 

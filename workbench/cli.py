@@ -5,6 +5,7 @@
     workbench edit --preset ft-uke --benchmark unkebench -n 10 [--save delta.safetensors]
     workbench eval --benchmark zsre -n 50 [--eval locft] [--capability mmlu]
     workbench sweep NOTEBOOK --grid grid.yaml  run a notebook once per grid point, resumable
+          [--executor local:4 | submitit] [-o partition gpu -o gpus 1 ...]
     workbench reproduce [CLAIM ...]        the runs of docs/REPRODUCTION.md (docs/reproduction.yaml)
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .data import PROJECT_ROOT
+from .placement import is_random
 from .runs import read, results_root, run_notebook
 
 
@@ -43,6 +45,10 @@ def reproduce(config, claims: list[str], docs: Path, overrides: dict | None = No
     docs.mkdir(parents=True, exist_ok=True)
     for name in claims or list(table):
         entry = table[name]
+        model = {**entry.get("params", {}), **(overrides or {})}.get("model_name", "")
+        if is_random(model):
+            raise SystemExit(f"{config}: claim {name!r} would run on {model!r}, a shape with random weights: "
+                             "its numbers measure speed and memory, never editing, and the report refuses them")
         notebook = PROJECT_ROOT / entry["notebook"]
         out = results_root() / "reproduction" / name
         start = time.time()
@@ -101,6 +107,10 @@ def main(argv=None) -> int:
     sw.add_argument("notebook")
     sw.add_argument("--grid", required=True)
     sw.add_argument("--experiment", default=None)
+    sw.add_argument("--executor", default="serial", help="serial (default), local:N (N worker processes: one GPU "
+                    "or a share of the cores each) or submitit (a SLURM job array)")
+    sw.add_argument("-o", "--option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="a submitit option: partition, gpus, cpus, time_min, parallelism, jobs, mem_gb, cluster, folder")
     rp = sub.add_parser("reproduce", help="run the reproduction report's notebooks (docs/reproduction.yaml)")
     rp.add_argument("claims", nargs="*", help="names in the file (default: all, in order)")
     rp.add_argument("--config", default=str(PROJECT_ROOT / "docs" / "reproduction.yaml"))
@@ -124,7 +134,7 @@ def main(argv=None) -> int:
         from .train import edit
 
         cfg = preset(args.preset, **{k: _literal(v) for k, v in args.set})
-        model, tok = models.load(args.model or cfg.model_name, None if cfg.device == "auto" else cfg.device, cfg.dtype)
+        model, tok = models.load_for(cfg.replace(model_name=args.model or cfg.model_name))
         reqs = data.load(args.benchmark, n=args.n)
         prompts, targets = [r.prompt for r in reqs], [r.target for r in reqs]
         before = token_accuracy(model, tok, prompts, targets, cfg.chat_template)
@@ -157,7 +167,8 @@ def main(argv=None) -> int:
         grid = yaml.safe_load(open(args.grid))
         if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
             raise SystemExit(f"{args.grid}: expected a mapping of parameter name -> list of values")
-        df = sweep_notebook(args.notebook, grid, args.experiment)
+        df = sweep_notebook(args.notebook, grid, args.experiment, executor=args.executor,
+                            executor_options={k: _literal(v) for k, v in args.option})
         print(df.to_string(index=False))
     elif args.command == "reproduce" and args.tables:
         import json

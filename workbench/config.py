@@ -49,7 +49,7 @@ def loss_scope_name(scope: str) -> str:
 class EditConfig:
     # --- model (used by `wb.load_for(cfg)`, runs and notebooks; `wb.edit` takes the model it is given)
     model_name: str = "smollm2-135m-instruct"  # embedded default, "tiny-random-llama", an HF id or a local path
-    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", "dispatch" (spread over devices, models.load_for)
     dtype: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16"
     # --- where to edit
     # ft: fine-tune the selected weights; lora / adalora: a peft adapter on them; rome, memit, alphaedit, unke,

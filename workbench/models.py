@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from . import resources
+from . import placement, resources
+from .components import num_layers
 from .errors import ConfigError, WorkbenchError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -189,51 +190,133 @@ def tiny_llama_config(vocab_size: int, **overrides):
     return LlamaConfig(**kw)
 
 
-def load(name_or_path: str | os.PathLike | None = None, device: str | None = None, dtype=None, seed: int = 0):
+def load(name_or_path: str | os.PathLike | None = None, device: str | None = None, dtype=None, seed: int = 0, *,
+         device_map: dict | str | None = None, max_memory: dict | None = None, offload_dir: str | None = None,
+         edited_layers=(), reserve: int | str = 0, offload_below: bool = False):
     """Load a causal LM and its tokenizer, ready for `wb.edit`.
 
     Args:
         name_or_path: ``None`` or ``"smollm2-135m-instruct"`` (embedded), ``"tiny-random-llama"``,
+            ``"random:llama-3-8b"`` (a published shape with random weights, `placement.shapes()`),
             a Hugging Face id, or a local folder.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"meta"`` (shapes only)...; default CUDA when
+            available. Ignored when `device_map` is given.
         dtype: ``"float32"``, ``"bfloat16"``, a torch dtype, or ``None`` (bf16 on CUDA, fp32 on CPU).
-        seed: initialisation seed of ``tiny-random-llama`` (ignored otherwise).
+        seed: initialisation seed of ``tiny-random-llama`` and ``random:`` shapes (ignored otherwise).
+        device_map: spread the model over devices with accelerate: a map ``{module: device}``, or
+            ``"auto"`` for `placement.plan` over `max_memory` (whole decoder layers per device).
+        max_memory: ``{device: budget}`` in fill order for ``"auto"``, e.g. ``{0: "70GiB", 1: "70GiB",
+            "cpu": "100GiB", "disk": None}``; default: what accelerate finds free.
+        offload_dir: folder for the weights of modules placed on ``"disk"``.
+        edited_layers, reserve, offload_below: for ``"auto"``: the layers the edit will train, the
+            bytes their device keeps free for the edit (``"6GiB"`` or a number), and whether the layers
+            below them go to cpu/disk first (see `placement.plan`).
 
     Returns:
-        ``(model, tok)``: the model in eval mode on `device`; `spec(tok)` gives its family info.
+        ``(model, tok)``: the model in eval mode; `spec(tok)` gives its family info, and
+        `input_device(model)` where its inputs go.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
     device = device or default_device()
-    torch_dtype = _resolve_dtype(dtype, device)
-    if name in (DEFAULT_MODEL, *_TINY_LAYERS):
+    torch_dtype = _resolve_dtype(dtype, default_device() if device_map is not None else device)
+    build_on = "cpu" if device_map is not None else device  # dispatch starts from a model on the CPU
+    hub = name not in (DEFAULT_MODEL, *_TINY_LAYERS) and not placement.is_random(name)
+    if device_map == "auto":
+        device_map = _auto_map(name, torch_dtype, max_memory, edited_layers, reserve, offload_below)
+    if placement.is_random(name):
+        tok = AutoTokenizer.from_pretrained(prepare_default())  # ids below every shape's vocabulary
+        config = placement.shape_config(name)
+        if device_map is None:
+            resources.check_load(config, torch_dtype, build_on)
+        model = placement.load_shape(name, torch_dtype, build_on, seed)
+    elif not hub:
         folder = prepare_default()
         tok = AutoTokenizer.from_pretrained(folder)
         if name in _TINY_LAYERS:
             config = tiny_llama_config(len(tok), num_hidden_layers=_TINY_LAYERS[name])
-            resources.check_load(config, torch_dtype, device)
+            resources.check_load(config, torch_dtype, build_on)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = LlamaForCausalLM(config)
             model.to(torch_dtype)
             model.name_or_path = name
         else:
-            resources.check_load(AutoConfig.from_pretrained(folder), torch_dtype, device)
+            resources.check_load(AutoConfig.from_pretrained(folder), torch_dtype, build_on)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
             model.name_or_path = DEFAULT_MODEL
     else:
-        resources.check_load(AutoConfig.from_pretrained(name), torch_dtype, device)
         tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
-    model.to(device).eval()
-    return model, _prepare_tokenizer(tok)
+        if device_map is None:
+            resources.check_load(AutoConfig.from_pretrained(name), torch_dtype, device)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+        else:  # transformers loads each shard straight onto its device (accelerate underneath)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, device_map=device_map,
+                                                         offload_folder=offload_dir)
+            return model.eval(), _prepare_tokenizer(tok)
+    if device_map is not None:
+        model = placement.dispatch(model, device_map, offload_dir)
+    elif device != "meta" and not placement.is_random(name):
+        model.to(device)
+    return model.eval(), _prepare_tokenizer(tok)
+
+
+def load_for(cfg):
+    """Load the model an `EditConfig` names, on its ``device`` and ``dtype``. ``device="dispatch"``
+    spreads it over the visible GPUs, then the CPU, then ``$WORKBENCH_CACHE/offload`` on disk
+    (`placement.plan`): the edited layers' device keeps room for the trained weights' fp32 copy,
+    gradient and Adam moments plus the activations of one micro-batch of 256 tokens, and with the
+    prefix cache on, the layers below the edited ones go to the CPU first."""
+    if cfg.device != "dispatch":
+        return load(cfg.model_name, None if cfg.device == "auto" else cfg.device, cfg.dtype)
+    from accelerate.utils import get_max_memory
+
+    name = cfg.model_name
+    shape = _meta_shape(name)
+    n = num_layers(shape)
+    layers = range(n) if cfg.layers == "all" else [i % n for i in cfg.layers]
+    dtype = _resolve_dtype(cfg.dtype, default_device())
+    c = shape.config.get_text_config()
+    per_layer = 3 * c.hidden_size * (c.intermediate_size or 4 * c.hidden_size)  # an upper bound: a whole MLP
+    reserve = len(layers) * per_layer * (dtype.itemsize + 16) + \
+        cfg.micro * 256 * (n - min(layers)) * (12 * c.hidden_size + 5 * c.intermediate_size) * dtype.itemsize
+    budget = {**get_max_memory(), "disk": None}
+    return load(name, dtype=cfg.dtype, device_map="auto", max_memory=budget, offload_dir=str(cache_dir() / "offload"),
+                edited_layers=tuple(layers), reserve=reserve, offload_below=cfg.prefix_cache)
+
+
+def _meta_shape(name: str):
+    """The model `name` on the meta device (its config only: nothing is loaded)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if placement.is_random(name):
+        config = placement.shape_config(name)
+    elif name in (DEFAULT_MODEL, *_TINY_LAYERS):
+        folder = prepare_default()
+        config = (tiny_llama_config(len(AutoTokenizer.from_pretrained(folder)), num_hidden_layers=_TINY_LAYERS[name])
+                  if name in _TINY_LAYERS else AutoConfig.from_pretrained(folder))
+    else:
+        config = AutoConfig.from_pretrained(name)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _auto_map(name: str, dtype, max_memory, edited_layers, reserve, offload_below) -> dict:
+    """`placement.plan` for `name`, read from its config on the meta device (nothing is loaded)."""
+    from accelerate.utils import get_max_memory
+
+    shape = _meta_shape(name)
+    plan = placement.plan(shape, max_memory or get_max_memory(), dtype, edited_layers, placement.bytes_of(reserve),
+                          offload_below)
+    placement.check_plan(shape, plan, dtype)
+    return plan
 
 
 def state_hash(model) -> str:
     """sha256 over every tensor of the state dict, names and raw bytes: equal only if bitwise equal."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(placement.state_dict(model).items()):  # offloaded tensors read back
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -244,7 +327,8 @@ def fingerprint(model) -> str:
     """A cheap identity of the current weights (names, shapes and float64 sums of every tensor): it
     changes when an edit changes any weight, and costs one reduction per tensor, not a full hash."""
     h = hashlib.sha256(str(getattr(model, "name_or_path", "")).encode())
-    for name, p in model.named_parameters():
+    tensors = placement.state_dict(model) if placement.offloaded(model) else dict(model.named_parameters())
+    for name, p in tensors.items():
         h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
         h.update(repr(p.detach().double().sum().item()).encode())
         h.update(repr(p.detach().double().abs().sum().item()).encode())

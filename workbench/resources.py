@@ -18,6 +18,7 @@ refusal is a real risk, not a rounding error. Set ``WORKBENCH_NO_MEMORY_GUARD=1`
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import torch
 
@@ -51,7 +52,7 @@ def _gib(n: float) -> str:
 
 def check(need: int, device, what: str, advice: str) -> None:
     """Raise `ResourceError` when `need` bytes will not fit in what `device` has free."""
-    if guard_disabled():
+    if guard_disabled() or torch.device(device).type == "meta":  # meta: shapes only, nothing is allocated
         return
     free = available_bytes(device)
     if need > HEADROOM * free:
@@ -97,13 +98,28 @@ def edit_bytes(model, cfg, examples, n_trainable: int, lowest_layer: int, n_laye
 
 
 def check_edit(model, cfg, examples, n_trainable: int, lowest_layer: int, n_layers: int, prefix_bytes: int = 0,
-               device=None) -> dict:
-    """Refuse an edit that cannot fit on `device` (default: where the model takes its inputs);
-    returns the estimate by part."""
+               layer_devices: list | None = None, head_device=None) -> dict:
+    """Refuse an edit that cannot fit; returns the estimate by part.
+
+    On one device everything is checked against it (where the model takes its inputs). On a model
+    spread over devices (`layer_devices`: the device of each decoder layer, `head_device`: the
+    logits'), each device is budgeted for its share: the trained weights and the prefix cache on
+    the lowest edited layer's device, the activations on the devices of the layers they pass
+    through (layers >= `lowest_layer`), the logits on the head's."""
     parts = edit_bytes(model, cfg, examples, n_trainable, lowest_layer, n_layers, prefix_bytes)
     detail = ", ".join(f"{k} {_gib(v)}" for k, v in parts.items())
-    device = device if device is not None else model.get_input_embeddings().weight.device
-    check(sum(parts.values()), device, f"this edit ({detail})",
-          "Lower micro_batch_size (gradients still accumulate to batch_size) or max_length, edit fewer "
-          "layers or components, use method='lora', or turn prefix_cache off.")
-    return parts
+    advice = ("Lower micro_batch_size (gradients still accumulate to batch_size) or max_length, edit fewer "
+              "layers or components, use method='lora', or turn prefix_cache off.")
+    if not layer_devices or len({str(d) for d in layer_devices}) == 1:
+        device = layer_devices[0] if layer_devices else model.get_input_embeddings().weight.device
+        check(sum(parts.values()), device, f"this edit ({detail})", advice)
+        return parts
+    need: Counter = Counter()
+    need[str(layer_devices[lowest_layer])] += parts["trainable"] + parts["prefix_cache"]
+    above = layer_devices[lowest_layer:]
+    for dev in above:
+        need[str(dev)] += parts["activations"] // len(above)
+    need[str(head_device if head_device is not None else layer_devices[-1])] += parts["logits"]
+    for dev, n in need.items():
+        check(n, dev, f"this edit's share on {dev} ({detail})", advice)
+    return {**parts, "by_device": need}

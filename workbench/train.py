@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from . import threads
 from .config import EditConfig, preset
 from .data import as_requests
 from .errors import WorkbenchError
@@ -35,7 +36,8 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
     requests = as_requests(requests)
     if not requests:
         raise WorkbenchError("no requests to edit")
-    return family(cfg.method).edit(model, tok, requests, cfg, progress=progress)
+    with threads.active():  # this process's share of the cores while it computes (threads.py)
+        return family(cfg.method).edit(model, tok, requests, cfg, progress=progress)
 
 
 def _preset_edit(preset_name: str, doc: str):

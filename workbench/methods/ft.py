@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import prompts, resources
+from .. import placement, prompts, resources, threads
 from ..components import Target, num_layers, resolve
 from ..config import EditConfig
 from ..errors import EditError
@@ -150,6 +150,7 @@ class _Loop:
     def step(self, idx: list[int], epoch: int, edit: int, skip_below: float | None) -> float:
         """Accumulate the gradient of one batch and take (or skip) one optimiser step."""
         cfg = self.cfg
+        threads.rebalance()  # another process may have started or ended computing on this host
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for start in range(0, len(idx), cfg.micro):
@@ -243,8 +244,11 @@ def edit(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: bool 
     lowest = min(t.layer for t in targets)
     cache_note = prefix.plan(cfg, lowest, model, examples)  # None: the prefix cache will run
     selected = _selected_parameters(model, targets) if cfg.method == "ft" else None  # changes nothing yet
+    if selected is not None:
+        placement.trainable_on_device(model, selected[0])
     resources.check_edit(model, cfg, examples, _trainable_estimate(model, targets, cfg, selected), lowest,
-                         num_layers(model), prefix.nbytes_for(model, examples) if cache_note is None else 0)
+                         num_layers(model), prefix.nbytes_for(model, examples) if cache_note is None else 0,
+                         placement.layer_devices(model), placement.head_device(model))
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     adapter, masks, cache, casts = None, {}, None, []

@@ -102,15 +102,20 @@ class PrefixCache:
         self._replay = self.batch(idx)
 
     def install(self) -> None:
-        """Short-circuit layers 0..L-1 (undone by `remove`)."""
+        """Short-circuit layers 0..L-1 (undone by `remove`). A forward already set on the instance
+        (accelerate's device hook on a dispatched model) is kept and put back."""
+        self._own = {i: self.layers[i].__dict__.get("forward") for i in range(self.layer)}
         for i in range(self.layer - 1):
             self.layers[i].forward = _identity
         self.layers[self.layer - 1].forward = self._replayed
 
     def remove(self) -> None:
-        for i in range(self.layer):
-            self.layers[i].__dict__.pop("forward", None)
-        self._replay = None
+        for i, own in getattr(self, "_own", {}).items():
+            if own is None:
+                self.layers[i].__dict__.pop("forward", None)
+            else:
+                self.layers[i].forward = own
+        self._own, self._replay = {}, None
 
     def _replayed(self, hidden_states, *args, **kwargs):
         out, self._replay = self._replay, None

@@ -10,13 +10,14 @@ import hashlib
 import json
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
-
 from ..data import PROJECT_ROOT
 from .store import check_writable, clear_leftovers, plain, results_root, to_json, write_atomically
+from . import executors
+from .executors import Task
 from .sweep import grid_points
 
 MIME = "application/x.workbench.record+json"
@@ -59,32 +60,38 @@ def read(notebook) -> dict:
     return out
 
 
-def sweep_notebook(notebook, grid: dict[str, list], experiment: str | None = None, progress: bool = True) -> pd.DataFrame:
+def sweep_notebook(notebook, grid: dict[str, list], experiment: str | None = None, progress: bool = True,
+                   executor: str | None = None, executor_options: dict | None = None) -> pd.DataFrame:
     """Execute `notebook` with papermill once per grid point into ``results/sweeps/<experiment>/<hash>/``
     (the executed notebook, its figures, ``params.json`` and the recorded ``metrics.json``).
 
     A point whose folder has ``metrics.json`` is skipped, so rerunning after an interruption
     completes the grid with no duplicate and no missing result. (The runs the notebook itself makes
-    are cached as usual in ``results/<its experiment>/``, shared between grid points.)
+    are cached as usual in ``results/<its experiment>/``, shared between grid points.) `executor`
+    as in `sweep`: points are claimed, so several workers or sweeps share one grid.
     """
     notebook = Path(notebook)
     experiment = experiment or notebook.stem
     root = results_root() / "sweeps" / experiment
     check_writable(root)
-    rows = []
-    for params in tqdm(grid_points(grid), desc=notebook.name, disable=not progress):
-        key = hashlib.sha256(json.dumps(plain(params), sort_keys=True).encode()).hexdigest()[:12]
-        folder = root / key
-        if not (folder / "metrics.json").exists():
-            clear_leftovers(folder)
-            work = root / f".{key}.work{os.getpid()}"
-            executed = run_notebook(notebook, params, work)
-            files = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}  # figures include PNGs
-            files.update({"params.json": to_json(params), "metrics.json": to_json(read(executed))})
-            write_atomically(folder, files)
-            shutil.rmtree(work, ignore_errors=True)
-        rows.append({**plain(params), **json.loads((folder / "metrics.json").read_text()), "hash": key})
-    return pd.DataFrame(rows)
+    points = [(params, root / hashlib.sha256(json.dumps(plain(params), sort_keys=True).encode()).hexdigest()[:12])
+              for params in grid_points(grid)]
+    tasks = [Task(folder, partial(_notebook_point, notebook, params, folder), label=f"{notebook.name} {params}")
+             for params, folder in points]
+    executors.run(tasks, executor, executor_options, progress, desc=notebook.name)
+    return pd.DataFrame([{**plain(params), **json.loads((folder / "metrics.json").read_text()), "hash": folder.name}
+                         for params, folder in points])
+
+
+def _notebook_point(notebook: Path, params: dict, folder: Path) -> None:
+    """One grid point: execute into a work folder, then move the results into `folder` at once."""
+    clear_leftovers(folder)
+    work = folder.with_name(f".{folder.name}.work{os.getpid()}")
+    executed = run_notebook(notebook, params, work)
+    files = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}  # figures include PNGs
+    files.update({"params.json": to_json(params), "metrics.json": to_json(read(executed))})
+    write_atomically(folder, files)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def flatten(df: pd.DataFrame, axis: str, metrics: list[str]) -> dict:

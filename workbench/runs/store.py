@@ -48,9 +48,11 @@ def check_writable(folder: Path) -> None:
 
 
 def clear_leftovers(folder: Path) -> None:
-    """Remove what a killed earlier attempt at `folder` left beside it (``.<name>.*`` work folders)."""
+    """Remove what a killed earlier attempt at `folder` left beside it (``.<name>.*`` work folders;
+    not the claim the caller holds, nor the failure record, which `runs.claims` manages)."""
     for stale in folder.parent.glob(f".{folder.name}.*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        if not stale.name.endswith((".claim", ".failed.json")):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def write_atomically(folder: Path, files: dict[str, str | bytes]) -> None:

@@ -1,7 +1,7 @@
 """Executing runs and sweeps: one run, a grid of runs, seeds, and lifelong (chunked sequential) editing.
 
 `execute(spec, experiment)` runs one `RunSpec` (or reads it back from the store); `sweep` runs every
-point of a grid over a base spec, optionally once per seed; `lifelong` edits in chunks on top of each
+point of a grid over a base spec, optionally once per seed, with any executor (`executors`); `lifelong` edits in chunks on top of each
 other and scores everything after each chunk. Models are loaded once per process (`model_for`) and
 checked to be unedited before every run.
 """
@@ -11,15 +11,19 @@ import itertools
 import json
 import os
 import shutil
+from functools import partial
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .. import data, locality, train
+from .. import data, locality, threads, train
 from ..config import EditConfig
 from ..errors import ConfigError
 from ..evaluation import EvalReport, evaluate, pre_edit, protocols_for, save_report, summarize, versions
-from ..models import fingerprint, load
+from ..models import fingerprint, load_for
+from ..placement import is_random
+from . import executors
+from .executors import Task
 from .spec import RunSpec
 from .store import (check_writable, clear_leftovers, git_sha, plain, results_root, run_folder, to_json,
                     write_atomically)
@@ -36,7 +40,7 @@ def model_for(cfg: EditConfig):
         if fingerprint(model) == fp:
             return model, tok
         # An edit was left in the model (a notebook cell that did not revert): never reuse it.
-    model, tok = load(cfg.model_name, None if cfg.device == "auto" else cfg.device, cfg.dtype)
+    model, tok = load_for(cfg)
     _MODELS[key] = (model, tok, fingerprint(model))
     return model, tok
 
@@ -58,6 +62,11 @@ def grid_points(grid: dict[str, list] | None) -> list[dict]:
 
 def execute(spec: RunSpec, experiment: str, progress: bool = False) -> dict:
     """Run `spec` (or read it back if it already finished) and return its metrics."""
+    with threads.active():
+        return _execute(spec, experiment, progress)
+
+
+def _execute(spec: RunSpec, experiment: str, progress: bool) -> dict:
     folder = run_folder(spec, experiment)
     if (folder / "metrics.json").exists():
         return json.loads((folder / "metrics.json").read_text())
@@ -99,6 +108,8 @@ def execute(spec: RunSpec, experiment: str, progress: bool = False) -> dict:
         n_trainable = res.n_trainable
     metrics = {**report.scores(), "edit_s": sum(timings), "s_per_edit": sum(timings) / len(reqs), "steps": steps,
                "n_trainable": n_trainable, "n_truncated": truncated, "n_edits": len(reqs)}
+    if is_random(cfg.model_name):  # speed and memory only: the report refuses these (cli.reproduce)
+        metrics["random_weights"] = True
     tmp_report = folder.with_name(f".{folder.name}.report{os.getpid()}")
     save_report(report, tmp_report)
     files = {p.name: p.read_text() for p in tmp_report.iterdir()}
@@ -118,7 +129,8 @@ def seeded(points: list[dict], seeds, base: RunSpec) -> list[dict]:
 
 
 def sweep(base: RunSpec, grid: dict[str, list] | list[dict] | None = None, experiment: str = "sweep",
-          progress: bool = True, seeds=None, only_finished: bool = False) -> pd.DataFrame:
+          progress: bool = True, seeds=None, only_finished: bool = False, executor: str | None = None,
+          executor_options: dict | None = None) -> pd.DataFrame:
     """Run every combination of `grid` over `base`, cached in ``results/<experiment>/``.
 
     `grid` maps spec or EditConfig fields (or ``preset``) to values:
@@ -127,18 +139,29 @@ def sweep(base: RunSpec, grid: dict[str, list] | list[dict] | None = None, exper
     ``seeds=[0, 1, 2]`` replicates every point (see `seeded`; `over_seeds` gives means and CIs).
     ``only_finished=True`` runs nothing and returns the points already in the store (to look at a
     grid that another process is still filling, or to report one that was cut short).
+
+    ``executor``: ``"serial"`` (default, this process), ``"local:N"`` (N worker processes, a GPU or a
+    share of the cores each) or ``"submitit"`` (a SLURM job array; `executor_options` as in
+    `executors`). Any number of sweeps over the same store cooperate: each run is claimed before it
+    starts and executes once. A run that fails records its traceback beside its folder and the others
+    go on; `executors.SweepError` is raised at the end, naming the failed folders.
     Returns one row per run with its point's values and metrics (see `load`).
     """
     points = grid if isinstance(grid, list) else grid_points(grid)
     if seeds is not None:
         points = seeded(points, seeds, base)
     specs = [base.replace(**p) for p in points]
+    if not only_finished:
+        check_writable(results_root() / experiment)
+        tasks = [Task(run_folder(spec, experiment), partial(execute, spec, experiment), spec.run_config().model_name,
+                      f"{experiment} {point}") for point, spec in zip(points, specs)]
+        executors.run(tasks, executor, executor_options, progress, desc=experiment)
     rows = []
-    for point, spec in tqdm(list(zip(points, specs)), desc=experiment, disable=not progress):
+    for point, spec in zip(points, specs):
         folder = run_folder(spec, experiment)
-        if only_finished and not (folder / "metrics.json").exists():
+        if not (folder / "metrics.json").exists():  # only_finished: not run yet
             continue
-        metrics = execute(spec, experiment)
+        metrics = json.loads((folder / "metrics.json").read_text())
         rows.append({**{k: plain(v) for k, v in point.items()}, **metrics, "hash": folder.name})
     return pd.DataFrame(rows)
 
