@@ -14,6 +14,8 @@ SCRIPTS = [
     ["eval_speed.py", "--n", "100", "--n-baseline", "10"],
     ["calibrate.py", "locft-bf", "--benchmark", "zsre", "--n", "100"],
     ["calibrate.py", "ft-uke", "--benchmark", "unkebench", "--n", "10", "--protocol", "single"],
+    ["sweep_speed.py"],
+    ["gpu.py"],  # measures only where CUDA is present (says so and exits otherwise)
 ]
 
 if __name__ == "__main__":
