@@ -35,7 +35,7 @@ def test_dispatch_offloads_and_keeps_the_weights(pair):
 
 
 @pytest.mark.parametrize("prefix_cache", [True, False])
-def test_dispatched_edit_matches_the_plain_one_and_reverts(pair, prefix_cache):
+def test_dispatched_edit_matches_the_plain_one_and_reverts(pair, prefix_cache, tmp_path):
     plain, spread, tok = pair
     cfg = wb.EditConfig(model_name="tiny-random-llama", layers=(2,), epochs=4, batch_size=2, lr=1e-2,
                         prefix_cache=prefix_cache)
@@ -46,7 +46,13 @@ def test_dispatched_edit_matches_the_plain_one_and_reverts(pair, prefix_cache):
     assert torch.allclose(torch.tensor(a.log.loss.tolist()), torch.tensor(b.log.loss.tolist()), atol=1e-5)
     w = "model.layers.2.mlp.down_proj.weight"
     assert torch.allclose(dict(plain.named_parameters())[w], dict(spread.named_parameters())[w], atol=1e-5)
+    edited = dict(spread.named_parameters())[w].detach().clone()
+    delta = b.save(tmp_path / "delta.safetensors")
     b.revert()
+    assert state_hash(spread) == before
+    applied = wb.apply_delta(spread, delta)  # the delta file loads back onto the dispatched model
+    assert torch.allclose(dict(spread.named_parameters())[w], edited, atol=1e-6)  # original + (edited - original)
+    applied.revert()
     assert state_hash(spread) == before
     assert spread.model.layers[0].forward.__qualname__ != "_identity"  # accelerate's hook is back
 
@@ -167,3 +173,24 @@ def test_the_memory_guard_budgets_each_device(tiny, tok):
                                  head_device="cpu")["by_device"]
     assert split["meta"] == parts["trainable"] + parts["prefix_cache"] + parts["activations"] // 2 * 2
     assert split["cpu"] == parts["logits"]
+
+
+@pytest.mark.parametrize("method", ["rome", "unke"])
+def test_locate_methods_refuse_an_offloaded_layer(pair, method):
+    _, spread, tok = pair
+    cfg = wb.EditConfig(model_name="tiny-random-llama", method=method, layers=(1,), mom2_tokens=0, v_steps=2,
+                        unke_steps=2, key_position="prompt_last")
+    with pytest.raises(ConfigError, match="offloaded"):
+        wb.edit(spread, tok, REQUESTS, cfg, progress=False)
+
+
+def test_rome_edits_a_dispatched_model_like_the_plain_one(pair):
+    plain, spread, tok = pair
+    cfg = wb.EditConfig(model_name="tiny-random-llama", method="rome", layers=(2,), mom2_tokens=0, v_steps=3,
+                        n_prefixes=2, prefix_tokens=3, key_position="prompt_last")
+    before = state_hash(spread)
+    a, b = wb.edit(plain, tok, REQUESTS[:1], cfg, progress=False), wb.edit(spread, tok, REQUESTS[:1], cfg, progress=False)
+    w = "model.layers.2.mlp.down_proj.weight"
+    assert torch.allclose(a.deltas()[w], b.deltas()[w], atol=1e-5) and a.deltas()[w].abs().sum() > 0
+    b.revert()
+    assert state_hash(spread) == before

@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import data, resources
+from .. import data, placement, resources
 from ..components import family_table, resolve
 from ..errors import ConfigError, DataError
 from ..models import cache_dir, input_device, spec
@@ -134,6 +134,7 @@ def site(model: nn.Module, layer: int) -> Site:
     """The MLP output matrix of `layer` (the family table's ``down``)."""
     target = resolve(model, ("down",), (layer,))[0]
     module = model.get_submodule(target.name)
+    placement.trainable_on_device(model, [f"{target.name}.weight"])  # an offloaded W would lose the update
     return Site(target.layer, target.name, module, type(module).__name__ == "Conv1D")
 
 

@@ -35,6 +35,7 @@ import time
 import pandas as pd
 import torch
 
+from .. import placement
 from ..components import family_table
 from ..config import EditConfig
 from ..errors import ConfigError
@@ -168,7 +169,9 @@ def train_layer(model, tok, layer: int, seq: Encoded, positions: list[int], delt
 def layer_parameters(model, layer: int) -> dict:
     """Every parameter of decoder layer `layer`, by its full name in the model."""
     name = f"{family_table(model)['layers']}.{layer}"
-    return {f"{name}.{n}": p for n, p in model.get_submodule(name).named_parameters()}
+    params = {f"{name}.{n}": p for n, p in model.get_submodule(name).named_parameters()}
+    placement.trainable_on_device(model, params)  # an offloaded layer would lose the update
+    return params
 
 
 def memit_write(model, tok, sites, top, seq: Encoded, positions: list[int], deltas: list[torch.Tensor], cfg,
