@@ -171,6 +171,95 @@ class EditConfig:
             raise ConfigError(f"{path}: expected a mapping of options, got {type(d).__name__}")
         return cls.from_dict(d, source=str(path))
 
+    @classmethod
+    def from_easyedit(cls, path: str | os.PathLike, **overrides) -> "EditConfig":
+        """An EasyEdit hparams YAML (``alg_name`` FT, FT_uns, FT-L, FT-M, LoRA with ``lora_type`` lora or
+        adalora) as our config. Every field that has no counterpart, or a value we do not support, is
+        named in one warning; `overrides` are applied last."""
+        raw = _read_mapping(path)
+        alg = str(raw.get("alg_name", "")).upper().replace("-", "_")
+        if alg not in ("FT", "FT_UNS", "FT_L", "FT_M", "LORA", "LORA_UNS"):
+            raise ConfigError(f"{path}: alg_name={raw.get('alg_name')!r}; supported: FT, FT_uns, FT-L, FT-M, LoRA")
+        out: dict = {"schedule": "depth_first", "chat_template": bool(raw.get("use_chat_template", False))}
+        used = {"alg_name", "use_chat_template"}
+
+        def take(src, dst, convert=lambda v: v):
+            if src in raw:
+                used.add(src)
+                out[dst] = convert(raw[src])
+
+        take("model_name", "model_name", str)
+        take("device", "device", lambda v: f"cuda:{v}" if isinstance(v, int) else str(v))
+        take("num_steps", "steps_per_edit")
+        take("batch_size", "batch_size")
+        take("max_length", "max_length")
+        take("lr", "lr")
+        take("weight_decay", "weight_decay")
+        if raw.get("model_parallel"):
+            used.add("model_parallel")
+            out["device"] = "dispatch"
+        elif "model_parallel" in raw:
+            used.add("model_parallel")
+        if alg.startswith("FT"):
+            out["method"] = "ft"
+            take("layers", "layers")
+            scope = raw.get("objective_optimization", "prompt_last" if alg in ("FT", "FT_L", "FT_UNS") else "target_new")
+            if scope not in ("prompt_last", "target_new"):
+                raise ConfigError(f"{path}: objective_optimization={scope!r}; EasyEdit's are prompt_last, target_new")
+            used.add("objective_optimization")
+            out["loss_scope"] = "prompt_last" if scope == "prompt_last" else "target"
+            if raw.get("norm_constraint") not in (None, False):
+                out["norm_constraint"] = raw["norm_constraint"]
+            used.add("norm_constraint")
+            if "rewrite_module_tmp" in raw:
+                used.add("rewrite_module_tmp")
+                out["components"] = [_component_of(raw["rewrite_module_tmp"], path)]
+            for name in ("layer_module_tmp", "mlp_module_tmp", "attn_module_tmp", "ln_f_module", "lm_head_module"):
+                used.add(name)  # module paths of the family: our components table knows them
+        else:
+            out["method"] = "adalora" if str(raw.get("lora_type", "lora")).lower() == "adalora" else "lora"
+            used.add("lora_type")
+            take("rank", "lora_rank")
+            take("lora_alpha", "lora_alpha")
+            take("lora_dropout", "lora_dropout")
+            if "target_modules" in raw:
+                used.add("target_modules")
+                out["components"] = [_component_of(m, path) for m in raw["target_modules"]]
+            layers = raw.get("layers")
+            used.add("layers")
+            out["layers"] = layers if layers else "all"  # EasyEdit: [] means every layer
+            if raw.get("norm_constraint") in (None, False):
+                used.add("norm_constraint")
+        if not raw.get("kl_factor"):
+            used.add("kl_factor")  # 0: no KL term, as ours
+        _warn_unmapped(path, raw, used, "EasyEdit")
+        return cls.from_dict({**out, **overrides}, source=str(path))
+
+    @classmethod
+    def from_locft(cls, path: str | os.PathLike, **overrides) -> "EditConfig":
+        """A LocFT hparams YAML (ICT-STAR/LocFT: ``model_name_or_path``, ``layer``, ``rewrite_module``,
+        ``lr``, ``batch_size``, ``num_steps`` = epochs, ``weight_decay``) as our LocFT-BF config: the
+        official loop's fixed choices (Adam, shuffled breadth-first epochs, the 1e-2 skip/stop rule,
+        target-only loss without a template, fp32) are set too. Unmapped fields are named in a warning."""
+        raw = _read_mapping(path)
+        missing = [k for k in ("layer", "rewrite_module") if k not in raw]
+        if missing:
+            raise ConfigError(f"{path}: a LocFT hparams file needs {missing}")
+        out = {"method": "ft", "schedule": "breadth_first", "shuffle": True, "loss_scope": "target",
+               "chat_template": False, "early_stop_loss": 1e-2, "optimizer": "adam", "dtype": "float32",
+               "layers": [raw["layer"]], "components": [_component_of(raw["rewrite_module"], path)]}
+        used = {"layer", "rewrite_module"}
+        for src, dst in (("model_name_or_path", "model_name"), ("lr", "lr"), ("batch_size", "batch_size"),
+                         ("num_steps", "epochs"), ("weight_decay", "weight_decay")):
+            if src in raw:
+                used.add(src)
+                out[dst] = raw[src]
+        if "device" in raw:
+            used.add("device")
+            out["device"] = f"cuda:{raw['device']}" if isinstance(raw["device"], int) else str(raw["device"])
+        _warn_unmapped(path, raw, used, "LocFT")
+        return cls.from_dict({**out, **overrides}, source=str(path))
+
     def to_dict(self) -> dict:
         """Plain JSON/YAML types (tuples as lists): what is saved with every result."""
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
@@ -193,6 +282,41 @@ class EditConfig:
                             v_steps=min(self.v_steps, 5), unke_steps=min(self.unke_steps, 5),
                             n_prefixes=min(self.n_prefixes, 2), prefix_tokens=min(self.prefix_tokens, 4),
                             mom2_tokens=min(self.mom2_tokens, 2000), n_preserve=min(self.n_preserve, 4))
+
+
+def _read_mapping(path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it: {e.strerror}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of hyper-parameters, got {type(raw).__name__}")
+    return raw
+
+
+def _component_of(template: str, path) -> str:
+    """``model.layers.{}.mlp.down_proj.weight`` / ``q_proj`` / ``model.layers.{}`` -> our component name."""
+    from .components import FAMILIES
+
+    tail = str(template).removesuffix(".weight").split("{}")[-1].strip(".")
+    for table in FAMILIES.values():
+        for comp, where in table.items():
+            module = where if isinstance(where, str) else where[0]
+            if comp != "layers" and (module == tail or (tail and module.endswith("." + tail))):
+                return comp
+    raise ConfigError(f"{path}: cannot map module {template!r} to a component; ours: q k v o gate up down mlp attn block")
+
+
+def _warn_unmapped(path, raw: dict, used: set, toolkit: str) -> None:
+    rest = {k: raw[k] for k in raw if k not in used}
+    if rest:
+        import warnings
+
+        warnings.warn(f"{path}: {toolkit} field(s) without a counterpart here, not used: "
+                      + ", ".join(f"{k}={v!r}" for k, v in rest.items()), stacklevel=3)
 
 
 def _coerce(name: str, value, hint):

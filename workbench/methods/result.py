@@ -86,6 +86,49 @@ class EditResult:
         return path
 
 
+    def save_pretrained(self, folder, tok=None) -> Path:
+        """Write the edited model as a normal Hugging Face folder (adapters merged, weights in the
+        model's own dtype), with `tok` if given and a model card naming the edit, so that vLLM,
+        lm-evaluation-harness or ``from_pretrained`` load it like any other model. Written under a
+        temporary name and renamed, so a failed save leaves no half folder."""
+        import shutil
+
+        from .. import __version__
+        from ..placement import state_dict
+
+        if self.reverted:
+            raise WorkbenchError("this edit was reverted; load the model again or save before revert()")
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if self.adapter is not None:  # base weights + the adapter's delta, under the base model's names
+            base = self.adapter.peft_model.base_model.model
+            sd = {n.replace(".base_layer.", "."): t for n, t in state_dict(base).items() if "lora_" not in n}
+            for n, d in self.adapter.delta_weights().items():
+                sd[n] = (sd[n].float() + d.to(sd[n].device)).to(sd[n].dtype)
+            owner = base
+        else:
+            sd, owner = dict(state_dict(self.model)), self.model
+            for n, o in self.originals.items():  # a weight upcast for training is saved in the model's dtype
+                sd[n] = sd[n].to(o.dtype)
+        owner.save_pretrained(tmp, state_dict={n: t.detach().cpu().contiguous() for n, t in sd.items()})
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        (tmp / "README.md").write_text(self._card(__version__))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        return folder
+
+    def _card(self, version: str) -> str:
+        cfg = json.dumps(self.cfg.to_dict(), indent=1)
+        return (f"# {getattr(self.model, 'name_or_path', 'model')}, edited\n\n"
+                f"Edited with FT-Edit Workbench {version} (method `{self.cfg.method}`, {len(self.request_ids)} "
+                f"requests, {self.steps} optimiser steps). A knowledge-edited model: check locality before reuse.\n\n"
+                f"## Requests\n\n" + "\n".join(f"- `{r}`" for r in self.request_ids) +
+                f"\n\n## Edit config\n\n```json\n{cfg}\n```\n")
+
+
 def apply_delta(model: nn.Module, path) -> EditResult:
     """Add a delta saved by `EditResult.save` to `model`; the returned result reverts it exactly."""
     from safetensors import safe_open
