@@ -134,6 +134,8 @@ def test_save_pretrained_writes_a_loadable_edited_model(tmp_path, method, dtype)
     card = (folder / "README.md").read_text()
     assert f"method `{method}`" in card and "Quxville" not in card and '"lr": 0.05' in card
     assert (folder / "tokenizer.json").exists() and not (tmp_path / "edited.part").exists()
+    reloaded, _ = wb.load(str(folder), device="cpu")
+    assert wb.models.revision(reloaded).startswith("folder-sha256:")  # a local folder's provenance: its files' hash
 
 
 def test_export_easyedit_layout(tmp_path, monkeypatch):

