@@ -155,3 +155,27 @@ def test_export_easyedit_layout(tmp_path, monkeypatch):
         assert 0 <= r["post"]["rewrite_acc"][0] <= 1 and "loc" in r["post"]["workbench"]
     with pytest.raises(wb.WorkbenchError, match="per_probe.jsonl"):
         wb.runs.export_easyedit(tmp_path, tmp_path / "x.json")
+
+
+def test_lm_eval_capability_is_lm_eval_mmlu_on_the_in_memory_model(tiny, tok):
+    """lm-eval's letter-choice MMLU on our 570 items equals the same scoring done by hand (the
+    log-likelihood of " A".." D" after the lettered question), and goes through EvalConfig."""
+    n = 12
+    cfg = wb.EvalConfig(splits=(), metrics=(), capability=("lm_eval:workbench_mmlu", "mmlu"), n_mmlu=n)
+    cap = wb.evaluate(tiny, tok, [], cfg).capability
+    items = [json.loads(line) for line in open(wb.data.find("mmlu-probe"))][:n]
+    right = 0
+    for it in items:
+        context = it["question"].strip() + "".join(f"\n{L}. {c}" for L, c in zip("ABCD", it["choices"])) + "\nAnswer:"
+        ctx = tok(context, add_special_tokens=False).input_ids
+        scores = []
+        for letter in "ABCD":
+            whole = tok(context + " " + letter, add_special_tokens=False).input_ids
+            with torch.no_grad():
+                logp = torch.log_softmax(tiny(input_ids=torch.tensor([whole])).logits[0].float(), -1)
+            scores.append(sum(logp[i - 1, whole[i]].item() for i in range(len(ctx), len(whole))))
+        right += scores.index(max(scores)) == it["answer"]
+    assert cap["lm_eval_workbench_mmlu_acc"] == pytest.approx(right / n)
+    assert 0 <= cap["mmlu_acc"] <= 1  # our cloze probe on the same items, side by side
+    with pytest.raises(ConfigError, match="lm_eval:<task>"):
+        wb.EvalConfig(capability=("lm-eval",))

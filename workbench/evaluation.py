@@ -49,7 +49,8 @@ METRICS = ("sentence_cosine", "rouge_recall", "rougeL", "bertscore", "exact_matc
 COLUMNS = {"sentence_cosine": "sentence_cosine", "rouge1_recall": "rouge_recall", "rouge2_recall": "rouge_recall",
            "rougeL_recall": "rouge_recall", "rougeL_f1": "rougeL", "bertscore_f1": "bertscore",
            "exact_match": "exact_match", "token_acc": "token_acc"}
-CAPABILITY = ("mmlu", "perplexity")
+CAPABILITY = ("mmlu", "perplexity")  # and "lm_eval:<task>": any lm-evaluation-harness task (scoring.lm_eval_capability)
+LM_EVAL = "lm_eval:"
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class EvalConfig:
     batch_size: int = 32  # prompts per generation / scoring batch
     bertscore_model: str = MINILM  # or any bert-score model_type
     bertscore_layer: int = MINILM_LAYER  # see metrics.py for why 6
-    capability: tuple[str, ...] = ()  # mmlu (probe accuracy), perplexity (held-out passages)
+    capability: tuple[str, ...] = ()  # mmlu (probe accuracy), perplexity (held-out passages), lm_eval:<task>
     n_mmlu: int = 570  # MMLU-probe items (stratified, first n)
     n_perplexity: int = 50  # held-out passages for perplexity
     perplexity_source: str = "unkebench"  # benchmark whose targets (not edited here) give the passages
@@ -72,8 +73,8 @@ class EvalConfig:
     def __post_init__(self):
         for name, valid in (("splits", SPLITS), ("metrics", METRICS), ("capability", CAPABILITY)):
             for v in getattr(self, name):
-                if v not in valid:
-                    raise ConfigError.bad_choice(name, v, valid)
+                if v not in valid and not (name == "capability" and v.startswith(LM_EVAL) and len(v) > len(LM_EVAL)):
+                    raise ConfigError.bad_choice(name, v, (*valid, f"{LM_EVAL}<task>") if name == "capability" else valid)
 
     def replace(self, **kw) -> "EvalConfig":
         return replace(self, **kw)
@@ -269,6 +270,13 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
     capability = {}
     if "mmlu" in cfg.capability:
         capability["mmlu_acc"] = scoring.mmlu_accuracy(model, tok, data.load("mmlu-probe", n=cfg.n_mmlu))
+    for name in cfg.capability:
+        if name.startswith(LM_EVAL):  # lm-evaluation-harness on the in-memory model, at most n_mmlu items
+            task = name[len(LM_EVAL):]
+            for metric, value in scoring.lm_eval_capability(model, tok, task, limit=cfg.n_mmlu).items():
+                capability[f"lm_eval_{task}_{metric}"] = value
+                protocols[f"lm_eval_{task}_{metric}"] = (f"lm-evaluation-harness task {task}, metric {metric} "
+                                                         f"(first {cfg.n_mmlu} documents)")
     if "perplexity" in cfg.capability:
         capability["perplexity"] = scoring.perplexity(model, tok, list(_perplexity_passages(cfg.perplexity_source,
                                                                                            cfg.n_perplexity)))

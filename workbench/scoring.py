@@ -4,17 +4,21 @@
   common (EasyEdit), but it is not what a user sees; never average it with generation scores.
 * token predictions along a given continuation: locality compares them before and after an edit.
 * mean log-probability of a continuation; the MMLU probe's accuracy by choice log-likelihood (cloze
-  scoring, no template); perplexity on held-out text: capability.
+  scoring, no template); perplexity on held-out text; any lm-evaluation-harness task on the
+  in-memory model (`lm_eval_capability`): capability.
 
 Every function batches, runs the model in eval mode without gradients, and feeds it exactly what an
 edit trains on (`prompts.encode`). Their protocols are named in `metrics.PROTOCOLS`.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
-from .data import Request
+from .data import Request, find
 from .models import input_device, spec
 from .prompts import IGNORE, Encoded, collate, encode, position_ids
 
@@ -118,3 +122,33 @@ def perplexity(model, tok, texts: list[str], batch_size: int = 8, max_length: in
 
     parts = _batched(model, texts, batch_size, run)
     return float(torch.exp(torch.tensor(sum(p[0] for p in parts) / sum(p[1] for p in parts))))
+
+
+LM_EVAL_TASKS = Path(__file__).resolve().parents[1] / "data" / "lm_eval"
+
+
+def lm_eval_capability(model, tok, task: str, limit: int | None = None, batch_size: int = 16) -> dict:
+    """lm-evaluation-harness' `simple_evaluate` on the in-memory (edited) model, offline.
+
+    `task` is one of our shipped tasks (``workbench_mmlu``: the MMLU probe in lm-eval's MMLU format,
+    ``data/lm_eval/``) or any task in the folders of ``$WORKBENCH_LM_EVAL_TASKS`` (os.pathsep-separated)
+    or lm-eval's own registry (those need their datasets in the local Hugging Face cache). Returns
+    ``{metric: value}`` of the task's first-level results (``acc``, ``acc_norm``, ...)."""
+    import tempfile
+
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from .data import find
+
+    with tempfile.TemporaryDirectory(prefix="wb-lm-eval-") as tmp:
+        for path in LM_EVAL_TASKS.glob("*.yaml"):  # our tasks, with the data folder's file paths filled in
+            (Path(tmp) / path.name).write_text(path.read_text().format(mmlu_probe=find("mmlu-probe")))
+        include = [tmp, *[p for p in os.environ.get("WORKBENCH_LM_EVAL_TASKS", "").split(os.pathsep) if p]]
+        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, device=str(input_device(model)))
+        out = simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager(include_path=include), limit=limit,
+                              log_samples=False, verbosity="ERROR")
+    results = out["results"][task]
+    return {k.split(",")[0]: float(v) for k, v in results.items()
+            if isinstance(v, (int, float)) and "stderr" not in k and k != "sample_len"}
