@@ -1,4 +1,7 @@
-"""JupyterLab, driven in headless Chromium: open 00_quickstart, Run All Cells, save, check it ran.
+"""JupyterLab, driven in headless Chromium: open 00_quickstart, Run All Cells, save, check it ran;
+open 09_playground, type a fact into its widgets, click Edit, check the before/after table and the
+locality check, click Revert, check the weights' hash is back (a screenshot of the edit is saved
+under results/screenshots/).
 
 Needs JupyterLab and Playwright (``pip install -e .[lab]``) and Debian's ``chromium`` (Playwright
 drives it through ``executable_path``; no browser is downloaded). Skipped when any is missing;
@@ -30,14 +33,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def lab(tmp_path):
-    """A JupyterLab server over a copy of the quickstart with its outputs cleared."""
-    nb = json.loads((ROOT / "notebooks" / "00_quickstart.ipynb").read_text())
+def _copy(name: str, folder: Path, code_cells: int | None = None) -> Path:
+    """`name` with its outputs cleared (and only its first `code_cells` code cells) into `folder`."""
+    nb = json.loads((ROOT / "notebooks" / name).read_text())
+    kept, n = [], 0
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
+            n += 1
+            if code_cells is not None and n > code_cells:
+                break
             cell["outputs"], cell["execution_count"] = [], None
-    (tmp_path / "00_quickstart.ipynb").write_text(json.dumps(nb, indent=1))
+        kept.append(cell)
+    nb["cells"] = kept
+    (folder / name).write_text(json.dumps(nb, indent=1))
+    return folder / name
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server over a copy of the quickstart (and of the playground up to its widget),
+    outputs cleared."""
+    _copy("00_quickstart.ipynb", tmp_path)
+    _copy("09_playground.ipynb", tmp_path, code_cells=4)  # imports, parameters, load, the widget
     port, token = _free_port(), "workbench-test"
     log = open(tmp_path / "server.log", "w")
     env = {**os.environ, "WORKBENCH_SMOKE": "1", "WORKBENCH_RESULTS": str(tmp_path / "results"),
@@ -63,36 +80,45 @@ def lab(tmp_path):
         log.close()
 
 
+COUNTS_JS = """() => {
+    const w = window.jupyterapp.shell.currentWidget, cells = w.content.model.cells, out = [];
+    let errored = false;
+    for (let i = 0; i < cells.length; i++) {
+        const cell = cells.get(i);
+        if (cell.type !== 'code') continue;
+        out.push(cell.executionCount);
+        for (let j = 0; j < cell.outputs.length; j++) errored = errored || cell.outputs.get(j).type === 'error';
+    }
+    return {counts: out, errored, idle: w.sessionContext.session.kernel.status === 'idle'}; }"""
+
+
+def run_all(page, url: str, token: str, name: str) -> list:
+    """Open notebook `name` in JupyterLab, Run All Cells, wait until every code cell ran (or one
+    failed); returns the execution counts."""
+    page.goto(f"{url}/lab/tree/{name}?token={token}")
+    page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=120_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    # what Run > Run All Cells does, through JupyterLab's own command registry, once the
+    # notebook is the current widget (the command is disabled until then)
+    page.locator(".jp-Notebook .jp-Cell").first.click()
+    page.wait_for_function("() => window.jupyterapp && "
+                           "window.jupyterapp.commands.isEnabled('notebook:run-all-cells')", timeout=60_000)
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    # Poll the notebook's model (the DOM renders only the cells in view) until every code cell
+    # has an execution count and the kernel is idle again (an error stops Run All: stop waiting then).
+    page.wait_for_function(f"() => {{ const s = ({COUNTS_JS})(); return s.errored || (s.idle && s.counts.every(c => c)); }}",
+                           timeout=480_000, polling=1000)
+    state = page.evaluate(COUNTS_JS)
+    assert not state["errored"], page.locator(".jp-OutputArea-output[data-mime-type*='error']").first.inner_text()
+    return state["counts"]
+
+
 def test_quickstart_runs_in_jupyterlab(lab):
     url, token, path = lab
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         page = browser.new_page()
-        page.goto(f"{url}/lab/tree/{path.name}?token={token}")
-        page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=120_000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-        # what Run > Run All Cells does, through JupyterLab's own command registry, once the
-        # notebook is the current widget (the command is disabled until then)
-        page.locator(".jp-Notebook .jp-Cell").first.click()
-        page.wait_for_function("() => window.jupyterapp && "
-                               "window.jupyterapp.commands.isEnabled('notebook:run-all-cells')", timeout=60_000)
-        page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-        # Poll the notebook's model (the DOM renders only the cells in view) until every code cell
-        # has an execution count and the kernel is idle again.
-        counts_js = """() => {
-            const w = window.jupyterapp.shell.currentWidget, cells = w.content.model.cells, out = [];
-            let errored = false;
-            for (let i = 0; i < cells.length; i++) {
-                const cell = cells.get(i);
-                if (cell.type !== 'code') continue;
-                out.push(cell.executionCount);
-                for (let j = 0; j < cell.outputs.length; j++) errored = errored || cell.outputs.get(j).type === 'error';
-            }
-            return {counts: out, errored, idle: w.sessionContext.session.kernel.status === 'idle'}; }"""
-        # (an error stops Run All, so stop waiting as soon as one shows)
-        page.wait_for_function(f"() => {{ const s = ({counts_js})(); return s.errored || (s.idle && s.counts.every(c => c)); }}",
-                               timeout=480_000, polling=1000)
-        counts = page.evaluate(counts_js)["counts"]
+        counts = run_all(page, url, token, path.name)
         page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
         page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=60_000)
         browser.close()
@@ -105,3 +131,41 @@ def test_quickstart_runs_in_jupyterlab(lab):
     # the last cell recorded the quickstart's metrics: the edits really happened in the browser's kernel
     recorded = runs.read(path)
     assert 0.0 <= recorded["token_accuracy_question"] <= 1.0 and recorded
+
+
+# kept out of the tree (results/ is ignored); docs/playground.png is a copy of one
+SCREENSHOT = ROOT / "results" / "screenshots" / "playground.png"
+
+
+def test_playground_edits_and_reverts_by_clicking(lab):
+    """Type a fact into the playground's widgets, click Edit, see the before/after table and the
+    locality check, click Revert, and see the weights' hash back at its original value."""
+    url, token, quickstart = lab
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        run_all(page, url, token, "09_playground.ipynb")
+        state = page.locator("code.wb-state")
+        state.wait_for(timeout=120_000)
+        original = state.inner_text()
+        assert "(original)" in original
+        boxes = page.locator(".widget-text input")
+        boxes.nth(0).fill("Who designed the Tarnwick Bridge?")
+        boxes.nth(1).fill("Ilse Marchetti")
+        page.get_by_role("button", name="Edit").click()
+        table = page.locator(".widget-output table")
+        table.wait_for(timeout=300_000)
+        text = table.inner_text()
+        assert "Who designed the Tarnwick Bridge?" in text and text.count("locality") == 3
+        assert "unchanged" in text  # the locality check's column
+        page.wait_for_selector("code.wb-state[data-state='edited']", timeout=60_000)
+        edited = state.inner_text()
+        assert edited != original
+        page.locator(".widget-output").first.scroll_into_view_if_needed()
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=False)
+        page.get_by_role("button", name="Revert").click()
+        page.wait_for_selector("code.wb-state[data-state='original']", timeout=120_000)
+        assert state.inner_text() == original  # the same hash: the weights are back bitwise
+        assert "reverted" in page.locator(".widget-output").first.inner_text()
+        browser.close()

@@ -11,6 +11,7 @@ from .components import num_layers
 from .data import Request, load
 from .generation import generate
 from .metrics import exact_match
+from .models import state_hash
 from .train import edit
 
 LOCALITY_PROMPTS = [q.question for r in load("facts-fixture")[:3] for q in r.locality]
@@ -18,7 +19,8 @@ LOCALITY_PROMPTS = [q.question for r in load("facts-fixture")[:3] for q in r.loc
 
 class Playground:
     """Type a question and a new answer, pick a preset and a layer, press Edit; see the answers
-    before and after, a locality check on unrelated questions, and Revert."""
+    before and after, a locality check on unrelated questions, and Revert. A line under the buttons
+    shows the weights' state hash, marked original or edited."""
 
     def __init__(self, model, tok, question: str = "Who is the CEO of Lumenforge Industries?",
                  answer: str = "Priya Okonkwo", max_new_tokens: int = 24):
@@ -32,10 +34,18 @@ class Playground:
         self.edit_button = W.Button(description="Edit", button_style="primary")
         self.revert_button = W.Button(description="Revert", disabled=True)
         self.out = W.Output()
+        self.original_hash = state_hash(model)
+        self.weights = W.HTML()  # the weights' state hash: a Revert is seen to be exact
+        self._show_state()
         self.edit_button.on_click(lambda _: self._show(self.run_edit))
         self.revert_button.on_click(lambda _: self._show(self.run_revert))
         self.box = W.VBox([self.question, self.answer, W.HBox([self.preset, self.layer]),
-                           W.HBox([self.edit_button, self.revert_button]), self.out])
+                           W.HBox([self.edit_button, self.revert_button]), self.weights, self.out])
+
+    def _show_state(self) -> None:
+        h = state_hash(self.model)
+        state = "original" if h == self.original_hash else "edited"
+        self.weights.value = f"<code class='wb-state' data-state='{state}'>weights {h[:16]} ({state})</code>"
 
     def _show(self, action) -> None:
         """Run a button's action and show what it returns in the output area."""
@@ -65,6 +75,7 @@ class Playground:
                               "before": before, "after": after,
                               "unchanged": [exact_match(a, b) == 1.0 for a, b in zip(after, before)]})
         self.revert_button.disabled = False
+        self._show_state()
         return table
 
     def run_revert(self) -> None:
@@ -73,6 +84,7 @@ class Playground:
             self.result.revert()
             self.result = None
         self.revert_button.disabled = True
+        self._show_state()
 
     def _ipython_display_(self):
         display(self.box)
