@@ -56,8 +56,13 @@ def lab(tmp_path):
     _copy("00_quickstart.ipynb", tmp_path)
     _copy("09_playground.ipynb", tmp_path, code_cells=4)  # imports, parameters, load, the widget
     port, token = _free_port(), "workbench-test"
+    labconfig = tmp_path / ".jupyter" / "labconfig"  # no "notified about Jupyter news?" toast over the page
+    labconfig.mkdir(parents=True)
+    (labconfig / "page_config.json").write_text(json.dumps(
+        {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
     log = open(tmp_path / "server.log", "w")
-    env = {**os.environ, "WORKBENCH_SMOKE": "1", "WORKBENCH_RESULTS": str(tmp_path / "results"),
+    # smoke parameters (the tiny model) unless WORKBENCH_LAB_SMOKE=0: how docs/playground.png was made
+    env = {**os.environ, "WORKBENCH_SMOKE": os.environ.get("WORKBENCH_LAB_SMOKE", "1"), "WORKBENCH_RESULTS": str(tmp_path / "results"),
            "JUPYTER_CONFIG_DIR": str(tmp_path / ".jupyter"), "JUPYTER_RUNTIME_DIR": str(tmp_path / ".runtime")}
     server = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
                                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
