@@ -15,6 +15,7 @@ SCRIPTS = [
     ["calibrate.py", "locft-bf", "--benchmark", "zsre", "--n", "100"],
     ["calibrate.py", "ft-uke", "--benchmark", "unkebench", "--n", "10", "--protocol", "single"],
     ["sweep_speed.py"],
+    ["capability.py", "--n-edits", "100"],
     ["gpu.py"],  # measures only where CUDA is present (says so and exits otherwise)
 ]
 
