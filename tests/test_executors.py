@@ -142,3 +142,15 @@ def test_thread_policy_shares_the_cores(tmp_path, monkeypatch):
     finally:
         other.kill()
         torch.set_num_threads(before)
+
+
+def test_a_serial_sweep_skips_ahead_of_a_run_another_worker_holds(store):
+    """Two notebooks on one grid: the second runs what is free first and waits only at the end."""
+    held = runs.run_folder(SPEC.replace(lr=1e-2), "shared")
+    free = runs.run_folder(SPEC.replace(lr=2e-2), "shared")
+    held.parent.mkdir(parents=True)
+    claims.claim_path(held).write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+    tasks = [executors.Task(held, lambda: runs.execute(SPEC.replace(lr=1e-2), "shared")),
+             executors.Task(free, lambda: runs.execute(SPEC.replace(lr=2e-2), "shared"))]
+    executors.run(tasks, stale_s=5, progress=False)
+    assert executed(store, "shared") == [free.name, held.name]  # the free one first, the held one after its timeout

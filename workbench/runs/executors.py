@@ -55,9 +55,11 @@ class SweepError(WorkbenchError):
     """Some runs of a sweep failed; their tracebacks are in the store beside their folders."""
 
 
-def walk(tasks: list[Task], since: float, stale_s: float = claims.STALE_S, poll_s: float = 2.0) -> None:
+def walk(tasks: list[Task], since: float, stale_s: float = claims.STALE_S, poll_s: float = 2.0,
+         wait: bool = True) -> None:
     """Run every unfinished task this worker can claim; wait for those other workers hold; return
-    when each task is finished or has failed since `since`."""
+    when each task is finished or has failed since `since` (``wait=False``: after one pass, leaving
+    the tasks others hold to them)."""
     pending = list(tasks)
     while pending:
         waiting = []
@@ -78,7 +80,7 @@ def walk(tasks: list[Task], since: float, stale_s: float = claims.STALE_S, poll_
                 else:
                     claims.failure_path(task.folder).unlink(missing_ok=True)
                     _log(task.folder)
-        pending = waiting
+        pending = waiting if wait else []
         if pending:
             time.sleep(poll_s)
 
@@ -131,10 +133,10 @@ def run(tasks: list[Task], executor: str | None = None, options: dict | None = N
             bar.set_postfix(running=s["running"], failed=s["failed"], refresh=True)
 
         if kind == "serial":
-            for t in tasks:  # one task at a time, so the bar moves as each finishes
-                walk([t], since, stale_s)
+            for t in tasks:  # one pass, a task at a time so the bar moves; skip what others hold
+                walk([t], since, stale_s, wait=False)
                 show()
-            walk(tasks, since, stale_s)  # any another worker held: wait for it
+            walk(tasks, since, stale_s)  # then wait for (or take over) what other workers held
         else:
             handles = _start_local(tasks, workers, since, stale_s) if kind == "local" else \
                 _start_submitit(tasks, since, stale_s, dict(options or {}), desc)
