@@ -160,16 +160,7 @@ class EditConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "EditConfig":
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = yaml.safe_load(f) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read the preset: {e.strerror}") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: expected a mapping of options, got {type(d).__name__}")
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(_read_mapping(path, "the preset", "options"), source=str(path))
 
     @classmethod
     def from_easyedit(cls, path: str | os.PathLike, **overrides) -> "EditConfig":
@@ -284,16 +275,17 @@ class EditConfig:
                             mom2_tokens=min(self.mom2_tokens, 2000), n_preserve=min(self.n_preserve, 4))
 
 
-def _read_mapping(path) -> dict:
+def _read_mapping(path, what: str = "it", of: str = "hyper-parameters") -> dict:
+    """A YAML file's top-level mapping, or a ConfigError naming the file."""
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read it: {e.strerror}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {e.strerror}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of hyper-parameters, got {type(raw).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of {of}, got {type(raw).__name__}")
     return raw
 
 
