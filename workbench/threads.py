@@ -53,7 +53,8 @@ def _folder() -> Path:
     return root / "active"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (owned by anyone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -71,7 +72,7 @@ def active_processes() -> int:
             pid = int(entry.name.rsplit("-", 1)[1])
         except ValueError:
             continue
-        if _alive(pid):
+        if alive(pid):
             n += 1
         else:
             entry.unlink(missing_ok=True)  # a process that died without cleaning up

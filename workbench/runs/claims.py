@@ -25,6 +25,8 @@ import traceback
 import uuid
 from pathlib import Path
 
+from ..threads import alive
+
 HEARTBEAT_S = 30.0
 STALE_S = 600.0  # a claim whose heartbeat is older than this is free (HEARTBEAT_S x 20)
 
@@ -41,16 +43,6 @@ def _holder() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "start": time.time()}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def read_claim(folder: Path) -> dict | None:
     """The holder of `folder`'s claim, with ``age_s`` (since its last heartbeat), or None."""
     path = claim_path(folder)
@@ -63,7 +55,7 @@ def read_claim(folder: Path) -> dict | None:
 
 
 def is_stale(info: dict, stale_s: float) -> bool:
-    if info.get("host") == socket.gethostname() and "pid" in info and not _alive(info["pid"]):
+    if info.get("host") == socket.gethostname() and "pid" in info and not alive(info["pid"]):
         return True
     return info["age_s"] > stale_s
 
