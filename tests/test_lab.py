@@ -94,7 +94,9 @@ COUNTS_JS = """() => {
         out.push(cell.executionCount);
         for (let j = 0; j < cell.outputs.length; j++) errored = errored || cell.outputs.get(j).type === 'error';
     }
-    return {counts: out, errored, idle: w.sessionContext.session.kernel.status === 'idle'}; }"""
+    // the session and its kernel are null for a moment while JupyterLab attaches them
+    const k = w.sessionContext.session && w.sessionContext.session.kernel;
+    return {counts: out, errored, idle: !!k && k.connectionStatus === 'connected' && k.status === 'idle'}; }"""
 
 
 def run_all(page, url: str, token: str, name: str) -> list:
@@ -108,6 +110,8 @@ def run_all(page, url: str, token: str, name: str) -> list:
     page.locator(".jp-Notebook .jp-Cell").first.click()
     page.wait_for_function("() => window.jupyterapp && "
                            "window.jupyterapp.commands.isEnabled('notebook:run-all-cells')", timeout=60_000)
+    # the execution indicator reads 'idle' before the kernel's websocket is connected: wait for that too
+    page.wait_for_function(f"() => ({COUNTS_JS})().idle", timeout=120_000, polling=500)
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
     # Poll the notebook's model (the DOM renders only the cells in view) until every code cell
     # has an execution count and the kernel is idle again (an error stops Run All: stop waiting then).
@@ -172,5 +176,6 @@ def test_playground_edits_and_reverts_by_clicking(lab):
         page.get_by_role("button", name="Revert").click()
         page.wait_for_selector("code.wb-state[data-state='original']", timeout=120_000)
         assert state.inner_text() == original  # the same hash: the weights are back bitwise
-        assert "reverted" in page.locator(".widget-output").first.inner_text()
+        # the message is displayed just after the state label changes: wait for it rather than read at once
+        page.locator(".widget-output", has_text="reverted: weights restored bitwise").first.wait_for(timeout=60_000)
         browser.close()
