@@ -134,10 +134,36 @@ def test_an_error_mid_edit_removes_the_short_circuit(tiny, tok, facts, monkeypat
     assert wb.models.state_hash(tiny) == before
 
 
-def test_a_cache_too_big_for_host_memory_is_not_built(tiny, tok, facts, monkeypatch):
-    """Memory stays bounded at any number of edits: past the budget the plain path runs."""
-    monkeypatch.setattr(wb.methods.prefix, "HOST_SHARE", 1e-12)
-    r = wb.edit(tiny, tok, facts, wb.EditConfig(model_name="tiny-random-llama", layers=(2,), lr=1e-2, epochs=2),
-                progress=False)
-    assert r.prefix_cache.startswith("off: the cache would take") and "free host memory" in r.prefix_cache
+def test_a_cache_too_big_for_memory_goes_to_a_mapped_file_and_gives_the_same_edit(tiny, tok, facts, monkeypatch,
+                                                                                  tmp_path):
+    """Memory stays flat at any number of edits: past the budgets the states live in a memory-mapped
+    file (deleted when the edit ends), and the edit is the in-memory one."""
+    cfg = wb.EditConfig(model_name="tiny-random-llama", layers=(2,), lr=1e-2, epochs=3)
+    r = wb.edit(tiny, tok, facts, cfg, progress=False)
+    in_memory = {n: p.detach().clone() for n, p in tiny.named_parameters() if n in r.originals}
     r.revert()
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(wb.methods.prefix, "HOST_SHARE", 1e-12)
+    monkeypatch.setattr(wb.methods.prefix, "DEVICE_BUDGET_BYTES", 0)
+    r = wb.edit(tiny, tok, facts, cfg, progress=False)
+    assert " on disk (" in r.prefix_cache, r.prefix_cache
+    assert list((tmp_path / "prefix").iterdir()) == []  # the file went with the edit
+    params = dict(tiny.named_parameters())
+    for n, w in in_memory.items():  # the same states, read from the file (1e-6: the thread policy may differ)
+        torch.testing.assert_close(params[n].detach(), w, atol=1e-6, rtol=0)
+    r.revert()
+
+
+def test_a_bf16_cache_halves_the_memory_and_stays_close(tiny, tok, facts):
+    """prefix_cache_dtype='bfloat16' rounds the cached states (2 bytes instead of 4): the first loss
+    agrees with the fp32 cache's to 1e-2 relative, not exactly."""
+    cfg = wb.EditConfig(model_name="tiny-random-llama", layers=(2,), lr=1e-2, epochs=3, early_stop_loss=0.0)
+    full = wb.edit(tiny, tok, facts, cfg, progress=False)
+    full.revert()
+    half = wb.edit(tiny, tok, facts, cfg.replace(prefix_cache_dtype="bfloat16"), progress=False)
+    half.revert()
+    assert "stored as bfloat16" in half.prefix_cache
+    a, b = full.log.loss.iloc[0], half.log.loss.iloc[0]
+    assert a != b and abs(a - b) <= 1e-2 * a
+    exs = [wb.prompts.encode(tok, f.prompt, f.target) for f in wb.data.as_requests(facts)]
+    assert wb.methods.prefix.nbytes_for(tiny, exs, "bfloat16") * 2 == wb.methods.prefix.nbytes_for(tiny, exs)

@@ -201,3 +201,18 @@ def test_left_padding_does_not_change_an_examples_loss(tok, family):
     alone = example_losses(model, prompts.collate([short], 2))
     padded = example_losses(model, prompts.collate([short, long], 2))
     assert torch.allclose(alone[0], padded[0], atol=1e-5)
+
+
+def test_a_lora_edit_does_not_depend_on_what_the_process_drew_before(tiny, tok, facts):
+    """The adapter's random init comes from cfg.seed: drawing from torch's generator in between (as
+    loading a scorer does) changes nothing."""
+    cfg = wb.EditConfig(model_name="tiny-random-llama", method="lora", layers=(2,), lr=1e-2, epochs=2,
+                        lora_dropout=0.0)
+    first = wb.edit(tiny, tok, facts[:2], cfg, progress=False)
+    a = first.deltas()
+    first.revert()
+    torch.rand(1000)
+    second = wb.edit(tiny, tok, facts[:2], cfg, progress=False)
+    b = second.deltas()
+    second.revert()
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)

@@ -25,7 +25,7 @@ _NAMES = {
     "WorkbenchError": "errors",
     "load": "models", "load_for": "models",
     "generate": "generation",
-    "EditResult": "train", "apply_delta": "train", "edit": "train",
+    "EditResult": "train", "apply_delta": "train", "edit": "train", "edit_each": "train",
     "EvalConfig": "evaluation", "EvalReport": "evaluation", "evaluate": "evaluation", "pre_edit": "evaluation",
 }
 _MODULES = ("cli", "components", "config", "data", "errors", "evaluation", "generation", "locality", "methods", "metrics",

@@ -45,6 +45,13 @@ def loss_scope_name(scope: str) -> str:
     return scope
 
 
+# Fields added after runs were stored: left out of `to_dict()` (so of every hash) at these defaults,
+# so the stored runs keep their hashes.
+ADDED_LATER = {"skip_converged": False, "length_buckets": False, "prefix_cache_dtype": "auto", "parallel_edits": 1}
+# Fields that change how fast an edit runs, never what it computes beyond float rounding: not in `hash()`.
+NOT_HASHED = ("parallel_edits",)
+
+
 @dataclass(frozen=True)
 class EditConfig:
     # --- model (used by `wb.load_for(cfg)`, runs and notebooks; `wb.edit` takes the model it is given)
@@ -106,8 +113,13 @@ class EditConfig:
     n_preserve: int = 20  # UnKE / AnyEdit: unrelated passages whose layer outputs are kept
     chunk_tokens: int = 40  # AnyEdit: answer tokens per chunk
     anyedit_base: Literal["unke", "memit"] = "unke"  # AnyEdit: the method that writes the chunks' values
+    # --- opt-in speed-ups that change the optimisation (off in the papers' presets; benchmarks/README.md measures them)
+    skip_converged: bool = False  # breadth-first: an example whose own loss is below early_stop_loss leaves later epochs
+    length_buckets: bool = False  # breadth-first: each epoch's batches drawn from length-sorted runs (less padding)
     # --- speed (the same edit up to float rounding)
     prefix_cache: bool = True  # run the frozen layers below the lowest edited one once per example, not every step (prefix.py)
+    prefix_cache_dtype: Literal["auto", "bfloat16"] = "auto"  # the cache's storage: "auto" = the model's dtype
+    parallel_edits: int = 1  # single editing (`edit_each`, runs' protocol "single"): requests trained at once, each alone
     # --- reproducibility
     seed: int = 0  # shuffling, adapter init and dropout
 
@@ -117,7 +129,7 @@ class EditConfig:
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
         for name in ("batch_size", "epochs", "steps_per_edit", "lora_rank", "v_steps", "prefix_tokens", "unke_steps",
-                     "chunk_tokens"):
+                     "chunk_tokens", "parallel_edits"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.max_length < 2:
@@ -252,12 +264,19 @@ class EditConfig:
         return cls.from_dict({**out, **overrides}, source=str(path))
 
     def to_dict(self) -> dict:
-        """Plain JSON/YAML types (tuples as lists): what is saved with every result."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+        """Plain JSON/YAML types (tuples as lists): what is saved with every result. Fields added after
+        runs were stored are left out at their defaults (`ADDED_LATER`)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()
+                if not (k in ADDED_LATER and v == ADDED_LATER[k])}
+
+    def hash_dict(self) -> dict:
+        """`to_dict()` without the speed-only fields (`NOT_HASHED`): what names the edit's outcome."""
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
 
     def hash(self) -> str:
-        """12 hex digits of the sha256 of the canonical JSON of `to_dict()` (the results cache key)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """12 hex digits of the sha256 of the canonical JSON of `hash_dict()` (the results cache key)."""
+        blob = json.dumps(self.hash_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def replace(self, **changes) -> "EditConfig":

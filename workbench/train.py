@@ -18,7 +18,7 @@ from .errors import WorkbenchError
 from .methods import family
 from .methods.result import EditResult, apply_delta
 
-__all__ = ["edit", "EditResult", "apply_delta", "ft_uke", "locft_bf", "ft_m", "ft_l", "lora", "adalora_uke"]
+__all__ = ["edit", "edit_each", "EditResult", "apply_delta", "ft_uke", "locft_bf", "ft_m", "ft_l", "lora", "adalora_uke"]
 
 
 def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True) -> EditResult:
@@ -38,6 +38,20 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
         raise WorkbenchError("no requests to edit")
     with threads.active():  # this process's share of the cores while it computes (threads.py)
         return family(cfg.method).edit(model, tok, requests, cfg, progress=progress)
+
+
+def edit_each(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True) -> list[EditResult]:
+    """Edit each request *alone* on the unedited model, all of them trained at once (single editing,
+    `methods/parallel.py`): the same per-edit results as one `edit` call per request, up to float
+    rounding. Returns one pending `EditResult` per request; the model is unchanged until
+    ``result.apply()``, and ``result.revert()`` takes the edit out again. Method ``ft`` only."""
+    from .methods.parallel import edit_each as run
+
+    requests = as_requests(requests)
+    if not requests:
+        raise WorkbenchError("no requests to edit")
+    with threads.active():
+        return run(model, tok, requests, cfg, progress=progress)
 
 
 def _preset_edit(preset_name: str, doc: str):

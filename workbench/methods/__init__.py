@@ -10,6 +10,8 @@ The result always carries what reverts the edit bitwise (`result.py`).
 * ``rome`` (`rome.py`), ``memit`` and ``alphaedit`` (`memit.py`), ``unke`` and ``anyedit`` (`unke.py``):
   the locate-and-edit baselines, sharing keys, values, statistics, solves and projectors from
   `locate.py`.
+* `parallel.py`: `edit_each`, K single edits of method ``ft`` trained at once, each with its own copy
+  of the trained weights (single editing, sooner); its results are applied one at a time.
 * `weights.py`: restoring touched weights bitwise and training them in float32, for every family.
 
 Adding a method is a new module here and a line in `FAMILIES`; it never touches another family.

@@ -142,6 +142,7 @@ class _Loop:
         self.rows: list[dict] = []
         self.device = input_device(model)
         self.optimizer = _optimizer(cfg, list(trainable.values()))
+        self.example_loss: dict[int, float] = {}  # each example's loss when it was last in a batch
 
     def batch(self, idx: list[int]) -> dict:
         b = prompts.collate([self.examples[i] for i in idx], self.pad_id)
@@ -158,6 +159,7 @@ class _Loop:
             if self.cache is not None:
                 self.cache.replay(part)
             losses = example_losses(self.model, self.batch(part))
+            self.example_loss.update(zip(part, losses.detach().tolist()))  # for skip_converged
             objective = losses.sum() / len(idx)  # mean over examples, across micro-batches
             if start == 0 and (reg := self.adapter and self.adapter.regularizer()) is not None:
                 objective = objective + reg  # AdaLoRA's orthogonal term, once per step (not in the logged loss)
@@ -182,16 +184,8 @@ class _Loop:
         self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         return loss
 
-    @torch.no_grad()
     def _constrain(self) -> None:
-        for name, mask in self.masks.items():  # fused slices not selected stay as they were
-            p = self.trainable[name]
-            p.copy_(torch.where(mask, p, self.originals[name].to(p.dtype)))
-        if self.cfg.norm_constraint:  # FT-L: each weight within +-eps of its original
-            eps = self.cfg.norm_constraint
-            for name, p in self.trainable.items():
-                o = self.originals[name].to(p.dtype)
-                p.copy_(torch.clamp(p, o - eps, o + eps))
+        constrain(self.cfg, self.trainable, self.originals, self.masks)
 
     def depth_first(self) -> None:
         cfg, n = self.cfg, len(self.examples)
@@ -204,15 +198,50 @@ class _Loop:
                     break
 
     def breadth_first(self) -> None:
-        cfg, n = self.cfg, len(self.examples)
+        cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed)
+        pool = list(range(len(self.examples)))  # the examples still trained (skip_converged shrinks it)
         for epoch in range(cfg.epochs):
-            order = torch.randperm(n, generator=gen).tolist() if cfg.shuffle else list(range(n))
-            losses = [self.step(order[s:s + cfg.batch_size], epoch=epoch, edit=-1,
-                                skip_below=cfg.early_stop_loss or None)
-                      for s in range(0, n, cfg.batch_size)]
+            order = [pool[i] for i in torch.randperm(len(pool), generator=gen).tolist()] if cfg.shuffle else list(pool)
+            losses = [self.step(b, epoch=epoch, edit=-1, skip_below=cfg.early_stop_loss or None)
+                      for b in self.batches(order, gen)]
+            if cfg.skip_converged:  # the stop rule still reads every example (a dropped one at its last loss)
+                losses = list(self.example_loss.values())
             if sum(losses) / len(losses) < cfg.early_stop_loss:
                 break
+            if cfg.skip_converged and cfg.early_stop_loss:
+                # an example already below the stop loss (measured before its batch's update) leaves
+                # the following epochs: the papers keep it, which costs a forward pass per epoch
+                pool = [i for i in pool if self.example_loss[i] >= cfg.early_stop_loss]
+                if not pool:
+                    break
+
+    def batches(self, order: list[int], gen: torch.Generator) -> list[list[int]]:
+        """One epoch's batches of ``batch_size``, in `order`; with ``length_buckets``, each window of
+        8 batches is sorted by length before it is cut (so a batch holds examples of similar length
+        and little padding), and the batches are then shuffled."""
+        size = self.cfg.batch_size
+        if not self.cfg.length_buckets:
+            return [order[s:s + size] for s in range(0, len(order), size)]
+        out = []
+        for w in range(0, len(order), 8 * size):
+            window = sorted(order[w:w + 8 * size], key=lambda i: len(self.examples[i].input_ids))
+            out += [window[s:s + size] for s in range(0, len(window), size)]
+        return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
+
+
+@torch.no_grad()
+def constrain(cfg: EditConfig, trainable: dict, originals: dict, masks: dict) -> None:
+    """After a step: fused slices not selected stay as they were; FT-L keeps each weight within
+    +-``norm_constraint`` of its original."""
+    for name, mask in masks.items():
+        p = trainable[name]
+        p.copy_(torch.where(mask.to(p.device), p, originals[name].to(p.device, p.dtype)))
+    if cfg.norm_constraint:
+        eps = cfg.norm_constraint
+        for name, p in trainable.items():
+            o = originals[name].to(p.device, p.dtype)
+            p.copy_(torch.clamp(p, o - eps, o + eps))
 
 
 def planned_steps(cfg: EditConfig, n: int) -> int:
@@ -247,7 +276,7 @@ def edit(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: bool 
     if selected is not None:
         placement.trainable_on_device(model, selected[0])
     resources.check_edit(model, cfg, examples, _trainable_estimate(model, targets, cfg, selected), lowest,
-                         num_layers(model), prefix.nbytes_for(model, examples) if cache_note is None else 0,
+                         num_layers(model), prefix.host_bytes(model, examples, cfg) if cache_note is None else 0,
                          placement.layer_devices(model), placement.head_device(model))
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
@@ -276,10 +305,9 @@ def edit(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: bool 
             adapter.train_dropout()
         t_prefix = time.perf_counter()
         if cache_note is None:
-            cache = prefix.PrefixCache(model, lowest, examples, pad_id)
+            cache = prefix.PrefixCache(model, lowest, examples, pad_id, dtype=cfg.prefix_cache_dtype)
             cache.install()
-            cache_note = (f"on: layers 0..{lowest - 1} run once for {len(examples)} examples "
-                          f"({cache.nbytes / 2**20:.1f} MiB, {time.perf_counter() - t_prefix:.2f} s)")
+            cache_note = cache.note(time.perf_counter() - t_prefix)
         log.info("prefix cache %s", cache_note)
         t_prefix = time.perf_counter() - t_prefix
         with tqdm(total=planned_steps(cfg, len(requests)), disable=not progress, desc=f"edit ({cfg.schedule})",

@@ -37,6 +37,9 @@ class EditResult:
     reverted: bool = False
     casts: list = field(default_factory=list, repr=False)  # float32 compute hooks on upcast modules, removed by revert()
     undo: list = field(default_factory=list, repr=False)  # callables revert() runs last (state a method keeps on the model)
+    # `edit_each`: the trained weights (name -> float32 tensor) of an edit that is not in the model until
+    # apply(); such a result starts reverted
+    pending: dict | None = field(default=None, repr=False)
     _deltas: dict | None = field(default=None, repr=False)
 
     @property
@@ -63,8 +66,31 @@ class EditResult:
         self.reverted = True
         return self.model
 
+    def apply(self) -> "EditResult":
+        """Write a pending edit (`edit_each`'s results) into the model, exactly the weights it trained
+        (a low-precision model's module then computes in float32, as during training); ``revert()``
+        takes it out again. The touched weights must be at their originals (no other edit in)."""
+        from .weights import float32_master
+
+        if self.pending is None:
+            raise WorkbenchError("only edit_each's results are applied later; this edit is already in the model")
+        if not self.reverted:
+            raise WorkbenchError("this edit is already applied")
+        params = dict(self.model.named_parameters())
+        moved = [n for n, o in self.originals.items() if not torch.equal(params[n].detach(), o)]
+        if moved:
+            raise WorkbenchError(f"{moved[0]} is not at its original value: revert the edit that is in the model first")
+        self.casts = float32_master(self.model, {n: params[n] for n in self.pending})
+        with torch.no_grad():
+            for n, value in self.pending.items():
+                params[n].copy_(value.to(params[n].device, params[n].dtype))
+        self.reverted = False
+        return self
+
     def deltas(self) -> dict[str, torch.Tensor]:
         """Edited minus original value of every touched weight (fp32, CPU)."""
+        if self.pending is not None and self.reverted:
+            return {n: v.float().cpu() - self.originals[n].float().cpu() for n, v in self.pending.items()}
         if self.adapter is not None:
             return self.adapter.delta_weights()
         params = dict(self.model.named_parameters())

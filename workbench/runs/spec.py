@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import EditConfig, preset
+from ..config import NOT_HASHED, EditConfig, preset
 from ..errors import ConfigError
 from ..evaluation import EvalConfig
 
@@ -82,18 +82,21 @@ class RunSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        d = {**self.to_dict(), "edit": self.edit.hash_dict()}  # speed-only edit fields do not name a run
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def replace(self, **changes) -> "RunSpec":
         """Change spec fields or, by name, EditConfig fields (``spec.replace(lr=1e-3, n_edits=50)``).
 
-        ``preset="lora"`` swaps in that preset's config, keeping this spec's model, device and dtype.
+        ``preset="lora"`` swaps in that preset's config, keeping this spec's model, device and dtype
+        and its speed-only settings (``parallel_edits``).
         """
         own = {f.name for f in dataclasses.fields(self)}
         edit = self.edit
         if "preset" in changes:
             name = changes.pop("preset")
-            edit = preset(name, model_name=edit.model_name, device=edit.device, dtype=edit.dtype)
+            edit = preset(name, model_name=edit.model_name, device=edit.device, dtype=edit.dtype,
+                          **{k: getattr(edit, k) for k in NOT_HASHED})
         edit_changes = {k: v for k, v in changes.items() if k not in own}
         spec_changes = {k: v for k, v in changes.items() if k in own}
         edit = edit.replace(**edit_changes) if edit_changes else edit

@@ -103,13 +103,19 @@ def _execute(spec: RunSpec, experiment: str, progress: bool) -> dict:
         results = [result]
     else:
         tables, results = [], []
-        for r in tqdm(reqs, desc="single edits", disable=not progress, leave=False):
-            res = train.edit(model, tok, [r], cfg, progress=False)
-            try:
-                tables.append(evaluate(model, tok, [r], ecfg.replace(capability=()), pre=pre).per_probe)
-            finally:
-                res.revert()
-            results.append(res)
+        k = cfg.parallel_edits if cfg.method == "ft" else 1  # edit_each trains k single edits at once
+        with tqdm(total=len(reqs), desc="single edits", disable=not progress, leave=False) as bar:
+            for start in range(0, len(reqs), k):
+                group = reqs[start:start + k]
+                done = train.edit_each(model, tok, group, cfg, progress=False) if k > 1 else None
+                for i, r in enumerate(group):
+                    res = done[i].apply() if done else train.edit(model, tok, [r], cfg, progress=False)
+                    try:
+                        tables.append(evaluate(model, tok, [r], ecfg.replace(capability=()), pre=pre).per_probe)
+                    finally:
+                        res.revert()
+                    results.append(res)
+                    bar.update(1)
         report = evaluate(model, tok, reqs[:0], ecfg.replace(splits=()), pre=pre)  # provenance only
         report.per_probe = pd.concat(tables, ignore_index=True)
         report.summary = summarize(report.per_probe, protocols_for(ecfg))
