@@ -14,6 +14,10 @@ SCRIPTS = [
     ["eval_speed.py", "--n", "100", "--n-baseline", "10"],
     ["calibrate.py", "locft-bf", "--benchmark", "zsre", "--n", "100"],
     ["calibrate.py", "ft-uke", "--benchmark", "unkebench", "--n", "10", "--protocol", "single"],
+    ["parallel_speed.py", "--k", "8"],
+    ["parallel_speed.py", "--k", "8", "--preset", "ft-m", "--benchmark", "zsre"],
+    ["speedups.py", "--n", "100"],
+    ["compile_speed.py", "--n", "100", "--epochs", "3"],
     ["sweep_speed.py"],
     ["capability.py", "--n-edits", "100"],
     ["gpu.py"],  # measures only where CUDA is present (says so and exits otherwise)
