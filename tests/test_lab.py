@@ -51,10 +51,11 @@ def _copy(name: str, folder: Path, code_cells: int | None = None) -> Path:
 
 @pytest.fixture
 def lab(tmp_path):
-    """A JupyterLab server over a copy of the quickstart (and of the playground up to its widget),
-    outputs cleared."""
+    """A JupyterLab server over a copy of the quickstart (and of the playground up to its widget, and
+    of the loss-scope notebook up to its explorer), outputs cleared."""
     _copy("00_quickstart.ipynb", tmp_path)
     _copy("09_playground.ipynb", tmp_path, code_cells=4)  # imports, parameters, load, the widget
+    _copy("01_loss_scope.ipynb", tmp_path, code_cells=10)  # ... the mechanism figure, the sweep, the explorer
     port, token = _free_port(), "workbench-test"
     labconfig = tmp_path / ".jupyter" / "labconfig"  # no "notified about Jupyter news?" toast over the page
     labconfig.mkdir(parents=True)
@@ -179,3 +180,30 @@ def test_playground_edits_and_reverts_by_clicking(lab):
         # the message is displayed just after the state label changes: wait for it rather than read at once
         page.locator(".widget-output", has_text="reverted: weights restored bitwise").first.wait_for(timeout=60_000)
         browser.close()
+
+
+def test_mechanism_figure_and_explorer_render(lab):
+    """01's mechanism figure (plotly, in the browser) and its explorer over the stored smoke runs:
+    page to the next request and see it; screenshots of both are saved under results/screenshots/
+    (docs/mechanism.png and docs/explorer.png are copies)."""
+    url, token, _ = lab
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        run_all(page, url, token, "01_loss_scope.ipynb")
+        figure = page.locator(".js-plotly-plot").first
+        figure.wait_for(timeout=60_000)
+        assert "Which tokens carry loss" in figure.inner_text()
+        figure.scroll_into_view_if_needed()
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        figure.screenshot(path=str(SCREENSHOT.with_name("mechanism.png")))
+        explorer = page.locator(".widget-vbox", has=page.locator("p.wb-explorer")).first
+        explorer.wait_for(timeout=60_000)
+        assert "(1 of 3)" in explorer.inner_text()
+        explorer.get_by_role("button", name="▶").click()
+        page.wait_for_function("() => [...document.querySelectorAll('p.wb-explorer')].some(p => p.innerText.includes('(2 of 3)'))",
+                               timeout=30_000)
+        explorer.scroll_into_view_if_needed()
+        explorer.screenshot(path=str(SCREENSHOT.with_name("explorer.png")))
+        browser.close()
+

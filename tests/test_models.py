@@ -52,3 +52,18 @@ def test_no_template_falls_back_to_eos(tok):
 def test_unknown_dtype_lists_valid_ones():
     with pytest.raises(wb.ConfigError, match="dtype='int4'"):
         wb.load("tiny-random-llama", device="cpu", dtype="int4")
+
+
+def test_the_fingerprint_does_not_depend_on_the_thread_count(tiny):
+    """The thread policy changes torch's thread count while a process runs; the weights' identity
+    (the key of the pre-edit and statistics caches) must not change with it."""
+    import torch
+
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = wb.models.fingerprint(tiny)
+        torch.set_num_threads(max(2, n))
+        assert wb.models.fingerprint(tiny) == one
+    finally:
+        torch.set_num_threads(n)

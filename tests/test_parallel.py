@@ -106,3 +106,11 @@ def test_single_protocol_runs_give_the_same_scores_with_parallel_edits(tmp_path,
     for k, v in one.items():
         if k.startswith(("ori.", "para.")):
             assert many[k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_runs_fall_back_to_one_edit_each_when_edit_each_cannot_batch(tiny, tok):
+    from workbench.methods.parallel import batchable
+
+    assert batchable(tiny, CFG) and batchable(tiny, CFG.replace(components=("mlp",)))  # its three matrices
+    assert not batchable(tiny, CFG.replace(components=("block",)))  # the norms are not matrices
+    assert not batchable(tiny, CFG.replace(method="lora"))

@@ -145,7 +145,8 @@ def test_an_identical_run_finished_elsewhere_is_copied_not_rerun(store, monkeypa
 
 
 def test_reproduction_tables_are_written_from_recorded_metrics(tmp_path):
-    from workbench.cli import main, markdown_table
+    from workbench.cli import main
+    from workbench.runs import markdown_table
 
     recorded = {"10/ori.exact_match": 0.5, "10/ori.exact_match.ci": 0.25, "5/ori.exact_match": 1.0,
                 "5/ori.exact_match.ci": None, "5/steps": 40}

@@ -28,7 +28,7 @@ _NAMES = {
     "EditResult": "train", "apply_delta": "train", "edit": "train", "edit_each": "train",
     "EvalConfig": "evaluation", "EvalReport": "evaluation", "evaluate": "evaluation", "pre_edit": "evaluation",
 }
-_MODULES = ("cli", "components", "config", "data", "errors", "evaluation", "generation", "locality", "methods", "metrics",
+_MODULES = ("cli", "components", "config", "data", "errors", "evaluation", "generation", "locality", "mechanism", "methods", "metrics",
             "models", "placement", "plots", "prompts", "resources", "runs", "scoring", "train", "widgets")
 __all__ = [*_NAMES, *_MODULES]
 

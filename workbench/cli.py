@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import ast
-import re
 import sys
 from pathlib import Path
 
 from .data import PROJECT_ROOT
 from .placement import is_random
-from .runs import read, results_root, run_notebook
+from .runs import markdown_table, read, results_root, run_notebook
 
 
 def _literal(text: str):
@@ -60,26 +59,6 @@ def reproduce(config, claims: list[str], docs: Path, overrides: dict | None = No
         (docs / f"{name}.json").write_text(json.dumps(recorded, indent=1, sort_keys=True))
         (docs / f"{name}.md").write_text(markdown_table(recorded))
         print(f"{name}: {notebook.name} in {time.time() - start:.0f} s -> {docs}/{name}.*", flush=True)
-
-
-def markdown_table(recorded: dict) -> str:
-    """A notebook's recorded ``"<arm>/<metric>"`` and ``"<arm>/<metric>.ci"`` values as a Markdown
-    table, one row per arm, "mean ± half-width" (the 95 % interval over seeds)."""
-    arms = list(dict.fromkeys(k.rsplit("/", 1)[0] for k in recorded if "/" in k))
-    metrics = list(dict.fromkeys(k.rsplit("/", 1)[1] for k in recorded if "/" in k and not k.endswith(".ci")))
-
-    def cell(arm, m):
-        mean, ci = recorded.get(f"{arm}/{m}"), recorded.get(f"{arm}/{m}.ci")
-        if mean is None:
-            return ""
-        return f"{mean:.3f}" if ci is None else f"{mean:.3f} ± {ci:.3f}"
-
-    def order(arm):  # natural order: layer 5 before 10, adalora-uke@5 before adalora-uke@10
-        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", arm) if p]
-
-    rows = ["| arm | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    rows += [f"| {arm} | " + " | ".join(cell(arm, m) for m in metrics) + " |" for arm in sorted(arms, key=order)]
-    return "\n".join(rows) + "\n"
 
 
 def main(argv=None) -> int:

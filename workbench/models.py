@@ -347,13 +347,25 @@ def state_hash(model) -> str:
 
 
 @torch.no_grad()
+def tensor_sums(t: torch.Tensor) -> str:
+    """The float64 sum and absolute sum of `t`, the same on every call: computed on one thread,
+    since a parallel reduction's order (so its last bits) depends on the thread count, which the
+    thread policy changes while a process runs (`threads.py`)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = t.detach().double()
+        return f"{x.sum().item()!r}|{x.abs().sum().item()!r}"
+    finally:
+        torch.set_num_threads(n)
+
+
+@torch.no_grad()
 def fingerprint(model) -> str:
     """A cheap identity of the current weights (names, shapes and float64 sums of every tensor): it
     changes when an edit changes any weight, and costs one reduction per tensor, not a full hash."""
     h = hashlib.sha256(str(getattr(model, "name_or_path", "")).encode())
     tensors = placement.state_dict(model) if placement.offloaded(model) else dict(model.named_parameters())
     for name, p in tensors.items():
-        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
-        h.update(repr(p.detach().double().sum().item()).encode())
-        h.update(repr(p.detach().double().abs().sum().item()).encode())
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}{tensor_sums(p)}".encode())
     return h.hexdigest()[:16]

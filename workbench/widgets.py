@@ -62,10 +62,7 @@ class Playground:
         Calling it from code, as the notebook's last cells do, never touches the output widget."""
         if self.result is not None:
             self.run_revert()
-        # the playground's fact has no subject: locate-and-edit methods read their key at the last prompt token
-        cfg = preset(self.preset.value).replace(key_position="prompt_last")
-        if cfg.layers != "all":
-            cfg = cfg.replace(layers=(self.layer.value,))
+        cfg = self.config()
         prompts = [self.question.value, *LOCALITY_PROMPTS]
         before = self._answers(prompts, cfg.chat_template)
         self.result = edit(self.model, self.tok, [Request("playground", self.question.value, self.answer.value)], cfg,
@@ -77,6 +74,12 @@ class Playground:
         self.revert_button.disabled = False
         self._show_state()
         return table
+
+    def config(self):
+        """The edit the controls describe."""
+        # the playground's fact has no subject: locate-and-edit methods read their key at the last prompt token
+        cfg = preset(self.preset.value).replace(key_position="prompt_last")
+        return cfg.replace(layers=(self.layer.value,)) if cfg.layers != "all" else cfg
 
     def run_revert(self) -> None:
         """What the Revert button does."""
@@ -92,3 +95,113 @@ class Playground:
 
 def playground(model, tok, **kw) -> Playground:
     return Playground(model, tok, **kw)
+
+
+class TryIt(Playground):
+    """A notebook's axis, live: the playground with one control for `axis` (a layer slider, or a
+    toggle between `values`) over the notebook's preset. Only the Edit button trains."""
+
+    def __init__(self, model, tok, axis: str, values: list, preset_name: str = "ft-uke", **kw):
+        super().__init__(model, tok, **kw)
+        self.axis, self.base = axis, preset_name
+        self.preset.value, self.preset.disabled = preset_name, True
+        if axis == "layers":
+            self.control = self.layer
+            self.control.value = values[0][0] if isinstance(values[0], (list, tuple)) else values[0]
+        else:
+            options = [(", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v), v) for v in values]
+            self.control = W.ToggleButtons(options=options, value=values[0], description=axis)
+        self.box.children = (self.question, self.answer, W.HBox([self.preset, self.control]),
+                             *self.box.children[3:])
+
+    def config(self):
+        cfg = super().config()  # the preset at the layer slider's layer
+        if self.axis == "layers":
+            return cfg
+        value = self.control.value
+        return cfg.replace(**{self.axis: tuple(value) if isinstance(value, list) else value})
+
+
+def try_it(model, tok, axis: str, values: list, preset_name: str = "ft-uke", **kw) -> TryIt:
+    """`TryIt`: edit one request live with the notebook's axis set by a control."""
+    return TryIt(model, tok, axis, values, preset_name, **kw)
+
+
+class Explorer:
+    """The stored runs of a sweep, request by request; it reads the store and never trains.
+
+    Choose an arm (a value of `arm`, the sweep's axis) and a seed, page through the requests, and see
+    for each probe the prompt, the reference (the target; for locality probes, the unedited model's
+    answer), the generation after the edit with the words it shares with the reference marked, and
+    every metric of that probe."""
+
+    def __init__(self, runs: pd.DataFrame, experiment: str, arm: str, metrics: list[str] | None = None):
+        from .runs.store import results_root
+
+        if not len(runs):
+            raise ValueError(f"no finished runs in {experiment!r} to explore")
+        self.runs, self.arm, self.folder = runs.reset_index(drop=True), arm, results_root() / experiment
+        self.metrics = metrics
+        labels = [str(v) for v in self.runs[arm]]
+        self.choice = W.Dropdown(options=list(dict.fromkeys(labels)), description=arm)
+        seeds = sorted(self.runs["seed"].dropna().unique().tolist()) if "seed" in self.runs else []
+        self.seed = W.Dropdown(options=seeds or [None], description="seed", disabled=not seeds)
+        self.index = W.IntSlider(value=0, min=0, max=0, description="request")
+        self.prev, self.next = W.Button(description="◀"), W.Button(description="▶")
+        self.view = W.HTML()
+        self.prev.on_click(lambda _: self._step(-1))
+        self.next.on_click(lambda _: self._step(1))
+        for w in (self.choice, self.seed):
+            w.observe(lambda _: self._load(), names="value")
+        self.index.observe(lambda _: self._show(), names="value")
+        self.box = W.VBox([W.HBox([self.choice, self.seed]), W.HBox([self.prev, self.index, self.next]), self.view])
+        self._load()
+
+    def _load(self) -> None:
+        rows = self.runs[[str(v) == self.choice.value for v in self.runs[self.arm]]]
+        if self.seed.value is not None and "seed" in rows:
+            rows = rows[rows["seed"] == self.seed.value] if (rows["seed"] == self.seed.value).any() else rows
+        self.probes = pd.read_json(self.folder / rows.iloc[0]["hash"] / "per_probe.jsonl", lines=True, dtype=False)
+        self.requests = list(dict.fromkeys(self.probes.request.astype(str)))
+        self.index.max = len(self.requests) - 1
+        self.index.value = min(self.index.value, self.index.max)
+        self._show()
+
+    def _step(self, by: int) -> None:
+        self.index.value = max(0, min(self.index.max, self.index.value + by))
+
+    def _show(self) -> None:
+        import html
+
+        req = self.requests[self.index.value]
+        probes = self.probes[self.probes.request.astype(str) == req]
+        skip = {"request", "split", "kind", "prompt", "reference", "generation"}
+        metrics = self.metrics or [c for c in probes.columns if c not in skip]
+        rows = []
+        for _, p in probes.iterrows():
+            scores = "".join(f"<div>{html.escape(m)}: {p[m]:.3f}</div>" for m in metrics if m in p and pd.notna(p[m]))
+            split = p["split"] + (f" ({p['kind']})" if p.get("kind") else "")
+            rows.append(f"<tr><td>{html.escape(split)}</td><td>{html.escape(str(p['prompt']))}</td>"
+                        f"<td>{html.escape(str(p['reference']))}</td><td>{marked(str(p['generation']), str(p['reference']))}</td>"
+                        f"<td>{scores}</td></tr>")
+        self.view.value = (f"<p class='wb-explorer'>request {html.escape(req)} ({self.index.value + 1} of {len(self.requests)})"
+                           "</p><table><tr><th>probe</th><th>prompt</th><th>reference</th><th>after the edit</th>"
+                           "<th>scores</th></tr>" + "".join(rows) + "</table>")
+
+    def _ipython_display_(self):
+        display(self.box)
+
+
+def marked(text: str, reference: str) -> str:
+    """`text` as HTML, its words that also occur in `reference` (case and punctuation aside) in <mark>."""
+    import html
+    import re
+
+    ref = {w.lower() for w in re.findall(r"\w+", reference)}
+    return "".join(f"<mark>{html.escape(piece)}</mark>" if piece.lower() in ref else html.escape(piece)
+                   for piece in re.split(r"(\w+)", text))
+
+
+def explorer(runs: pd.DataFrame, experiment: str, arm: str, metrics: list[str] | None = None) -> Explorer:
+    """`Explorer` over `runs` (what `wb.runs.sweep` returned) of `experiment`, one arm per value of `arm`."""
+    return Explorer(runs, experiment, arm, metrics)

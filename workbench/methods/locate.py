@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 from .. import data, placement, resources
 from ..components import family_table, resolve
 from ..errors import ConfigError, DataError
-from ..models import cache_dir, input_device, spec
+from ..models import cache_dir, input_device, spec, tensor_sums
 from ..prompts import IGNORE, Encoded, collate, encode, position_ids, prompt_ids
 from .ft import example_losses
 
@@ -428,7 +428,7 @@ def _stats_key(model, layer: int, corpus: str, n_tokens: int) -> str:
     h = hashlib.sha256(f"{getattr(model, 'name_or_path', '')}|{layer}|{corpus}|{n_tokens}".encode())
     for name, p in model.named_parameters():
         if not name.endswith(f"{out_suffix}.weight") and not name.endswith(f"{out_suffix}.bias"):
-            h.update(f"{name}{tuple(p.shape)}{p.dtype}{p.detach().double().sum().item()!r}".encode())
+            h.update(f"{name}{tuple(p.shape)}{p.dtype}{tensor_sums(p)}".encode())
     return h.hexdigest()[:16]
 
 

@@ -80,14 +80,7 @@ def edit_each(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: 
     examples = [prompts.encode(tok, r.prompt, r.target, cfg.loss_scope, cfg.chat_template, cfg.max_length)
                 for r in requests]
     prompts.warn_truncated(sum(e.truncated for e in examples), cfg.max_length)
-    targets = resolve(model, cfg.components, cfg.layers)
-    params, masks = _selected_parameters(model, targets)
-    owners = {name.rsplit(".", 1)[0] for name in params}
-    for owner in owners:
-        module = model.get_submodule(owner)
-        if type(module).__name__ not in ("Linear", "Conv1D") or set(dict(module.named_parameters())) - {"weight", "bias"}:
-            raise ConfigError(f"edit_each trains Linear weights; {owner} is a {type(module).__name__} (components "
-                              f"{list(cfg.components)}): choose matrices (q k v o gate up down) or call wb.edit per request")
+    targets, params, masks, owners = _selection(model, cfg)
     placement.trainable_on_device(model, params)
     lowest = min(t.layer for t in targets)
     cache_note = prefix.plan(cfg, lowest, model, examples)
@@ -126,6 +119,32 @@ def edit_each(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: 
     return [EditResult(model, cfg, [r.id], originals, pd.DataFrame(log), dict(timings), n_trainable, int(e.truncated),
                        cache_note, reverted=True, pending={n: c[n].detach() for n in params})
             for r, e, c, log in zip(requests, examples, copies, logs)]
+
+
+def _selection(model, cfg: EditConfig):
+    """The targets, parameters, fused-slice masks and owning modules `edit_each` trains, or a
+    ConfigError saying why it cannot (only Linear / Conv1D weights are stacked)."""
+    targets = resolve(model, cfg.components, cfg.layers)
+    params, masks = _selected_parameters(model, targets)
+    owners = {name.rsplit(".", 1)[0] for name in params}
+    for owner in owners:
+        module = model.get_submodule(owner)
+        if type(module).__name__ not in ("Linear", "Conv1D") or set(dict(module.named_parameters())) - {"weight", "bias"}:
+            raise ConfigError(f"edit_each trains Linear weights; {owner} is a {type(module).__name__} (components "
+                              f"{list(cfg.components)}): choose matrices (q k v o gate up down) or call wb.edit per request")
+    return targets, params, masks, owners
+
+
+def batchable(model, cfg: EditConfig) -> bool:
+    """Whether `edit_each` can train `cfg`'s edits together (method ft on matrices); runs fall back
+    to one `wb.edit` per request when not."""
+    if cfg.method != "ft":
+        return False
+    try:
+        _selection(model, cfg)
+    except ConfigError:
+        return False
+    return True
 
 
 def _train(model, cfg, examples, ids, copies, stacked, masks, originals, cache, logs, pad_id, progress) -> None:

@@ -7,6 +7,7 @@ with papermill; `sweep_notebook` executes it once per grid point into the store.
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import os
 import shutil
@@ -102,3 +103,35 @@ def flatten(df: pd.DataFrame, axis: str, metrics: list[str]) -> dict:
         key = "+".join(map(str, key)) if isinstance(key, (list, tuple)) else str(key)
         out.update({f"{key}/{m}": row[m] for m in metrics if m in row and row[m] is not None})
     return plain(out)
+
+
+def markdown_table(recorded: dict) -> str:
+    """A notebook's recorded ``"<arm>/<metric>"`` and ``"<arm>/<metric>.ci"`` values as a Markdown
+    table, one row per arm, "mean ± half-width" (the 95 % interval over seeds)."""
+    arms = list(dict.fromkeys(k.rsplit("/", 1)[0] for k in recorded if "/" in k))
+    metrics = list(dict.fromkeys(k.rsplit("/", 1)[1] for k in recorded if "/" in k and not k.endswith(".ci")))
+
+    def cell(arm, m):
+        mean, ci = recorded.get(f"{arm}/{m}"), recorded.get(f"{arm}/{m}.ci")
+        if mean is None:
+            return ""
+        return f"{mean:.3f}" if ci is None else f"{mean:.3f} ± {ci:.3f}"
+
+    def order(arm):  # natural order: layer 5 before 10, adalora-uke@5 before adalora-uke@10
+        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", arm) if p]
+
+    rows = ["| arm | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    rows += [f"| {arm} | " + " | ".join(cell(arm, m) for m in metrics) + " |" for arm in sorted(arms, key=order)]
+    return "\n".join(rows) + "\n"
+
+
+def findings(table: pd.DataFrame, axis: str, metrics: list[str], paper: str, questions: list[str]):
+    """A notebook's "What we found": the paper's claim, then this run's table rendered as the
+    reproduction report renders a claim (`markdown_table` of what `record` stores, from the same
+    store), then questions a student can answer by changing a parameter."""
+    from IPython.display import Markdown
+
+    recorded = flatten(table, axis, [*metrics, *(f"{m}.ci" for m in metrics)])
+    steps = "\n".join(f"{i}. {q}" for i, q in enumerate(questions, 1))
+    return Markdown(f"**The paper.** {paper}\n\n**This run** (from the results store; mean ± 95 % half-width "
+                    f"over seeds where there are several):\n\n{markdown_table(recorded)}\n**Questions to try.**\n\n{steps}\n")

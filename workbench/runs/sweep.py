@@ -20,6 +20,7 @@ from .. import data, locality, threads, train
 from ..config import EditConfig
 from ..errors import ConfigError
 from ..evaluation import EvalReport, evaluate, pre_edit, protocols_for, save_report, summarize, versions
+from ..methods.parallel import batchable
 from ..metrics import scorer_versions
 from ..models import fingerprint, load_for, revision
 from ..placement import is_random
@@ -103,7 +104,8 @@ def _execute(spec: RunSpec, experiment: str, progress: bool) -> dict:
         results = [result]
     else:
         tables, results = [], []
-        k = cfg.parallel_edits if cfg.method == "ft" else 1  # edit_each trains k single edits at once
+        # edit_each trains k single edits at once (method ft on matrices; otherwise one wb.edit each)
+        k = cfg.parallel_edits if cfg.parallel_edits > 1 and batchable(model, cfg) else 1
         with tqdm(total=len(reqs), desc="single edits", disable=not progress, leave=False) as bar:
             for start in range(0, len(reqs), k):
                 group = reqs[start:start + k]
