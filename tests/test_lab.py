@@ -193,13 +193,14 @@ def test_mechanism_figure_and_explorer_render(lab):
         run_all(page, url, token, "01_loss_scope.ipynb")
         figure = page.locator(".js-plotly-plot").first
         figure.wait_for(timeout=60_000)
-        assert "Which tokens carry loss" in figure.inner_text()
+        assert "Which tokens carry loss" in figure.text_content()  # SVG text: not in innerText
         figure.scroll_into_view_if_needed()
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         figure.screenshot(path=str(SCREENSHOT.with_name("mechanism.png")))
-        explorer = page.locator(".widget-vbox", has=page.locator("p.wb-explorer")).first
+        explorer = page.locator(".widget-vbox", has=page.locator("p.wb-explorer")).last  # the innermost box
+        explorer.scroll_into_view_if_needed()
         explorer.wait_for(timeout=60_000)
-        assert "(1 of 3)" in explorer.inner_text()
+        assert "(1 of 3)" in explorer.text_content()
         explorer.get_by_role("button", name="▶").click()
         page.wait_for_function("() => [...document.querySelectorAll('p.wb-explorer')].some(p => p.innerText.includes('(2 of 3)'))",
                                timeout=30_000)

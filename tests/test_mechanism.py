@@ -18,8 +18,9 @@ def test_loss_tokens_colour_exactly_the_labelled_tokens(tok):
     assert [t.name for t in fig.data] == list(wb.config.LOSS_SCOPES)
     for trace, scope in zip(fig.data, wb.config.LOSS_SCOPES):
         e = prompts.encode(tok, PROMPT, TARGET, scope, True)
-        assert len(trace.text) == len(e.input_ids)
-        assert [c == mechanism._ON for c in trace.marker.color] == [lab != prompts.IGNORE for lab in e.labels]
+        shown = list(range(e.n_prompt - 10, len(e.input_ids)))  # a short answer: the prompt's tail and all of it
+        assert list(trace.text)[1:] == [mechanism._pieces(tok, e.input_ids)[i] for i in shown] and trace.text[0] == "…"
+        assert [c == mechanism._ON for c in trace.marker.color[1:]] == [e.labels[i] != prompts.IGNORE for i in shown]
     first = fig.data[list(wb.config.LOSS_SCOPES).index("first_token")]
     assert sum(c == mechanism._ON for c in first.marker.color) == 1
 

@@ -23,7 +23,7 @@ def test_explorer_pages_through_the_stored_requests_of_each_arm(stored):
     first = ex.view.value
     assert "request" in first and "<th>after the edit</th>" in first
     facts = wb.data.load("facts-fixture", n=3)
-    assert facts[0].prompt in first and "exact_match" in first
+    assert facts[0].prompt in first and "exact_match 0." in first
     ex.next.click()
     assert ex.index.value == 1 and facts[1].prompt in ex.view.value
     ex.next.click(), ex.next.click()

@@ -39,6 +39,22 @@ def _pieces(tok, ids: list[int]) -> list[str]:
     return [tok.convert_ids_to_tokens(i).replace("Ġ", "·").replace("Ċ", "\\n").replace("▁", "·") for i in ids]
 
 
+def _window(pieces: list[str], colours: list[str], n_prompt: int, before: int = 10, head: int = 24, tail: int = 3):
+    """The part of a long request worth looking at: the last `before` prompt tokens, the first
+    `head` target tokens and the last `tail` (the closing token); cut spans shown as one "…" box."""
+    keep = sorted({*range(max(0, n_prompt - before), n_prompt), *range(n_prompt, min(len(pieces), n_prompt + head)),
+                   *range(max(n_prompt, len(pieces) - tail), len(pieces))})
+    out_p, out_c, last = [], [], -1
+    for i in keep:
+        if i != last + 1:
+            out_p.append("…")
+            out_c.append("white")
+        out_p.append(pieces[i])
+        out_c.append(colours[i])
+        last = i
+    return out_p, out_c
+
+
 def _token_rows(rows: list[tuple[str, list[str], list[str]]], title: str) -> go.Figure:
     """One row of boxes per (name, tokens, colours), a token's text in its box."""
     fig = go.Figure()
@@ -48,9 +64,10 @@ def _token_rows(rows: list[tuple[str, list[str], list[str]]], title: str) -> go.
                              text=pieces, textposition="inside", insidetextanchor="middle", name=name,
                              hovertext=[f"{i}: {p}" for i, p in enumerate(pieces)], hoverinfo="text", showlegend=False))
     width = max(len(r[1]) for r in rows)
-    fig.update_layout(title=title, barmode="overlay", height=90 + 60 * len(rows), width=max(700, 38 * width),
-                      xaxis={"title": "token position", "range": [0, width]}, yaxis={"autorange": "reversed"},
-                      margin={"l": 110, "r": 20, "t": 50, "b": 40})
+    fig.update_layout(title=title, barmode="overlay", height=90 + 60 * len(rows), width=min(1250, max(700, 30 * width)),
+                      xaxis={"title": "token (the end of the prompt, the answer; … marks tokens left out)", "range": [0, width],
+                             "showticklabels": False}, yaxis={"autorange": "reversed"},
+                      uniformtext={"minsize": 8, "mode": "show"}, margin={"l": 110, "r": 20, "t": 50, "b": 40})
     return fig
 
 
@@ -60,7 +77,7 @@ def loss_tokens(tok, prompt: str, target: str, scopes=LOSS_SCOPES, chat_template
     for scope in scopes:
         e = prompts.encode(tok, prompt, target, scope, chat_template)
         colours = [_ON if lab != prompts.IGNORE else _OFF for lab in e.labels]
-        rows.append((scope, _pieces(tok, e.input_ids), colours))
+        rows.append((scope, *_window(_pieces(tok, e.input_ids), colours, e.n_prompt)))
     return _token_rows(rows, "Which tokens carry loss (blue), per loss scope")
 
 
@@ -73,7 +90,7 @@ def template_tokens(tok, prompt: str, target: str) -> go.Figure:
         e = prompts.encode(tok, prompt, target, "target", on)
         colours = [_EOT if i >= e.n_prompt and t == eot else (_ON if i >= e.n_prompt else _OFF)
                    for i, t in enumerate(e.input_ids)]
-        rows.append(("chat template" if on else "plain text", _pieces(tok, e.input_ids), colours))
+        rows.append(("chat template" if on else "plain text", *_window(_pieces(tok, e.input_ids), colours, e.n_prompt)))
     return _token_rows(rows, "The same request rendered two ways (grey: prompt, blue: target, red: end of turn)")
 
 

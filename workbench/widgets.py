@@ -179,14 +179,14 @@ class Explorer:
         metrics = self.metrics or [c for c in probes.columns if c not in skip]
         rows = []
         for _, p in probes.iterrows():
-            scores = "".join(f"<div>{html.escape(m)}: {p[m]:.3f}</div>" for m in metrics if m in p and pd.notna(p[m]))
+            scores = "<br>".join(f"{html.escape(m)} {p[m]:.2f}" for m in metrics if m in p and pd.notna(p[m]))
             split = p["split"] + (f" ({p['kind']})" if p.get("kind") else "")
             rows.append(f"<tr><td>{html.escape(split)}</td><td>{html.escape(str(p['prompt']))}</td>"
                         f"<td>{html.escape(str(p['reference']))}</td><td>{marked(str(p['generation']), str(p['reference']))}</td>"
                         f"<td>{scores}</td></tr>")
         self.view.value = (f"<p class='wb-explorer'>request {html.escape(req)} ({self.index.value + 1} of {len(self.requests)})"
-                           "</p><table><tr><th>probe</th><th>prompt</th><th>reference</th><th>after the edit</th>"
-                           "<th>scores</th></tr>" + "".join(rows) + "</table>")
+                           "</p><table style='font-size: 90%; line-height: 1.25'><tr><th>probe</th><th>prompt</th>"
+                           "<th>reference</th><th>after the edit</th><th>scores</th></tr>" + "".join(rows) + "</table>")
 
     def _ipython_display_(self):
         display(self.box)
