@@ -65,6 +65,8 @@ def test_schedule_draws_who_trained_when(tiny, tok, facts):
     grid = torch.tensor(fig.data[0].z)
     assert grid.shape == (4, 12) and (grid.sum(0) == 1).all()  # one request per step, depth-first
     assert (grid[0, :3] == 1).all() and (grid[1, 3:6] == 1).all()  # each to the end before the next
+    first = fig.data[2]  # request 1's own loss: measured only during its own 3 steps, depth-first
+    assert first.name.startswith("request") and list(first.x) == [0, 1, 2]
 
 
 def test_chunks_one_line_per_chunk():

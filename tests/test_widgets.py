@@ -67,3 +67,15 @@ def test_findings_render_the_table_as_the_report_does():
     assert "**The paper.** later layers generalise better" in md and "1. Try layer 25." in md
     assert wb.runs.markdown_table({"5/ori.exact_match": 0.5, "5/ori.exact_match.ci": 0.1, "20/ori.exact_match": 1.0}) in md
     assert "| 5 | 0.500 ± 0.100 |" in md
+
+
+def test_explorer_over_a_sequential_run_shows_the_probes_after_the_last_stage(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
+    spec = wb.runs.RunSpec(edit=wb.EditConfig(model_name="tiny-random-llama", layers=(2,), lr=1e-2, epochs=2),
+                           benchmark="facts-fixture", n_edits=4, eval="locft", splits=("ori",))
+    stages = wb.runs.lifelong(spec, 2, "seq", progress=False)
+    assert stages.hash.nunique() == 1
+    ex = explorer(stages[stages.n_edits == stages.n_edits.max()], "seq", "n_edits")
+    assert ex.index.max == 3 and wb.data.load("facts-fixture", n=1)[0].prompt in ex.view.value
+    (tmp_path / "seq" / stages.hash.iloc[0] / "per_probe.jsonl").unlink()  # as runs stored before it existed
+    assert "stored no per-probe file" in explorer(stages, "seq", "n_edits").view.value

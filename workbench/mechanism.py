@@ -171,7 +171,9 @@ def layer_effect(model, tok, result, prompt: str) -> go.Figure:
 
 def schedule(result, title: str | None = None) -> go.Figure:
     """From `EditResult.log`: a grid of steps x requests (which request was in which step's batch,
-    a skipped step lighter) over the loss of every step."""
+    a skipped step lighter) over the loss of every step and the first three requests' own losses
+    wherever a step measured them (depth-first never measures an edit again once it is done;
+    breadth-first measures every edit every epoch)."""
     log = result.log
     if not len(log) or "requests" not in log:
         raise ConfigError("this result has no per-step log (locate-and-edit methods log per layer)")
@@ -184,13 +186,18 @@ def schedule(result, title: str | None = None) -> go.Figure:
     fig.add_trace(go.Heatmap(z=z, y=ids, x=list(range(len(log))), colorscale=[[0, "white"], [0.4, "#9ecae1"], [1, _ON]],
                              showscale=False, hovertemplate="step %{x}: %{y}<extra></extra>"), 1, 1)
     fig.add_trace(go.Scatter(x=list(range(len(log))), y=log.loss.tolist(), mode="lines", name="batch loss",
-                             line={"color": _EOT}), 2, 1)
+                             line={"color": "#999999"}), 2, 1)
+    if "losses" in log:  # the earliest edits' own losses, at the steps that measured them
+        for r in ids[:3]:
+            points = [(step, l) for step, (batch, ls) in enumerate(zip(log.requests, log.losses)) for q, l in zip(batch, ls) if q == r]
+            fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
+                                     name=f"request {r}"), 2, 1)
     fig.update_yaxes(title_text="request", row=1, col=1)
     fig.update_yaxes(title_text="loss", type="log", row=2, col=1)
     fig.update_xaxes(title_text="optimiser step", row=2, col=1)
     cfg = result.cfg
     fig.update_layout(title=title or f"{cfg.schedule.replace('_', '-')}, batch {cfg.batch_size}: which request trained when",
-                      height=260 + 14 * len(ids), width=900, showlegend=False)
+                      height=260 + 14 * len(ids), width=900, showlegend=True)
     return fig
 
 

@@ -161,7 +161,13 @@ class Explorer:
         rows = self.runs[[str(v) == self.choice.value for v in self.runs[self.arm]]]
         if self.seed.value is not None and "seed" in rows:
             rows = rows[rows["seed"] == self.seed.value] if (rows["seed"] == self.seed.value).any() else rows
-        self.probes = pd.read_json(self.folder / rows.iloc[0]["hash"] / "per_probe.jsonl", lines=True, dtype=False)
+        path = self.folder / rows.iloc[0]["hash"] / "per_probe.jsonl"
+        if not path.exists():  # a sequential run stored before runs kept their probes
+            self.probes = pd.DataFrame(columns=["request", "split", "kind", "prompt", "reference", "generation"])
+            self.requests, self.index.max = [], 0
+            self.view.value = f"<p class='wb-explorer'>{path.parent.name} stored no per-probe file (run it again to explore it)</p>"
+            return
+        self.probes = pd.read_json(path, lines=True, dtype=False)
         self.requests = list(dict.fromkeys(self.probes.request.astype(str)))
         self.index.max = len(self.requests) - 1
         self.index.value = min(self.index.value, self.index.max)

@@ -179,7 +179,7 @@ class _Loop:
                 self.adapter.after_step(step_no)
             self._constrain()
         self.rows.append({"step": step_no, "epoch": epoch, "edit": edit, "loss": loss, "skipped": skipped,
-                          "requests": [self.ids[i] for i in idx]})
+                          "requests": [self.ids[i] for i in idx], "losses": [self.example_loss[i] for i in idx]})
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         return loss

@@ -175,7 +175,7 @@ def _train(model, cfg, examples, ids, copies, stacked, masks, originals, cache, 
                                 "Try a lower lr or float32.")
             logs[k].append({"step": step, "epoch": step if cfg.schedule == "breadth_first" else 0,
                             "edit": 0 if cfg.schedule == "depth_first" else -1, "loss": v, "skipped": j not in go,
-                            "requests": [ids[k]]})
+                            "requests": [ids[k]], "losses": [v]})
         stepping = [active[j] for j in go]
         for k in set(active) - set(stepping):  # converged now: no step, no state change
             for p in copies[k].values():

@@ -216,7 +216,7 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
         return pd.concat(parts, ignore_index=True)
     folder = results_root() / experiment / f"{spec.hash()}-chunk{chunk_size}"
     if (folder / "metrics.json").exists():
-        return pd.read_json(folder / "stages.jsonl", lines=True)
+        return pd.read_json(folder / "stages.jsonl", lines=True).assign(hash=folder.name)
     check_writable(folder.parent)
     cfg = spec.run_config()
     model, tok = model_for(cfg)
@@ -239,8 +239,10 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
         for r in reversed(done):  # undo in reverse order: each revert restores the state before its edit
             r.revert()
     df = pd.DataFrame(stages)
+    last = report.per_probe if len(reqs) else pd.DataFrame()  # every probe after the last stage (the explorer's)
     write_atomically(folder, {"stages.jsonl": df.to_json(orient="records", lines=True),
+                               "per_probe.jsonl": last.to_json(orient="records", lines=True, force_ascii=False),
                                "spec.json": to_json({**spec.to_dict(), "chunk_size": chunk_size}),
                                "env.json": to_json({"versions": versions(), "git_sha": git_sha()}),
                                "metrics.json": to_json(stages[-1])})
-    return df
+    return df.assign(hash=folder.name)
