@@ -21,7 +21,8 @@ def test_explorer_pages_through_the_stored_requests_of_each_arm(stored):
     ex = explorer(stored, "explore", "loss_scope")
     assert ex.choice.options == ("target", "first_token") and ex.index.max == 2
     first = ex.view.value
-    assert "request" in first and "<th>after the edit</th>" in first
+    assert "request" in first and "<th>before the edit</th><th>after the edit</th>" in first
+    assert "(not stored)" not in first  # the unedited answers are in the store
     facts = wb.data.load("facts-fixture", n=3)
     assert facts[0].prompt in first and "exact_match 0." in first
     ex.next.click()

@@ -119,20 +119,22 @@ def probes(requests: list[data.Request], splits) -> pd.DataFrame:
 # ---------------------------------------------------------------------------- pre-edit cache
 @dataclass
 class PreEdit:
-    """The unedited model's outputs on locality prompts, which locality is measured against."""
+    """The unedited model's outputs on the probe prompts: locality is measured against them, and
+    every probe's row keeps the answer before the edit beside the one after (``before``)."""
 
     fingerprint: str  # of the model they were computed on
-    generations: dict[str, str]  # locality prompt -> greedy generation
-    token_preds: dict[str, list[int]]  # locality prompt -> argmax tokens along that generation
+    generations: dict[str, str]  # probe prompt -> greedy generation
+    token_preds: dict[str, list[int]]  # probe prompt -> argmax tokens along that generation
 
 
 _PRE: dict[str, PreEdit] = {}
 
 
 def pre_edit(model, tok, requests, eval_cfg: EvalConfig = UKE, cache: bool = True) -> PreEdit:
-    """Compute (or fetch from the memory / disk cache) the unedited model's locality outputs."""
+    """Compute (or fetch from the memory / disk cache) the unedited model's outputs on every probe
+    prompt of `requests` in `eval_cfg.splits` (and always their locality prompts)."""
     requests = data.as_requests(requests)
-    prompts = sorted({q.question for r in requests for q in r.locality})
+    prompts = sorted(set(probes(requests, (*eval_cfg.splits, "loc")).prompt))
     fp = fingerprint(model)
     key = json.dumps([fp, eval_cfg.decoding(), prompts], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
@@ -234,6 +236,8 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
             raise WorkbenchError(f"{len(missing)} locality prompts are not in `pre`; compute it on these requests")
         is_loc = table.split == "loc"
         table.loc[is_loc, "reference"] = table.prompt[is_loc].map(pre.generations)
+    if pre is not None:  # the answer before the edit, where the unedited model was asked this prompt
+        table["before"] = table.prompt.map(pre.generations)
     generation_metrics = [m for m in cfg.metrics if m != "token_acc"]
     if generation_metrics and len(table):
         unique = list(dict.fromkeys(table.prompt))

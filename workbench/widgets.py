@@ -132,8 +132,8 @@ class Explorer:
 
     Choose an arm (a value of `arm`, the sweep's axis) and a seed, page through the requests, and see
     for each probe the prompt, the reference (the target; for locality probes, the unedited model's
-    answer), the generation after the edit with the words it shares with the reference marked, and
-    every metric of that probe."""
+    answer), the answers before and after the edit with the words they share with the reference
+    marked (before: runs stored since the unedited answers are kept), and every metric of that probe."""
 
     def __init__(self, runs: pd.DataFrame, experiment: str, arm: str, metrics: list[str] | None = None):
         from .runs.store import results_root
@@ -181,18 +181,21 @@ class Explorer:
 
         req = self.requests[self.index.value]
         probes = self.probes[self.probes.request.astype(str) == req]
-        skip = {"request", "split", "kind", "prompt", "reference", "generation"}
+        skip = {"request", "split", "kind", "prompt", "reference", "generation", "before"}
         metrics = self.metrics or [c for c in probes.columns if c not in skip]
         rows = []
         for _, p in probes.iterrows():
             scores = "<br>".join(f"{html.escape(m)} {p[m]:.2f}" for m in metrics if m in p and pd.notna(p[m]))
             split = p["split"] + (f" ({p['kind']})" if p.get("kind") else "")
+            before = p.get("before")
+            before = marked(str(before), str(p["reference"])) if isinstance(before, str) else "(not stored)"
             rows.append(f"<tr><td>{html.escape(split)}</td><td>{html.escape(str(p['prompt']))}</td>"
-                        f"<td>{html.escape(str(p['reference']))}</td><td>{marked(str(p['generation']), str(p['reference']))}</td>"
-                        f"<td>{scores}</td></tr>")
+                        f"<td>{html.escape(str(p['reference']))}</td><td>{before}</td>"
+                        f"<td>{marked(str(p['generation']), str(p['reference']))}</td><td>{scores}</td></tr>")
         self.view.value = (f"<p class='wb-explorer'>request {html.escape(req)} ({self.index.value + 1} of {len(self.requests)})"
                            "</p><table style='font-size: 90%; line-height: 1.25'><tr><th>probe</th><th>prompt</th>"
-                           "<th>reference</th><th>after the edit</th><th>scores</th></tr>" + "".join(rows) + "</table>")
+                           "<th>reference</th><th>before the edit</th><th>after the edit</th><th>scores</th></tr>"
+                           + "".join(rows) + "</table>")
 
     def _ipython_display_(self):
         display(self.box)

@@ -93,7 +93,7 @@ def _execute(spec: RunSpec, experiment: str, progress: bool) -> dict:
     model, tok = model_for(cfg)
     reqs = requests_for(spec)
     ecfg = spec.eval_config()
-    pre = pre_edit(model, tok, reqs, ecfg) if "loc" in ecfg.splits and any(r.locality for r in reqs) else None
+    pre = pre_edit(model, tok, reqs, ecfg)  # locality's reference, and each probe's answer before the edit
     timings, steps, n_trainable, truncated = [], 0, 0, 0
     if spec.protocol == "batch":
         result = train.edit(model, tok, reqs, cfg, progress=progress)
@@ -222,7 +222,7 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
     model, tok = model_for(cfg)
     reqs = requests_for(spec)
     ecfg = spec.eval_config()
-    pre = pre_edit(model, tok, reqs, ecfg) if "loc" in ecfg.splits and any(r.locality for r in reqs) else None
+    pre = pre_edit(model, tok, reqs, ecfg)  # locality's reference, and each probe's answer before the edit
     before = evaluate(model, tok, reqs[:0], ecfg.replace(splits=()), pre=pre).capability
     stages = [{"n_edits": 0, **{f"capability.{k}": v for k, v in before.items()}}]
     done = []
