@@ -29,6 +29,7 @@ GPT-2 Conv1D) weights: adapters and the locate-and-edit methods keep their own l
 """
 from __future__ import annotations
 
+import math
 import time
 
 import pandas as pd
@@ -170,7 +171,7 @@ def _train(model, cfg, examples, ids, copies, stacked, masks, originals, cache, 
             if go:
                 losses[go].sum().backward()  # the sum: each copy gets exactly its own edit's gradient
         for j, (k, v) in enumerate(zip(active, values)):
-            if v != v or v in (float("inf"), float("-inf")):
+            if not math.isfinite(v):
                 raise EditError(f"loss became {v} at step {step} on request {ids[k]}; the model is unchanged. "
                                 "Try a lower lr or float32.")
             logs[k].append({"step": step, "epoch": step if cfg.schedule == "breadth_first" else 0,
