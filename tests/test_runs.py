@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import workbench as wb
 from workbench import runs
@@ -188,3 +189,79 @@ def test_lifelong_scores_each_chunk_so_the_old_edits_can_be_told_from_the_new():
     got = runs.by_chunk(EvalReport(per_probe, summarize(per_probe, protocols)), seen, 2, protocols)
     # the overall 0.5 hides that the first chunk was lost and the second kept
     assert got == {"chunk1.ori.exact_match": 0.0, "chunk2.ori.exact_match": 1.0, "chunk2.para.exact_match": 1.0}
+
+
+@pytest.mark.parametrize("preset", ["alphaedit", "locft-bf"])
+def test_a_sequence_killed_between_stages_resumes_and_ends_as_an_unbroken_one(store, monkeypatch, preset):
+    """The weights after a stage, AlphaEdit's preserved keys and the context prefixes (state carried on
+    the model) come back from the checkpoint: the resumed sequence stores the unbroken one's stages."""
+    from workbench import train
+    from workbench.models import state_hash
+
+    quick = dict(v_steps=5, n_prefixes=2, prefix_tokens=3, mom2_tokens=2000, layers=(1, 2)) if preset == "alphaedit" \
+        else dict(layers=(2,), lr=1e-2, epochs=3, batch_size=2)
+    spec = RunSpec(edit=wb.preset(preset, model_name="tiny-random-llama", device="cpu", **quick),
+                   benchmark="facts-fixture", n_edits=6, max_new_tokens=6, eval="locft", splits=("ori", "para"))
+    unbroken = runs.lifelong(spec, 2, "unbroken", progress=False)
+    model = runs.model_for(spec.run_config())[0]
+    h0 = state_hash(model)
+
+    real, calls = train.edit, []
+
+    def dies_on_the_third_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the session ends mid-sequence
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "edit", dies_on_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        runs.lifelong(spec, 2, "resumed", progress=False)
+    folder = store / "resumed" / f"{spec.hash()}-chunk2"
+    assert not folder.exists() and (folder.parent / (folder.name + ".partial") / "snapshot.pt").exists()
+    assert state_hash(model) == h0  # the interrupted run reverted its edits
+    monkeypatch.setattr(train, "edit", real)
+    # a fresh process would hold no context prefixes: the checkpoint must bring them back
+    for k in list(wb.methods.result.carried(model)):
+        delattr(model, k)
+    resumed = runs.lifelong(spec, 2, "resumed", progress=False)
+    import pandas as pd
+
+    def stored(exp):  # every score and step count of every stage; only the seconds may differ
+        return pd.read_json(store / exp / f"{spec.hash()}-chunk2" / "stages.jsonl", lines=True).drop(columns="edit_s")
+
+    pd.testing.assert_frame_equal(stored("resumed"), stored("unbroken"))
+    assert len(resumed) == len(unbroken) == 4 and not (folder.parent / (folder.name + ".partial")).exists()
+    assert state_hash(model) == h0
+
+
+def test_a_resumed_sequence_edits_exactly_as_an_unbroken_one(tiny, tok):
+    """snapshot/resume at the weight level: AlphaEdit's third chunk after a resume gives bitwise the
+    weights and preserved keys of an unbroken sequence (it reads both, and the context prefixes)."""
+    from workbench.methods.result import carried, resume, snapshot
+    from workbench.models import state_hash
+
+    cfg = wb.preset("alphaedit", v_steps=5, n_prefixes=2, prefix_tokens=3, mom2_tokens=2000, layers=(1, 2))
+    reqs = wb.data.load("facts-fixture", n=6)
+    chunks = [reqs[0:2], reqs[2:4], reqs[4:6]]
+    h0 = state_hash(tiny)
+    done = [wb.edit(tiny, tok, c, cfg, progress=False) for c in chunks]
+    unbroken = snapshot(tiny, done)
+    for r in reversed(done):
+        r.revert()
+    done = [wb.edit(tiny, tok, c, cfg, progress=False) for c in chunks[:2]]
+    snap = snapshot(tiny, done)
+    for r in reversed(done):
+        r.revert()
+    for k in list(carried(tiny)):  # as in a fresh process
+        delattr(tiny, k)
+    assert state_hash(tiny) == h0
+    done = [resume(tiny, cfg, snap, [r.id for r in reqs[:4]]), wb.edit(tiny, tok, chunks[2], cfg, progress=False)]
+    again = snapshot(tiny, done)
+    assert unbroken["weights"].keys() == again["weights"].keys()
+    assert all(torch.equal(unbroken["weights"][n], again["weights"][n]) for n in again["weights"])
+    keys = "_workbench_alphaedit_keys"
+    assert all(torch.equal(unbroken["carried"][keys][l], again["carried"][keys][l]) for l in (1, 2))
+    for r in reversed(done):
+        r.revert()
+    assert state_hash(tiny) == h0 and not carried(tiny)

@@ -175,18 +175,24 @@ def key_position(tok, prompt: str, subject: str, chat_template: bool, where: str
 
 
 # ------------------------------------------------------------------------------ context prefixes
-_PREFIX_CACHE: dict = {}
+_PREFIXES = "_workbench_prefixes"  # on the model: (n, length, seed) -> prefixes (carried state, `result.carried`)
 
 
 @torch.no_grad()
 def context_prefixes(model, tok, n: int, length: int, seed: int = 0) -> list[str]:
     """``[""]`` and `n` short texts of `length` tokens sampled from the model itself (top-5 sampling,
-    seeded), each ending in ". ", to prepend to a prompt (ROME's context templates). Computed once per
-    model state and cached in memory: editing does not change the prefixes of a sequence."""
+    seeded), each ending in ". ", to prepend to a prompt (ROME's context templates). Sampled once per
+    model and kept on it, as the originals keep theirs for the process: the later edits of a sequence
+    use the prefixes the unedited model gave, and a resumed sequence gets them back from its
+    checkpoint (they are state the model carries, `result.carried`)."""
     if n == 0:
         return [""]
-    key = (id(model), n, length, seed)
-    if key not in _PREFIX_CACHE:
+    cache = getattr(model, _PREFIXES, None)
+    if cache is None:
+        cache = {}
+        setattr(model, _PREFIXES, cache)
+    key = (n, length, seed)
+    if key not in cache:
         starts = ["The", "Therefore", "Because", "I", "You"]
         gen = torch.Generator().manual_seed(seed)
         out = []
@@ -200,8 +206,8 @@ def context_prefixes(model, tok, n: int, length: int, seed: int = 0) -> list[str
                 ids.append(pick)
             text = tok.decode(ids, skip_special_tokens=True).replace("{", " ").replace("}", " ").strip()
             out.append(text.rstrip(".") + ". ")
-        _PREFIX_CACHE[key] = [""] + out
-    return _PREFIX_CACHE[key]
+        cache[key] = [""] + out
+    return cache[key]
 
 
 # ------------------------------------------------------------------------------------------ rows

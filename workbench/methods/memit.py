@@ -110,6 +110,6 @@ def alphaedit_solve(resid: torch.Tensor, k: torch.Tensor, p: torch.Tensor, previ
     p, k, r = p.double(), k.double(), resid.double()
     a = k @ k.T
     if previous is not None:
-        a = a + previous.double()
+        a = a + previous.double().to(a.device)  # a resumed sequence's keys come back on the CPU
     lhs = p @ a + alpha * torch.eye(len(p), dtype=torch.float64)
     return torch.linalg.solve(lhs, p @ k @ r.T).T.float()

@@ -177,3 +177,62 @@ def apply_delta(model: nn.Module, path) -> EditResult:
                 params[n].add_(d.to(params[n].device, params[n].dtype))
     cfg = EditConfig.from_dict(json.loads(meta["config"]))
     return EditResult(model, cfg, json.loads(meta["requests"]), originals, pd.DataFrame(), {}, 0)
+
+
+# ------------------------------------------------------------------------------ sequences of edits
+CARRIED = "_workbench_"  # model attributes named so hold state a method keeps between edits (see `carried`)
+
+
+def carried(model: nn.Module) -> dict:
+    """State that methods keep on the model between the edits of a sequence: every attribute named
+    ``_workbench_*`` (AlphaEdit's Σ k kᵀ of the keys edited so far, the context prefixes that
+    locate-and-edit methods sample once). With the touched weights it is all a later edit depends on."""
+    return {k: v for k, v in vars(model).items() if k.startswith(CARRIED)}
+
+
+def snapshot(model: nn.Module, results: list[EditResult]) -> dict | None:
+    """Where a sequence of edits stands: the current value of every weight `results` touched and the
+    carried state, as CPU tensors (`resume` puts it into the unedited model). None when an edit holds
+    something a weight snapshot cannot carry: a live adapter, or float32 compute hooks of a weight
+    upcast from a low-precision model."""
+    import copy
+
+    if any(r.adapter is not None or r.casts or r.pending is not None for r in results):
+        return None
+    params = dict(model.named_parameters())
+    names = dict.fromkeys(n for r in results for n in r.originals)
+    return {"weights": {n: params[n].detach().cpu().clone() for n in names},
+            "carried": copy.deepcopy({k: _to_cpu(v) for k, v in carried(model).items()})}
+
+
+def resume(model: nn.Module, cfg: EditConfig, snap: dict, request_ids: list[str]) -> EditResult:
+    """Put a `snapshot` into `model` (unedited: the sequence's start); the returned result reverts the
+    weights and the carried state bitwise to how they were before."""
+    params = dict(model.named_parameters())
+    missing = [n for n in snap["weights"] if n not in params]
+    if missing:
+        raise WorkbenchError(f"the snapshot names parameter(s) the model lacks: {missing[:3]}")
+    originals = {n: params[n].detach().clone() for n in snap["weights"]}
+    before = carried(model)
+    with torch.no_grad():
+        for n, value in snap["weights"].items():
+            params[n].copy_(value.to(params[n].device, params[n].dtype))
+    for k, v in snap["carried"].items():
+        setattr(model, k, v)
+
+    def put_back():
+        for k in carried(model):
+            if k not in before:
+                delattr(model, k)
+        for k, v in before.items():
+            setattr(model, k, v)
+
+    return EditResult(model, cfg, list(request_ids), originals, pd.DataFrame(), {}, 0, undo=[put_back])
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value

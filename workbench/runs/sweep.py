@@ -21,6 +21,7 @@ from ..config import EditConfig
 from ..errors import ConfigError
 from ..evaluation import EvalReport, evaluate, pre_edit, protocols_for, save_report, summarize, versions
 from ..methods.parallel import batchable
+from ..methods.result import resume, snapshot
 from ..metrics import scorer_versions
 from ..models import fingerprint, load_for, revision
 from ..placement import is_random
@@ -209,6 +210,12 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
     reading of "sequential": scores are taken after the last edit of each stage, never right after
     the edit they belong to. ``seeds=[0, 1, 2]`` runs one sequence per seed, each on its own block
     of requests (as `seeded`), and adds a ``seed`` column.
+
+    A sequence outlives its process: after every stage but the last, the touched weights, the state
+    the method carries on the model (`methods.result.snapshot`) and the stages so far are written to
+    ``<run folder>.partial/``; a later call with the same spec resumes after the last stored stage
+    and gives the stages an unbroken run gives (a test). Sequences that hold an adapter are not
+    checkpointed. ``env.json`` lists the git sha of every process that worked on the run.
     """
     if seeds is not None:
         parts = [lifelong(spec.replace(**point), chunk_size, experiment, progress).assign(seed=point["seed"])
@@ -223,26 +230,66 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
     reqs = requests_for(spec)
     ecfg = spec.eval_config()
     pre = pre_edit(model, tok, reqs, ecfg)  # locality's reference, and each probe's answer before the edit
-    before = evaluate(model, tok, reqs[:0], ecfg.replace(splits=()), pre=pre).capability
-    stages = [{"n_edits": 0, **{f"capability.{k}": v for k, v in before.items()}}]
-    done = []
+    partial = folder.with_name(folder.name + ".partial")
+    spec_json = to_json({**spec.to_dict(), "chunk_size": chunk_size})
+    done, shas = [], [git_sha()]
+    state = _read_partial(partial, spec_json)
+    if state is None:
+        before = evaluate(model, tok, reqs[:0], ecfg.replace(splits=()), pre=pre).capability
+        stages = [{"n_edits": 0, **{f"capability.{k}": v for k, v in before.items()}}]
+        edit_s, steps = 0.0, 0
+    else:  # resume: the sequence's weights and carried state go into the unedited model
+        stages, edit_s, steps, shas = state["stages"], state["edit_s"], state["steps"], state["git_shas"] + shas
+        done.append(resume(model, cfg, state["snapshot"], [r.id for r in reqs[:stages[-1]["n_edits"]]]))
+    first = stages[-1]["n_edits"]
+    report = None
     try:
-        for start in tqdm(range(0, len(reqs), chunk_size), desc=experiment, disable=not progress):
+        for start in tqdm(range(first, len(reqs), chunk_size), desc=experiment, disable=not progress):
             chunk = reqs[start:start + chunk_size]
             done.append(train.edit(model, tok, chunk, cfg, progress=False))
+            edit_s, steps = edit_s + done[-1].timings["total_s"], steps + done[-1].steps
             seen = reqs[:start + len(chunk)]
             report = evaluate(model, tok, seen, ecfg, pre=pre)
             stages.append({"n_edits": len(seen), **report.scores(),
                            **by_chunk(report, seen, chunk_size, protocols_for(ecfg)),
-                           "edit_s": sum(r.timings["total_s"] for r in done), "steps": sum(r.steps for r in done)})
+                           "edit_s": edit_s, "steps": steps})
+            snap = snapshot(model, done) if len(seen) < len(reqs) else None
+            if snap is not None:
+                _write_partial(partial, spec_json, snap, stages, edit_s, steps, shas)
     finally:
         for r in reversed(done):  # undo in reverse order: each revert restores the state before its edit
             r.revert()
     df = pd.DataFrame(stages)
-    last = report.per_probe if len(reqs) else pd.DataFrame()  # every probe after the last stage (the explorer's)
+    last = report.per_probe if report is not None else pd.DataFrame()  # every probe after the last stage (the explorer's)
     write_atomically(folder, {"stages.jsonl": df.to_json(orient="records", lines=True),
                                "per_probe.jsonl": last.to_json(orient="records", lines=True, force_ascii=False),
-                               "spec.json": to_json({**spec.to_dict(), "chunk_size": chunk_size}),
-                               "env.json": to_json({"versions": versions(), "git_sha": git_sha()}),
+                               "spec.json": spec_json,
+                               "env.json": to_json({"versions": versions(), "git_sha": shas[-1],
+                                                    **({"git_shas": shas} if len(set(shas)) > 1 else {})}),
                                "metrics.json": to_json(stages[-1])})
+    shutil.rmtree(partial, ignore_errors=True)
     return df.assign(hash=folder.name)
+
+
+def _write_partial(partial, spec_json: str, snap: dict, stages: list, edit_s: float, steps: int, shas: list) -> None:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(snap, buf)
+    write_atomically(partial, {"spec.json": spec_json, "snapshot.pt": buf.getvalue(),
+                               # not to_json: its sorted keys would reorder the stages' columns
+                               "progress.json": json.dumps(plain({"stages": stages, "edit_s": edit_s, "steps": steps,
+                                                                  "git_shas": shas}), indent=1)})
+
+
+def _read_partial(partial, spec_json: str) -> dict | None:
+    """The checkpoint of an unfinished sequence, or None (none, or one written for another spec)."""
+    import torch
+
+    if not (partial / "progress.json").exists() or (partial / "spec.json").read_text() != spec_json:
+        return None
+    state = json.loads((partial / "progress.json").read_text())
+    state["snapshot"] = torch.load(partial / "snapshot.pt", weights_only=True)
+    return state
