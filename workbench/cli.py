@@ -97,6 +97,11 @@ def main(argv=None) -> int:
     rp.add_argument("--tables", action="store_true", help="only rewrite the Markdown tables from the recorded metrics")
     rp.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="override a parameter of the claims run (e.g. -p only_finished True)")
+    rr = sub.add_parser("report", help="render the second edition of the reproduction report from store/ "
+                        "(docs/claims.yaml -> docs/REPRODUCTION-2.md)")
+    rr.add_argument("--claims", default=None, help="claims file (default docs/claims.yaml)")
+    rr.add_argument("--out", default=None, help="Markdown file (default docs/REPRODUCTION-2.md)")
+    rr.add_argument("--check", action="store_true", help="render and compare with --out; exit 1 when they differ")
     args = parser.parse_args(argv)
 
     if args.command == "prepare":
@@ -154,6 +159,18 @@ def main(argv=None) -> int:
 
         for recorded in sorted(Path(args.docs).glob("*.json")):
             recorded.with_suffix(".md").write_text(markdown_table(json.loads(recorded.read_text())))
+    elif args.command == "report":
+        from .runs import report
+
+        claims, out = args.claims or report.CLAIMS, Path(args.out or report.REPORT)
+        if args.check:
+            fresh = report.render(claims)
+            if not out.exists() or out.read_text() != fresh:
+                print(f"{out} differs from what {claims} and store/ render: run `workbench report`")
+                return 1
+            print(f"{out} is what {claims} and store/ render")
+        else:
+            print(f"report written: {report.write(claims, out)}")
     elif args.command == "reproduce":
         reproduce(args.config, args.claims, Path(args.docs), {k: _literal(v) for k, v in args.param})
     return 0

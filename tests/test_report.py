@@ -1,0 +1,73 @@
+"""The second edition of the reproduction report: verdicts by rule, numbers only from the store."""
+import json
+
+import pytest
+from scipy import stats
+
+import workbench as wb
+from workbench.runs import report
+from workbench.runs.verdicts import Paired, paired, verdict
+
+
+def test_the_committed_report_is_what_the_claims_and_the_store_render():
+    assert report.REPORT.read_text() == report.render(), "run `workbench report` and commit docs/REPRODUCTION-2.md"
+
+
+@pytest.mark.parametrize("diffs, direction, expected", [
+    ([0.10, 0.20, 0.15], "higher", "reproduced"),
+    ([-0.10, -0.20, -0.15], "higher", "not reproduced"),
+    ([-0.10, -0.20, -0.15], "lower", "reproduced"),
+    ([0.10, -0.10, 0.05], "higher", "inconclusive"),  # the interval holds zero
+    ([0.30], "higher", "inconclusive"),  # one seed: no interval
+])
+def test_verdicts_follow_the_rules_on_the_paired_t_interval(diffs, direction, expected):
+    import pandas as pd
+
+    rows = [{"arm": "a", "seed": s, "m": 0.5 + d} for s, d in enumerate(diffs)] + \
+           [{"arm": "b", "seed": s, "m": 0.5} for s in range(len(diffs))] + [{"arm": "b", "seed": 99, "m": 0.0}]
+    p = paired(pd.DataFrame(rows), "arm", "a", "b", "m")
+    assert p.n == len(diffs) and p.mean == pytest.approx(sum(diffs) / len(diffs))  # seed 99 has no pair
+    if len(diffs) > 1:
+        lo, hi = stats.ttest_1samp(diffs, 0).confidence_interval(0.95)
+        assert (p.lo, p.hi) == (pytest.approx(lo), pytest.approx(hi))
+    assert verdict(p, direction) == expected
+
+
+def test_a_claim_is_rendered_from_its_stored_runs(tmp_path, monkeypatch):
+    """Two arms x two seeds of real tiny-model runs in a store: the report's table holds their stored
+    means and its verdict is the rule applied to their per-seed differences."""
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path / "store"))
+    base = wb.runs.RunSpec(edit=wb.EditConfig(model_name="tiny-random-llama", device="cpu", components=("down",),
+                                              layers=(2,), batch_size=2), benchmark="facts-fixture", n_edits=2,
+                           max_new_tokens=6, eval="locft", splits=("ori", "para"))
+    points = [{"label": "long", "epochs": 40, "lr": 1e-2}, {"label": "short", "epochs": 1, "lr": 1e-4}]
+    for point in points:
+        p = dict(point)
+        p.pop("label")
+        wb.runs.sweep(base, [p], "exp", progress=False, seeds=[0, 1])
+    claims = {"title": "t", "intro": "i", "todo": ["later"], "claims": {"c": {
+        "title": "longer training edits better", "paper": "P", "says": "it does", "experiment": "exp",
+        "base": base.to_dict(), "points": points, "seeds": [0, 1, 2], "arm": "long", "others": ["short"],
+        "score": ["ori.exact_match", "para.exact_match"], "direction": "higher", "metrics": ["ori.exact_match"]}}}
+    path = tmp_path / "claims.yaml"
+    path.write_text(json.dumps(claims))  # JSON is YAML
+    _, (claim,) = report.read_claims(path)
+    df = report.table(claim, tmp_path / "store")
+    assert len(df) == 4 and set(df.label) == {"long", "short"}
+    stored = wb.runs.load("exp")
+    assert sorted(df["ori.exact_match"]) == sorted(stored["ori.exact_match"])
+    p = paired(df, "label", "long", "short", "score")
+    md = report.render(path, tmp_path / "store")
+    assert f"| longer training edits better | it does | vs short: {report._diff(p)} | **{verdict(p, 'higher')}** |" in md
+    assert "4 of 6 runs stored" in md and "- later" in md
+
+
+def test_a_bad_claims_file_names_the_claim_and_the_field(tmp_path):
+    path = tmp_path / "claims.yaml"
+    path.write_text("claims:\n  c: {title: t, paper: p, says: s, experiment: e, base: {}, points: [], seeds: [0], "
+                    "arm: a, others: [], score: [m], direction: up}\n")
+    with pytest.raises(wb.ConfigError, match="claim 'c': direction='up'"):
+        report.read_claims(path)
+    path.write_text(path.read_text().replace("direction: up", "direction: higher, colour: red"))
+    with pytest.raises(wb.ConfigError, match=r"claim 'c' has unknown field\(s\) \['colour'\]"):
+        report.read_claims(path)

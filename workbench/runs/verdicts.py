@@ -1,0 +1,88 @@
+"""Verdicts by rules fixed before the runs: paired differences over seeds and their 95 % interval.
+
+A claim says that one arm beats another on a metric (higher, or lower, is better). Every seed *s*
+edits its own block of requests, the same block for both arms, so the arms are compared seed by
+seed:
+
+1. d_s = metric(arm, seed s) - metric(other arm, seed s), for every seed both arms have;
+2. the interval is mean(d) ± t(0.975, n-1) · sd(d) / √n (Student t, n seeds);
+3. **reproduced** when the mean lies in the paper's direction and the interval excludes zero;
+   **not reproduced** when the interval excludes zero on the other side; **inconclusive**
+   otherwise, and always with fewer than two paired seeds (no interval).
+
+`RULES` is that text, printed at the top of the report; `paired` and `verdict` apply it, nothing
+else decides a verdict.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+RULES = (
+    "Each claim names an arm, the arm it is compared with, a metric and the paper's direction (higher or lower "
+    "is better). Seed *s* edits its own block of requests, the same block for both arms, so the arms are "
+    "compared seed by seed: d_s = arm − other. The 95 % interval is mean(d) ± t(0.975, n−1) · sd(d) / √n over "
+    "the n paired seeds. **reproduced**: the mean is in the paper's direction and the interval excludes zero. "
+    "**not reproduced**: the interval excludes zero on the other side. **inconclusive**: otherwise, and "
+    "whenever fewer than two seeds are paired. These rules were written before the runs; the renderer "
+    "applies them, no verdict is typed by hand.")
+
+VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The seed-by-seed difference of two arms on one metric."""
+
+    n: int  # paired seeds
+    mean: float  # mean of d_s (NaN when n = 0)
+    half: float  # half-width of the 95 % t-interval (NaN when n < 2)
+    diffs: tuple[float, ...]  # d_s, in seed order
+
+    @property
+    def lo(self) -> float:
+        return self.mean - self.half
+
+    @property
+    def hi(self) -> float:
+        return self.mean + self.half
+
+
+def paired(df: pd.DataFrame, axis: str, arm, other, metric: str, pair: str = "seed", level: float = 0.95) -> Paired:
+    """d_s = `metric` of `arm` minus that of `other` (values of column `axis`) for every value of
+    `pair` (the seed) that both have, and the Student-t interval of their mean."""
+    from scipy import stats
+
+    def by_seed(value):
+        part = df[(df[axis] == value) & df[metric].notna()] if metric in df else df.iloc[:0]
+        return dict(zip(part[pair], part[metric].astype(float)))
+
+    a, b = by_seed(arm), by_seed(other)
+    seeds = sorted(set(a) & set(b))
+    d = [a[s] - b[s] for s in seeds]
+    n = len(d)
+    if n == 0:
+        return Paired(0, math.nan, math.nan, ())
+    mean = sum(d) / n
+    if n < 2:
+        return Paired(n, mean, math.nan, tuple(d))
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    return Paired(n, mean, stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n), tuple(d))
+
+
+def verdict(p: Paired, direction: str) -> str:
+    """The rule of the module docstring: `direction` is the paper's, ``"higher"`` (the arm's metric is
+    larger) or ``"lower"``."""
+    if direction not in ("higher", "lower"):
+        raise ValueError(f"direction={direction!r}: 'higher' or 'lower'")
+    if p.n < 2 or math.isnan(p.half):
+        return "inconclusive"
+    sign = 1 if direction == "higher" else -1
+    lo, hi = sorted((sign * p.lo, sign * p.hi))  # in the paper's direction: positive supports it
+    if lo > 0:
+        return "reproduced"
+    if hi < 0:
+        return "not reproduced"
+    return "inconclusive"
