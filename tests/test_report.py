@@ -33,33 +33,38 @@ def test_verdicts_follow_the_rules_on_the_paired_t_interval(diffs, direction, ex
     assert verdict(p, direction) == expected
 
 
-def test_a_claim_is_rendered_from_its_stored_runs(tmp_path, monkeypatch):
-    """Two arms x two seeds of real tiny-model runs in a store: the report's table holds their stored
-    means and its verdict is the rule applied to their per-seed differences."""
+def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatch):
+    """Two arms x two seeds of real tiny-model runs, single runs and sequences, executed from a claims
+    file: the report's tables hold the stored numbers and each verdict is the rule applied to the
+    stored per-seed differences."""
     monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path / "store"))
     base = wb.runs.RunSpec(edit=wb.EditConfig(model_name="tiny-random-llama", device="cpu", components=("down",),
                                               layers=(2,), batch_size=2), benchmark="facts-fixture", n_edits=2,
                            max_new_tokens=6, eval="locft", splits=("ori", "para"))
     points = [{"label": "long", "epochs": 40, "lr": 1e-2}, {"label": "short", "epochs": 1, "lr": 1e-4}]
-    for point in points:
-        p = dict(point)
-        p.pop("label")
-        wb.runs.sweep(base, [p], "exp", progress=False, seeds=[0, 1])
-    claims = {"title": "t", "intro": "i", "todo": ["later"], "claims": {"c": {
-        "title": "longer training edits better", "paper": "P", "says": "it does", "experiment": "exp",
-        "base": base.to_dict(), "points": points, "seeds": [0, 1, 2], "arm": "long", "others": ["short"],
-        "score": ["ori.exact_match", "para.exact_match"], "direction": "higher", "metrics": ["ori.exact_match"]}}}
+    claim = {"paper": "P", "says": "it does", "base": base.to_dict(), "points": points, "arm": "long",
+             "others": ["short"], "score": ["ori.exact_match", "para.exact_match"], "direction": "higher"}
+    claims = {"title": "t", "intro": "i", "todo": ["later"], "claims": {
+        "once": {**claim, "title": "longer training edits better", "experiment": "exp", "seeds": [0, 1],
+                 "metrics": ["ori.exact_match"]},
+        "seq": {**claim, "title": "and in sequences", "experiment": "seq", "seeds": [0, 1], "chunk_size": 1}}}
     path = tmp_path / "claims.yaml"
     path.write_text(json.dumps(claims))  # JSON is YAML
-    _, (claim,) = report.read_claims(path)
-    df = report.table(claim, tmp_path / "store")
-    assert len(df) == 4 and set(df.label) == {"long", "short"}
-    stored = wb.runs.load("exp")
-    assert sorted(df["ori.exact_match"]) == sorted(stored["ori.exact_match"])
-    p = paired(df, "label", "long", "short", "score")
-    md = report.render(path, tmp_path / "store")
-    assert f"| longer training edits better | it does | vs short: {report._diff(p)} | **{verdict(p, 'higher')}** |" in md
-    assert "4 of 6 runs stored" in md and "- later" in md
+    report.run(["once", "seq"], "serial", path, progress=False, root=tmp_path / "store")
+    _, (once, seq) = report.read_claims(path)
+    for claim, stored in ((once, wb.runs.load("exp")), (seq, None)):
+        df = report.table(claim, tmp_path / "store")
+        assert len(df) == 4 and set(df.label) == {"long", "short"}
+        if stored is not None:
+            assert sorted(df["ori.exact_match"]) == sorted(stored["ori.exact_match"])
+        p = paired(df, "label", "long", "short", "score")
+        assert p.n == 2
+        md = report.render(path, tmp_path / "store")
+        assert f"| {claim.title} | it does | vs short: {report._diff(p)} | **{verdict(p, 'higher')}** |" in md
+    assert "4 of 4 stored" in md and "- later" in md
+    claims["claims"]["once"]["seeds"] = [0, 1, 2]  # a seed not run yet is counted as missing
+    path.write_text(json.dumps(claims))
+    assert "4 of 6 runs stored; arms still short of 3 seeds: long, short." in report.render(path, tmp_path / "store")
 
 
 def test_a_bad_claims_file_names_the_claim_and_the_field(tmp_path):

@@ -102,6 +102,9 @@ def main(argv=None) -> int:
     rr.add_argument("--claims", default=None, help="claims file (default docs/claims.yaml)")
     rr.add_argument("--out", default=None, help="Markdown file (default docs/REPRODUCTION-2.md)")
     rr.add_argument("--check", action="store_true", help="render and compare with --out; exit 1 when they differ")
+    rr.add_argument("--run", nargs="*", default=None, metavar="CLAIM",
+                    help="first execute the runs these claims (none named: all) still lack, into store/")
+    rr.add_argument("--executor", default="serial", help="for --run: serial, local:N or submitit")
     args = parser.parse_args(argv)
 
     if args.command == "prepare":
@@ -163,6 +166,8 @@ def main(argv=None) -> int:
         from .runs import report
 
         claims, out = args.claims or report.CLAIMS, Path(args.out or report.REPORT)
+        if args.run is not None:
+            report.run(args.run, args.executor, claims)
         if args.check:
             fresh = report.render(claims)
             if not out.exists() or out.read_text() != fresh:

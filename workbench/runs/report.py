@@ -68,6 +68,42 @@ class Claim:
         return root / self.experiment / name
 
 
+def tasks(claim: Claim, root: Path = STORE) -> list:
+    """The claim's runs as executor tasks (`executors.Task`), seed-major, so that a campaign cut
+    short leaves every arm with the same seeds; sequences resume from their checkpoints."""
+    from functools import partial
+
+    from .executors import Task
+    from .sweep import execute, lifelong
+
+    out = []
+    runs = sorted(claim.runs(), key=lambda r: claim.seeds.index(r[1]))  # stable: arms in order within a seed
+    for label, seed, spec in runs:
+        fn = partial(execute, spec, claim.experiment) if claim.chunk_size is None else \
+            partial(lifelong, spec, claim.chunk_size, claim.experiment, False)
+        out.append(Task(claim.folder(root, spec), fn, spec.run_config().model_name, f"{claim.name} {label} seed {seed}"))
+    return out
+
+
+def run(names: list[str] | None = None, executor: str | None = None, claims_path=CLAIMS, progress: bool = True,
+        root: Path = STORE) -> None:
+    """Execute every run the named claims (default: all) still lack, into the tracked store, with
+    `executor` (``serial``, ``local:N``, ``submitit``: see `executors`). Any number of these can run
+    at once, on any machines sharing the store: runs are claimed, finished ones are read back."""
+    import os
+
+    from . import executors
+
+    _, claims = read_claims(claims_path)
+    unknown = sorted(set(names or []) - {c.name for c in claims})
+    if unknown:
+        raise ConfigError.bad_choice("claim", unknown[0], [c.name for c in claims])
+    os.environ["WORKBENCH_RESULTS"] = str(root)  # the report reads store/; spawned workers inherit it
+    for claim in claims:
+        if not names or claim.name in names:
+            executors.run(tasks(claim, root), executor, progress=progress, desc=claim.name)
+
+
 def read_claims(path=CLAIMS) -> tuple[dict, list[Claim]]:
     """The claims file: its header (title, intro, todo) and its claims, checked field by field."""
     import yaml
