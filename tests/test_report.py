@@ -51,7 +51,7 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
     path = tmp_path / "claims.yaml"
     path.write_text(json.dumps(claims))  # JSON is YAML
     report.run(["once", "seq"], "serial", path, progress=False, root=tmp_path / "store")
-    _, (once, seq) = report.read_claims(path)
+    once, seq = report.read(path).claims
     for claim, stored in ((once, wb.runs.load("exp")), (seq, None)):
         df = report.table(claim, tmp_path / "store")
         assert len(df) == 4 and set(df.label) == {"long", "short"}
@@ -64,7 +64,7 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
     assert "4 of 4 stored" in md and "- later" in md
     claims["claims"]["once"]["seeds"] = [0, 1, 2]  # a seed not run yet is counted as missing
     path.write_text(json.dumps(claims))
-    assert "4 of 6 runs stored; arms still short of 3 seeds: long, short." in report.render(path, tmp_path / "store")
+    assert "4 of 6 runs stored; arms still short of 3 seed(s): long, short." in report.render(path, tmp_path / "store")
 
 
 def test_a_bad_claims_file_names_the_claim_and_the_field(tmp_path):
@@ -72,7 +72,36 @@ def test_a_bad_claims_file_names_the_claim_and_the_field(tmp_path):
     path.write_text("claims:\n  c: {title: t, paper: p, says: s, experiment: e, base: {}, points: [], seeds: [0], "
                     "arm: a, others: [], score: [m], direction: up}\n")
     with pytest.raises(wb.ConfigError, match="claim 'c': direction='up'"):
-        report.read_claims(path)
+        report.read(path)
     path.write_text(path.read_text().replace("direction: up", "direction: higher, colour: red"))
     with pytest.raises(wb.ConfigError, match=r"claim 'c' has unknown field\(s\) \['colour'\]"):
-        report.read_claims(path)
+        report.read(path)
+
+
+def test_a_calibration_chooses_by_its_rule_before_the_claim_that_uses_it_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path / "store"))
+    base = {"edit": {"model_name": "tiny-random-llama", "device": "cpu", "components": ["down"], "layers": [2],
+                     "batch_size": 2, "epochs": 30}, "benchmark": "facts-fixture", "n_edits": 2, "max_new_tokens": 6,
+            "eval": "locft", "splits": ["ori"]}
+    score = ["ori.exact_match", "ori.token_acc"]
+    plan = {"calibrations": {"lr": {"title": "lr", "experiment": "cal", "base": {**base, "offset": 6}, "preset": "ft-m",
+                                    "grid": {"lr": [1e-5, 1e-2], "layers": [[2]]}, "seeds": [0], "score": score}},
+            "claims": {"c": {"title": "tuned beats untuned", "paper": "P", "says": "s", "experiment": "exp", "base": base,
+                             "points": [{"label": "tuned", "calibrated": "lr"}, {"label": "untuned", "lr": 1e-6}],
+                             "seeds": [0, 1], "arm": "tuned", "others": ["untuned"], "score": score,
+                             "direction": "higher"}}}
+    path = tmp_path / "claims.yaml"
+    path.write_text(json.dumps(plan))
+    assert "waiting for the calibration of lr" in report.render(path, tmp_path / "store")
+    report.run(["c"], "serial", path, progress=False, root=tmp_path / "store")  # runs the calibration first
+    p = report.read(path)
+    cal, claim = p.calibrations[0], p.claims[0]
+    df = report.table(cal, tmp_path / "store")
+    best = df.sort_values("score", ascending=False, kind="stable")["label"].iloc[0]  # the rule, applied by hand
+    lr = float(best.split(",")[0].split("=")[1])
+    assert p.chosen(tmp_path / "store")["lr"] == {"preset": "ft-m", "lr": lr, "layers": [2]}
+    runs = dict(((label, s), spec) for label, s, spec in claim.runs(p.chosen(tmp_path / "store")))
+    assert runs[("tuned", 1)].edit.lr == lr and runs[("tuned", 1)].offset == 2
+    assert len(report.table(claim, tmp_path / "store", p.chosen(tmp_path / "store"))) == 4
+    md = report.render(path, tmp_path / "store")
+    assert f"chosen: **{best}**" in md and f"| **{best}** (chosen) | 1 |" in md

@@ -31,36 +31,35 @@ REPORT = PROJECT_ROOT / "docs" / "REPRODUCTION-2.md"
 
 
 @dataclass
-class Claim:
-    """One claim of the claims file (see the module docstring and ``docs/claims.yaml``)."""
+class Runs:
+    """The runs behind a claim or a calibration: a base spec, arms as sweep points, seeds."""
 
     name: str
     title: str
-    paper: str  # which paper, where
-    says: str  # the paper's words and number
     experiment: str  # the store's experiment folder
     base: RunSpec
-    points: list[dict]  # the arms: sweep points, each with an optional "label" (default: its preset)
+    points: list[dict]  # sweep points, each with an optional "label" (default: its preset), or "calibrated: <name>"
     seeds: list[int]
-    arm: str  # the label of the arm the paper favours
-    others: list[str]  # the labels it is compared with
     score: list[str]  # a run's score: the mean of these metrics
-    direction: str  # "higher" or "lower": which way the paper says the arm differs
-    metrics: list[str]  # the arms table's columns
+    direction: str  # "higher" or "lower": which way is better (claims: which way the paper says the arm differs)
     chunk_size: int | None = None  # a lifelong sequence in chunks of this size (None: one run per point and seed)
-    setting: str = ""
-    differs: str = ""
-    regenerate: str = ""
-    extra: dict = field(default_factory=dict)
 
-    def runs(self) -> list[tuple[str, int, RunSpec]]:
-        """(label, seed, spec) of every run the claim needs, as `sweep.seeded` places seeds."""
+    def runs(self, chosen: dict | None = None) -> list[tuple[str, int, RunSpec | None]]:
+        """(label, seed, spec) of every run, as `sweep.seeded` places seeds. A point ``calibrated: X``
+        takes calibration X's preset and chosen values (`chosen[X]`); while X is not finished its
+        runs have no spec yet (None)."""
         out = []
         for point in self.points:
             point = dict(point)
-            label = point.pop("label", point.get("preset"))
+            cal = point.pop("calibrated", None)
+            label = point.pop("label", point.get("preset", cal))
+            if cal is not None:
+                values = (chosen or {}).get(cal)
+                point = None if values is None else {**values, **point}
             for s in self.seeds:
-                out.append((label, s, self.base.replace(**point, seed=s, offset=self.base.offset + s * self.base.n_edits)))
+                spec = None if point is None else \
+                    self.base.replace(**point, seed=s, offset=self.base.offset + s * self.base.n_edits)
+                out.append((label, s, spec))
         return out
 
     def folder(self, root: Path, spec: RunSpec) -> Path:
@@ -68,76 +67,152 @@ class Claim:
         return root / self.experiment / name
 
 
-def tasks(claim: Claim, root: Path = STORE) -> list:
-    """The claim's runs as executor tasks (`executors.Task`), seed-major, so that a campaign cut
-    short leaves every arm with the same seeds; sequences resume from their checkpoints."""
+@dataclass
+class Claim(Runs):
+    """One claim of the claims file (see the module docstring and ``docs/claims.yaml``)."""
+
+    paper: str = ""  # which paper, where
+    says: str = ""  # the paper's words and number
+    arm: str = ""  # the label of the arm the paper favours
+    others: list[str] = field(default_factory=list)  # the labels it is compared with
+    metrics: list[str] = field(default_factory=list)  # the arms table's columns
+    setting: str = ""
+    differs: str = ""
+    regenerate: str = ""
+
+
+@dataclass
+class Calibration(Runs):
+    """A grid over a preset on held-apart requests; the rule picks one point before any claim runs.
+    Rule: the highest mean score over the seeds (lowest, with direction "lower"); a tie goes to the
+    earlier point in grid order, so list the paper's values first."""
+
+    preset: str = ""
+    grid: dict = field(default_factory=dict)
+    why: str = ""
+
+    def __post_init__(self):
+        from .sweep import grid_points
+
+        self.points = [{"label": ", ".join(f"{k}={v}" for k, v in p.items()), "preset": self.preset, **p}
+                       for p in grid_points(self.grid)]
+
+    def choose(self, root: Path = STORE) -> dict | None:
+        """The chosen grid point's values (with ``preset``), or None until every run is stored."""
+        df = table(self, root)
+        if len(df) < len(self.runs()):
+            return None
+        means = df.groupby("label", sort=False)["score"].mean()
+        order = [p["label"] for p in self.points]
+        sign = 1 if self.direction == "higher" else -1
+        best = max(order, key=lambda label: (sign * means[label], -order.index(label)))
+        point = dict(self.points[order.index(best)])
+        point.pop("label")
+        return point
+
+
+@dataclass
+class Plan:
+    """A claims file: its header (title, intro, todo), calibrations and claims."""
+
+    doc: dict
+    calibrations: list[Calibration]
+    claims: list[Claim]
+
+    def chosen(self, root: Path = STORE) -> dict[str, dict | None]:
+        return {c.name: c.choose(root) for c in self.calibrations}
+
+
+def tasks(item: Runs, root: Path = STORE, chosen: dict | None = None) -> list:
+    """A claim's or calibration's runs as executor tasks (`executors.Task`), seed-major, so that a
+    campaign cut short leaves every arm with the same seeds; sequences resume from their
+    checkpoints. Runs waiting for a calibration are left out."""
     from functools import partial
 
     from .executors import Task
     from .sweep import execute, lifelong
 
     out = []
-    runs = sorted(claim.runs(), key=lambda r: claim.seeds.index(r[1]))  # stable: arms in order within a seed
+    runs = sorted(item.runs(chosen), key=lambda r: item.seeds.index(r[1]))  # stable: arms in order within a seed
     for label, seed, spec in runs:
-        fn = partial(execute, spec, claim.experiment) if claim.chunk_size is None else \
-            partial(lifelong, spec, claim.chunk_size, claim.experiment, False)
-        out.append(Task(claim.folder(root, spec), fn, spec.run_config().model_name, f"{claim.name} {label} seed {seed}"))
+        if spec is None:
+            continue
+        fn = partial(execute, spec, item.experiment) if item.chunk_size is None else \
+            partial(lifelong, spec, item.chunk_size, item.experiment, False)
+        out.append(Task(item.folder(root, spec), fn, spec.run_config().model_name, f"{item.name} {label} seed {seed}"))
     return out
 
 
 def run(names: list[str] | None = None, executor: str | None = None, claims_path=CLAIMS, progress: bool = True,
         root: Path = STORE) -> None:
-    """Execute every run the named claims (default: all) still lack, into the tracked store, with
-    `executor` (``serial``, ``local:N``, ``submitit``: see `executors`). Any number of these can run
-    at once, on any machines sharing the store: runs are claimed, finished ones are read back."""
+    """Execute every run the named claims and calibrations (default: all) still lack, into the
+    tracked store, with `executor` (``serial``, ``local:N``, ``submitit``: see `executors`); the
+    calibrations a claim names run first. Any number of these can run at once, on any machines
+    sharing the store: runs are claimed, finished ones are read back."""
     import os
 
     from . import executors
 
-    _, claims = read_claims(claims_path)
-    unknown = sorted(set(names or []) - {c.name for c in claims})
+    plan = read(claims_path)
+    items = {c.name: c for c in [*plan.calibrations, *plan.claims]}
+    unknown = sorted(set(names or []) - set(items))
     if unknown:
-        raise ConfigError.bad_choice("claim", unknown[0], [c.name for c in claims])
+        raise ConfigError.bad_choice("claim", unknown[0], list(items))
+    wanted = [items[n] for n in names] if names else list(items.values())
+    needed = {p["calibrated"] for c in wanted for p in c.points if "calibrated" in p}
+    wanted = [c for c in plan.calibrations if c.name in needed and c not in wanted] + wanted
     os.environ["WORKBENCH_RESULTS"] = str(root)  # the report reads store/; spawned workers inherit it
-    for claim in claims:
-        if not names or claim.name in names:
-            executors.run(tasks(claim, root), executor, progress=progress, desc=claim.name)
+    for item in sorted(wanted, key=lambda c: not isinstance(c, Calibration)):
+        executors.run(tasks(item, root, plan.chosen(root)), executor, progress=progress, desc=item.name)
 
 
-def read_claims(path=CLAIMS) -> tuple[dict, list[Claim]]:
-    """The claims file: its header (title, intro, todo) and its claims, checked field by field."""
+def read(path=CLAIMS) -> Plan:
+    """The claims file, checked field by field (errors name the file, the entry and the field)."""
     import yaml
 
-    doc = yaml.safe_load(Path(path).read_text())
-    claims = []
-    for name, c in (doc.get("claims") or {}).items():
-        need = {"title", "paper", "says", "experiment", "base", "points", "seeds", "arm", "others", "score", "direction"}
-        missing = sorted(need - set(c))
-        if missing:
-            raise ConfigError(f"{path}: claim {name!r} lacks {missing}")
-        known = {f for f in Claim.__dataclass_fields__} - {"name", "extra"}
-        unknown = sorted(set(c) - known)
-        if unknown:
-            raise ConfigError(f"{path}: claim {name!r} has unknown field(s) {unknown}; valid: {sorted(known)}")
-        if c["direction"] not in ("higher", "lower"):
-            raise ConfigError(f"{path}: claim {name!r}: direction={c['direction']!r}, give 'higher' or 'lower'")
-        c = dict(c, base=RunSpec.from_dict(c["base"]))
-        c.setdefault("metrics", list(c["score"]))
-        claims.append(Claim(name=name, **c))
-    return doc, claims
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    out = {"calibrations": [], "claims": []}
+    common = {"title", "experiment", "base", "seeds", "score"}
+    kinds = {"calibrations": (Calibration, common | {"preset", "grid"}),
+             "claims": (Claim, common | {"paper", "says", "points", "arm", "others", "direction"})}
+    for section, (cls, need) in kinds.items():
+        for name, c in (doc.get(section) or {}).items():
+            what = f"{path}: {section[:-1]} {name!r}"
+            missing = sorted(need - set(c))
+            if missing:
+                raise ConfigError(f"{what} lacks {missing}")
+            known = set(cls.__dataclass_fields__) - {"name"} - ({"points"} if cls is Calibration else set())
+            unknown = sorted(set(c) - known)
+            if unknown:
+                raise ConfigError(f"{what} has unknown field(s) {unknown}; valid: {sorted(known)}")
+            if c.get("direction", "higher") not in ("higher", "lower"):
+                raise ConfigError(f"{what}: direction={c['direction']!r}, give 'higher' or 'lower'")
+            c = dict(c, base=RunSpec.from_dict(c["base"]))
+            c.setdefault("direction", "higher")
+            if cls is Claim:
+                c.setdefault("metrics", list(c["score"]))
+            else:
+                c["points"] = []
+            out[section].append(cls(name=name, **c))
+    cals = {c.name for c in out["calibrations"]}
+    for claim in out["claims"]:
+        bad = sorted({p["calibrated"] for p in claim.points if "calibrated" in p} - cals)
+        if bad:
+            raise ConfigError.bad_choice(f"claim {claim.name!r}: calibrated", bad[0], sorted(cals))
+    return Plan(doc, out["calibrations"], out["claims"])
 
 
-def table(claim: Claim, root: Path = STORE) -> pd.DataFrame:
-    """One row per finished run of `claim`: label, seed, its metrics, and ``score``."""
+def table(item: Runs, root: Path = STORE, chosen: dict | None = None) -> pd.DataFrame:
+    """One row per finished run of a claim or calibration: label, seed, its metrics, and ``score``."""
     rows = []
-    for label, seed, spec in claim.runs():
-        path = claim.folder(root, spec) / "metrics.json"
-        if path.exists():
+    for label, seed, spec in item.runs(chosen):
+        path = item.folder(root, spec) / "metrics.json" if spec is not None else None
+        if path is not None and path.exists():
             rows.append({"label": label, "seed": seed, **json.loads(path.read_text())})
     df = pd.DataFrame(rows, columns=["label", "seed"] if not rows else None)
     if len(df):
-        have = [m for m in claim.score if m in df]
-        df["score"] = df[have].mean(axis=1, skipna=False) if len(have) == len(claim.score) else math.nan
+        have = [m for m in item.score if m in df]
+        df["score"] = df[have].mean(axis=1, skipna=False) if len(have) == len(item.score) else math.nan
     return df
 
 
@@ -174,20 +249,22 @@ def _diff(p: Paired) -> str:
     return f"{p.mean:+.3f} [{p.lo:+.3f}, {p.hi:+.3f}], {p.n} seeds"
 
 
-def arms_table(claim: Claim, df: pd.DataFrame) -> str:
-    """Each arm's mean ± 95 % half-width over its seeds for the claim's metrics and the score, with
-    its seed count and seconds per edit."""
+def arms_table(item: Runs, df: pd.DataFrame, columns: list[str], chosen: dict | None = None,
+               mark: str | None = None) -> str:
+    """Each arm's mean ± 95 % half-width over its seeds for `columns` and the score, with its seed
+    count and seconds per edit; the arm labelled `mark` in bold (a calibration's choice)."""
     from .stats import over_seeds
 
-    labels = list(dict.fromkeys(label for label, _, _ in claim.runs()))
-    cols = [*claim.metrics, "score"]
+    labels = list(dict.fromkeys(label for label, _, _ in item.runs(chosen)))
+    cols = [*columns, "score"]
     head = "| arm | seeds | " + " | ".join(cols) + " | s / edit |\n" + "|---" * (len(cols) + 3) + "|\n"
     stats = over_seeds(df, "label", [*cols, "s_per_edit"]) if len(df) else pd.DataFrame(columns=["label"])
     lines = []
     for label in labels:
         row = stats[stats["label"] == label]
+        name = f"**{label}** (chosen)" if label == mark else label
         if not len(row):
-            lines.append(f"| {label} | 0 | " + " | ".join("–" for _ in cols) + " | – |")
+            lines.append(f"| {name} | 0 | " + " | ".join("–" for _ in cols) + " | – |")
             continue
         r = row.iloc[0]
 
@@ -197,46 +274,75 @@ def arms_table(claim: Claim, df: pd.DataFrame) -> str:
             ci = r.get(f"{m}.ci")
             return _num(r[m]) if ci is None or pd.isna(ci) else f"{_num(r[m])} ± {_num(ci)}"
 
-        lines.append(f"| {label} | {int(r['n_seeds'])} | " + " | ".join(cell(m) for m in cols) +
+        lines.append(f"| {name} | {int(r['n_seeds'])} | " + " | ".join(cell(m) for m in cols) +
                      f" | {_num(r.get('s_per_edit'), 1)} |")
     return head + "\n".join(lines) + "\n"
 
 
+def _runs_line(item: Runs, have: int, need: int) -> str:
+    b = item.base
+    held = f", without the requests of `{b.exclude}`" if b.exclude else ""
+    return (f"**Runs.** {have} of {need} stored in `store/{item.experiment}/` ({len(item.seeds)} seed(s) per arm; seed "
+            f"*s* edits {b.n_edits} `{b.benchmark}` requests from {b.offset} + {b.n_edits}·s on{held}"
+            + (f", in chunks of {item.chunk_size}" if item.chunk_size else "") + ").\n\n")
+
+
+def _missing(item: Runs, df: pd.DataFrame, chosen: dict) -> str | None:
+    runs = item.runs(chosen)
+    if len(df) >= len(runs):
+        return None
+    stored = {(r.label, r.seed) for r in df.itertuples()} if len(df) else set()
+    lacking = list(dict.fromkeys(label for label, s, _ in runs if (label, s) not in stored))
+    waiting = sorted({p["calibrated"] for p in item.points if "calibrated" in p and chosen.get(p["calibrated"]) is None})
+    wait = f" (waiting for the calibration of {', '.join(waiting)})" if waiting else ""
+    return (f"- **{item.title}**: {len(df)} of {len(runs)} runs stored{wait}; arms still short of "
+            f"{len(item.seeds)} seed(s): {', '.join(lacking)}.")
+
+
 def render(claims_path=CLAIMS, root: Path = STORE) -> str:
     """The report's Markdown, from the claims file and the finished runs under `root`."""
-    doc, claims = read_claims(claims_path)
+    plan = read(claims_path)
+    doc, chosen = plan.doc, plan.chosen(root)
     parts = [f"# {doc.get('title', 'Reproduction report')}\n",
              "> Generated by `workbench report` from `docs/claims.yaml` and the finished runs in `store/` (tracked "
              "in git: each run's spec, package versions, git sha, per-probe answers and metrics). Do not edit this "
              "file: edit the claims file or add runs, then render again; `tests/test_report.py` fails when the two "
-             "disagree.\n", doc.get("intro", "").strip() + "\n", "## Verdict rules\n", RULES + "\n", "## Summary\n",
+             "disagree.\n", doc.get("intro", "").strip() + "\n", "## Verdict rules\n", RULES + "\n",
+             "Calibrations: " + " ".join(Calibration.__doc__.split()) + "\n", "## Summary\n",
              "| # | claim | paper | ours: arm − strongest other, score (95 % interval) | verdict |\n|---|---|---|---|---|"]
     sections, missing, seconds = [], [], 0.0
-    for i, claim in enumerate(claims, 1):
-        df = table(claim, root)
+    if plan.calibrations:
+        sections.append("## Calibration\n\nEach preset number that a claim uses from a calibration is chosen here, by "
+                        "the rule above, on requests no claim edits.\n")
+    for k, cal in enumerate(plan.calibrations, 1):
+        df = table(cal, root)
+        seconds += float(df["edit_s"].sum()) if len(df) and "edit_s" in df else 0.0
+        missing.append(_missing(cal, df, chosen))
+        pick = chosen[cal.name]
+        label = None if pick is None else ", ".join(f"{k2}={v}" for k2, v in pick.items() if k2 != "preset")
+        result = f"chosen: **{label}**" if pick else "not chosen yet (the grid is not finished)"
+        score = " and ".join(f"`{m}`" for m in cal.score)
+        sections.append(f"### C{k}. {cal.title}\n\n" + (f"{cal.why.strip()}\n\n" if cal.why else "")
+                        + _runs_line(cal, len(df), len(cal.runs())) + f"Preset `{cal.preset}`; the score is the mean "
+                        f"of {score} per run ({cal.direction} is better); {result}.\n\n"
+                        + arms_table(cal, df, [], mark=label))
+    for i, claim in enumerate(plan.claims, 1):
+        df = table(claim, root, chosen)
         comps = comparisons(claim, df)
         top = headline(claim, comps)
         ours = f"vs {top[0]}: {_diff(top[1])}" if top else "no runs stored yet"
         judged = f"**{top[2]}**" if top else "**inconclusive** (not run yet)"
         parts.append(f"| {i} | {claim.title} | {claim.says} | {ours} | {judged} |")
-        need, have = len(claim.runs()), len(df)
-        if have < need:
-            stored = {(r.label, r.seed) for r in df.itertuples()} if have else set()
-            lacking = sorted({label for label, s, _ in claim.runs() if (label, s) not in stored})
-            missing.append(f"- **{claim.title}**: {have} of {need} runs stored; arms still short of "
-                           f"{len(claim.seeds)} seeds: {', '.join(lacking)}.")
-        if have and "edit_s" in df:
-            seconds += float(df["edit_s"].sum())
+        missing.append(_missing(claim, df, chosen))
+        seconds += float(df["edit_s"].sum()) if len(df) and "edit_s" in df else 0.0
         diffs = "\n".join(f"| {claim.arm} − {o} | {_diff(p)} | {v} |" for o, p, v in comps)
         score = " and ".join(f"`{m}`" for m in claim.score)
         sections.append(
             f"## {i}. {claim.title}\n\n**The paper** ({claim.paper}). {claim.says}\n\n"
             + (f"**Setting.** {claim.setting.strip()}\n\n" if claim.setting else "")
-            + f"**Runs.** {have} of {need} stored in `store/{claim.experiment}/` ({len(claim.seeds)} seeds per arm; seed "
-            f"*s* edits requests {claim.base.offset} + {claim.base.n_edits}·s onward, {claim.base.n_edits} per seed"
-            + (f", in chunks of {claim.chunk_size}" if claim.chunk_size else "") + ").\n\n"
+            + _runs_line(claim, len(df), len(claim.runs(chosen)))
             + f"Each arm: mean ± 95 % half-width over its seeds. The score is the mean of {score} per run.\n\n"
-            + arms_table(claim, df)
+            + arms_table(claim, df, claim.metrics, chosen)
             + f"\n**Differences and verdicts** (paper's direction: the arm's score is {claim.direction}):\n\n"
             + "| comparison | difference of the score | verdict |\n|---|---|---|\n" + diffs + "\n\n"
             + (f"**What differs from the paper.** {claim.differs.strip()}\n\n" if claim.differs else "")
@@ -245,7 +351,7 @@ def render(claims_path=CLAIMS, root: Path = STORE) -> str:
                  "`wb.edit`, as each run recorded it; scoring not included).\n")
     parts += sections
     todo = [f"- {t.strip()}" for t in doc.get("todo", [])]
-    parts.append("## What is still not done\n\n" + "\n".join(missing + todo) + "\n")
+    parts.append("## What is still not done\n\n" + "\n".join([m for m in missing if m] + todo) + "\n")
     return "\n".join(parts)
 
 

@@ -27,7 +27,7 @@ LONG_FORM = ("unkebench", "mquake-cf", "unkebench-loc", "akew-loc")  # scored th
 
 
 # Spec fields added after results were stored, with their defaults (see `RunSpec.to_dict`).
-ADDED_LATER = {"eval_chat_template": None}
+ADDED_LATER = {"eval_chat_template": None, "exclude": None}
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class RunSpec:
     n_mmlu: int = 570
     smoke_run: bool = False  # CI-sized: tiny 30-layer random model, the config's smoke() steps (see `smoke()`)
     eval_chat_template: bool | None = None  # probe through the chat template (True) or not (False); None: as edited
+    # a benchmark whose requests are held apart: requests whose prompt (case and spaces aside) occurs in it are
+    # dropped before `offset` applies (calibrating on KnowEdit's ZsRE without touching LocFT's zsre_3k)
+    exclude: str | None = None
     # version of the scorers and locality sets: 2 = the UnKE lineage's scorers, FT-L's prompt_last, locality sets
     # that exclude the edit set. In the hash, so runs scored the old way are never read back as new ones.
     scoring: int = 2

@@ -60,11 +60,22 @@ def provenance(model, spec: RunSpec) -> dict:
 
 
 def requests_for(spec: RunSpec):
+    """The requests `spec` edits: ``n_edits`` of its benchmark from ``offset`` on, after dropping those
+    whose prompt occurs in ``spec.exclude`` (held apart)."""
+    def read(name, n=None):
+        return locality.load(name, n=n) if name in locality.SETS else data.load(name, n=n)
+
     n = spec.offset + spec.n_edits
-    reqs = locality.load(spec.benchmark, n=n) if spec.benchmark in locality.SETS else data.load(spec.benchmark, n=n)
+    if spec.exclude:
+        held = {" ".join(r.prompt.lower().split()) for r in read(spec.exclude)}
+        reqs = [r for r in read(spec.benchmark) if " ".join(r.prompt.lower().split()) not in held][:n]
+    else:
+        reqs = read(spec.benchmark, n=n)
     reqs = reqs[spec.offset:]
     if len(reqs) < spec.n_edits:
-        raise ConfigError(f"n_edits={spec.n_edits} but {spec.benchmark} has only {len(reqs)} requests after offset {spec.offset}")
+        after = f" without those in {spec.exclude}" if spec.exclude else ""
+        raise ConfigError(f"n_edits={spec.n_edits} but {spec.benchmark} has only {len(reqs)} requests after offset "
+                          f"{spec.offset}{after}")
     return reqs
 
 
