@@ -228,7 +228,7 @@ def test_a_sequence_killed_between_stages_resumes_and_ends_as_an_unbroken_one(st
     import pandas as pd
 
     def stored(exp):  # every score and step count of every stage; only the seconds may differ
-        return pd.read_json(store / exp / f"{spec.hash()}-chunk2" / "stages.jsonl", lines=True).drop(columns="edit_s")
+        return pd.read_json(store / exp / f"{spec.hash()}-chunk2" / "stages.jsonl", lines=True).drop(columns=["edit_s", "run_s"])
 
     pd.testing.assert_frame_equal(stored("resumed"), stored("unbroken"))
     assert len(resumed) == len(unbroken) == 4 and not (folder.parent / (folder.name + ".partial")).exists()
@@ -265,3 +265,14 @@ def test_a_resumed_sequence_edits_exactly_as_an_unbroken_one(tiny, tok):
     for r in reversed(done):
         r.revert()
     assert state_hash(tiny) == h0 and not carried(tiny)
+
+
+def test_exclude_holds_another_benchmarks_requests_apart_without_renaming_old_runs():
+    spec = RunSpec(benchmark="knowedit-zsre", n_edits=852, exclude="zsre")
+    held = {" ".join(r.prompt.lower().split()) for r in wb.data.load("zsre")}
+    reqs = runs.requests_for(spec)
+    assert len(reqs) == 852 and not any(" ".join(r.prompt.lower().split()) in held for r in reqs)
+    assert RunSpec(benchmark="knowedit-zsre", n_edits=5).hash() == spec.replace(exclude=None, n_edits=5).hash()
+    assert "exclude" not in RunSpec().to_dict()  # a spec stored before the field existed keeps its hash
+    with pytest.raises(wb.ConfigError, match="only 852 requests after offset 0 without those in zsre"):
+        runs.requests_for(spec.replace(n_edits=853))

@@ -208,7 +208,7 @@ def table(item: Runs, root: Path = STORE, chosen: dict | None = None) -> pd.Data
     for label, seed, spec in item.runs(chosen):
         path = item.folder(root, spec) / "metrics.json" if spec is not None else None
         if path is not None and path.exists():
-            rows.append({"label": label, "seed": seed, **json.loads(path.read_text())})
+            rows.append({"label": label, "seed": seed, **json.loads(path.read_text()), "folder": str(path.parent)})
     df = pd.DataFrame(rows, columns=["label", "seed"] if not rows else None)
     if len(df):
         have = [m for m in item.score if m in df]
@@ -279,6 +279,14 @@ def arms_table(item: Runs, df: pd.DataFrame, columns: list[str], chosen: dict | 
     return head + "\n".join(lines) + "\n"
 
 
+def _compute(df: pd.DataFrame) -> dict:
+    """Run folder -> (seconds editing, seconds of the whole run or NaN where it was not recorded)."""
+    if not len(df):
+        return {}
+    walls = df["run_s"] if "run_s" in df else pd.Series(math.nan, index=df.index)
+    return {f: (float(e), float(w)) for f, e, w in zip(df["folder"], df["edit_s"], walls.fillna(math.nan))}
+
+
 def _runs_line(item: Runs, have: int, need: int) -> str:
     b = item.base
     held = f", without the requests of `{b.exclude}`" if b.exclude else ""
@@ -310,13 +318,13 @@ def render(claims_path=CLAIMS, root: Path = STORE) -> str:
              "disagree.\n", doc.get("intro", "").strip() + "\n", "## Verdict rules\n", RULES + "\n",
              "Calibrations: " + " ".join(Calibration.__doc__.split()) + "\n", "## Summary\n",
              "| # | claim | paper | ours: arm − strongest other, score (95 % interval) | verdict |\n|---|---|---|---|---|"]
-    sections, missing, seconds = [], [], 0.0
+    sections, missing, compute = [], [], {}  # run folder -> (edit_s, run_s): a run two claims read counts once
     if plan.calibrations:
         sections.append("## Calibration\n\nEach preset number that a claim uses from a calibration is chosen here, by "
                         "the rule above, on requests no claim edits.\n")
     for k, cal in enumerate(plan.calibrations, 1):
         df = table(cal, root)
-        seconds += float(df["edit_s"].sum()) if len(df) and "edit_s" in df else 0.0
+        compute.update(_compute(df))
         missing.append(_missing(cal, df, chosen))
         pick = chosen[cal.name]
         label = None if pick is None else ", ".join(f"{k2}={v}" for k2, v in pick.items() if k2 != "preset")
@@ -334,7 +342,7 @@ def render(claims_path=CLAIMS, root: Path = STORE) -> str:
         judged = f"**{top[2]}**" if top else "**inconclusive** (not run yet)"
         parts.append(f"| {i} | {claim.title} | {claim.says} | {ours} | {judged} |")
         missing.append(_missing(claim, df, chosen))
-        seconds += float(df["edit_s"].sum()) if len(df) and "edit_s" in df else 0.0
+        compute.update(_compute(df))
         diffs = "\n".join(f"| {claim.arm} − {o} | {_diff(p)} | {v} |" for o, p, v in comps)
         score = " and ".join(f"`{m}`" for m in claim.score)
         sections.append(
@@ -347,8 +355,11 @@ def render(claims_path=CLAIMS, root: Path = STORE) -> str:
             + "| comparison | difference of the score | verdict |\n|---|---|---|\n" + diffs + "\n\n"
             + (f"**What differs from the paper.** {claim.differs.strip()}\n\n" if claim.differs else "")
             + (f"**Regenerate.** `{claim.regenerate.strip()}`\n" if claim.regenerate else ""))
-    parts.append(f"\nEditing time of every stored run above, summed: {seconds / 3600:.2f} h (seconds spent in "
-                 "`wb.edit`, as each run recorded it; scoring not included).\n")
+    edit_s = sum(e for e, _ in compute.values())
+    timed = [w for _, w in compute.values() if not math.isnan(w)]
+    parts.append(f"\nCompute behind this report: {len(compute)} runs; editing (seconds in `wb.edit`, as each run "
+                 f"recorded it) {edit_s / 3600:.2f} h; whole runs, scoring included, {sum(timed) / 3600:.2f} h over the "
+                 f"{len(timed)} runs that recorded it.\n")
     parts += sections
     todo = [f"- {t.strip()}" for t in doc.get("todo", [])]
     parts.append("## What is still not done\n\n" + "\n".join([m for m in missing if m] + todo) + "\n")

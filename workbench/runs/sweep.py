@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import shutil
+import time
 from functools import partial
 
 import pandas as pd
@@ -101,6 +102,7 @@ def _execute(spec: RunSpec, experiment: str, progress: bool) -> dict:
     if same is not None:  # the identical run finished under another experiment: share it, don't redo it
         write_atomically(folder, {p.name: p.read_bytes() for p in same.parent.iterdir() if p.is_file()})
         return json.loads((folder / "metrics.json").read_text())
+    t0 = time.perf_counter()
     cfg = spec.run_config()
     model, tok = model_for(cfg)
     reqs = requests_for(spec)
@@ -139,7 +141,8 @@ def _execute(spec: RunSpec, experiment: str, progress: bool) -> dict:
         truncated += res.n_truncated
         n_trainable = res.n_trainable
     metrics = {**report.scores(), "edit_s": sum(timings), "s_per_edit": sum(timings) / len(reqs), "steps": steps,
-               "n_trainable": n_trainable, "n_truncated": truncated, "n_edits": len(reqs)}
+               "n_trainable": n_trainable, "n_truncated": truncated, "n_edits": len(reqs),
+               "run_s": time.perf_counter() - t0}  # the whole run: loading excepted, scoring included
     if is_random(cfg.model_name):  # speed and memory only: the report refuses these (cli.reproduce)
         metrics["random_weights"] = True
     tmp_report = folder.with_name(f".{folder.name}.report{os.getpid()}")
@@ -243,14 +246,15 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
     pre = pre_edit(model, tok, reqs, ecfg)  # locality's reference, and each probe's answer before the edit
     partial = folder.with_name(folder.name + ".partial")
     spec_json = to_json({**spec.to_dict(), "chunk_size": chunk_size})
-    done, shas = [], [git_sha()]
+    done, shas, t0 = [], [git_sha()], time.perf_counter()
     state = _read_partial(partial, spec_json)
     if state is None:
         before = evaluate(model, tok, reqs[:0], ecfg.replace(splits=()), pre=pre).capability
         stages = [{"n_edits": 0, **{f"capability.{k}": v for k, v in before.items()}}]
-        edit_s, steps = 0.0, 0
+        edit_s, steps, spent = 0.0, 0, 0.0
     else:  # resume: the sequence's weights and carried state go into the unedited model
         stages, edit_s, steps, shas = state["stages"], state["edit_s"], state["steps"], state["git_shas"] + shas
+        spent = state.get("run_s", 0.0)
         done.append(resume(model, cfg, state["snapshot"], [r.id for r in reqs[:stages[-1]["n_edits"]]]))
     first = stages[-1]["n_edits"]
     report = None
@@ -263,7 +267,7 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
             report = evaluate(model, tok, seen, ecfg, pre=pre)
             stages.append({"n_edits": len(seen), **report.scores(),
                            **by_chunk(report, seen, chunk_size, protocols_for(ecfg)),
-                           "edit_s": edit_s, "steps": steps})
+                           "edit_s": edit_s, "steps": steps, "run_s": spent + time.perf_counter() - t0})
             snap = snapshot(model, done) if len(seen) < len(reqs) else None
             if snap is not None:
                 _write_partial(partial, spec_json, snap, stages, edit_s, steps, shas)
@@ -292,7 +296,8 @@ def _write_partial(partial, spec_json: str, snap: dict, stages: list, edit_s: fl
     write_atomically(partial, {"spec.json": spec_json, "snapshot.pt": buf.getvalue(),
                                # not to_json: its sorted keys would reorder the stages' columns
                                "progress.json": json.dumps(plain({"stages": stages, "edit_s": edit_s, "steps": steps,
-                                                                  "git_shas": shas}), indent=1)})
+                                                                  "git_shas": shas, "run_s": stages[-1]["run_s"]}),
+                                                           indent=1)})
 
 
 def _read_partial(partial, spec_json: str) -> dict | None:
