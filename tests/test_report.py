@@ -62,6 +62,8 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
         md = report.render(path, tmp_path / "store")
         assert f"| {claim.title} | it does | vs short: {report._diff(p)} | **{verdict(p, 'higher')}** |" in md
     assert "4 of 4 stored" in md and "- later" in md
+    fig = report.figure(seq, report.table(seq, tmp_path / "store"))  # the bars the report's figure draws
+    assert list(fig.data[0].x) == ["long", "short"] and fig.data[-1].name == "score"
     claims["claims"]["once"]["seeds"] = [0, 1, 2]  # a seed not run yet is counted as missing
     path.write_text(json.dumps(claims))
     assert "4 of 6 runs stored; arms still short of 3 seed(s): long, short." in report.render(path, tmp_path / "store")

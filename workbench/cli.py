@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         if args.run is not None:
             report.run(args.run, args.executor, claims)
         if args.check:
-            fresh = report.render(claims)
+            fresh = report.render(claims, out=out)
             if not out.exists() or out.read_text() != fresh:
                 print(f"{out} differs from what {claims} and store/ render: run `workbench report`")
                 return 1

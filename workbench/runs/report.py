@@ -279,6 +279,23 @@ def arms_table(item: Runs, df: pd.DataFrame, columns: list[str], chosen: dict | 
     return head + "\n".join(lines) + "\n"
 
 
+FIGURES = "reproduction-2"  # beside the report: <claim>.png, written by `write` where kaleido can render
+
+
+def figure(claim: Claim, df: pd.DataFrame):
+    """The claim's arms as bars (the score and its metrics, mean ± 95 % half-width over seeds)."""
+    from .. import plots
+    from .stats import over_seeds
+
+    cols = [*claim.metrics, "score"]
+    return plots.bars(over_seeds(df, "label", cols), "label", cols, title=f"{claim.title} (SmolLM2-135M, CPU)")
+
+
+def _figure_line(claim: Claim, out: Path) -> str:
+    png = out.parent / FIGURES / f"{claim.name}.png"
+    return f"![{claim.title}]({FIGURES}/{claim.name}.png)\n\n" if png.exists() else ""
+
+
 def _compute(df: pd.DataFrame) -> dict:
     """Run folder -> (seconds editing, seconds of the whole run or NaN where it was not recorded)."""
     if not len(df):
@@ -307,8 +324,9 @@ def _missing(item: Runs, df: pd.DataFrame, chosen: dict) -> str | None:
             f"{len(item.seeds)} seed(s): {', '.join(lacking)}.")
 
 
-def render(claims_path=CLAIMS, root: Path = STORE) -> str:
-    """The report's Markdown, from the claims file and the finished runs under `root`."""
+def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
+    """The report's Markdown, from the claims file and the finished runs under `root` (a claim's
+    figure is linked where `write` left one beside `out`)."""
     plan = read(claims_path)
     doc, chosen = plan.doc, plan.chosen(root)
     parts = [f"# {doc.get('title', 'Reproduction report')}\n",
@@ -350,7 +368,7 @@ def render(claims_path=CLAIMS, root: Path = STORE) -> str:
             + (f"**Setting.** {claim.setting.strip()}\n\n" if claim.setting else "")
             + _runs_line(claim, len(df), len(claim.runs(chosen)))
             + f"Each arm: mean ± 95 % half-width over its seeds. The score is the mean of {score} per run.\n\n"
-            + arms_table(claim, df, claim.metrics, chosen)
+            + arms_table(claim, df, claim.metrics, chosen) + "\n" + _figure_line(claim, Path(out))
             + f"\n**Differences and verdicts** (paper's direction: the arm's score is {claim.direction}):\n\n"
             + "| comparison | difference of the score | verdict |\n|---|---|---|\n" + diffs + "\n\n"
             + (f"**What differs from the paper.** {claim.differs.strip()}\n\n" if claim.differs else "")
@@ -367,8 +385,28 @@ def render(claims_path=CLAIMS, root: Path = STORE) -> str:
 
 
 def write(claims_path=CLAIMS, out=REPORT, root: Path = STORE) -> Path:
+    """Write each claim's figure (PNG, where kaleido and a Chromium can render; otherwise none and the
+    report links none) and then the report."""
+    import logging
+
     out = Path(out)
+    plan = read(claims_path)
+    chosen = plan.chosen(root)
+    for claim in plan.claims:
+        df = table(claim, root, chosen)
+        png = out.parent / FIGURES / f"{claim.name}.png"
+        if not len(df):
+            png.unlink(missing_ok=True)
+            continue
+        try:
+            import kaleido  # noqa: F401  (the `report` extra)
+
+            png.parent.mkdir(parents=True, exist_ok=True)
+            figure(claim, df).write_image(png, width=1000, height=450, scale=2)
+        except Exception as e:  # no kaleido or no browser: the report links no figure for this claim
+            logging.getLogger("workbench").warning("no figure for %s: %s", claim.name, e)
+            png.unlink(missing_ok=True)
     tmp = out.with_name(out.name + ".part")
-    tmp.write_text(render(claims_path, root))
+    tmp.write_text(render(claims_path, root, out))
     tmp.replace(out)
     return out
