@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -27,12 +28,22 @@ def results_root() -> Path:
     return Path(os.environ.get("WORKBENCH_RESULTS", PROJECT_ROOT / "results"))
 
 
-def git_sha() -> str | None:
+def _git(*args) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        return ""
+
+
+@lru_cache(maxsize=1)
+def git_sha() -> str | None:
+    """The commit of the code this process runs, read once, the first time a run asks (``runs``
+    asks at import): HEAD moving later, while a long worker goes on with the code it loaded, does
+    not change it. ``+dirty`` when the package or the presets differ from that commit."""
+    sha = _git("rev-parse", "HEAD") or None
+    if sha and _git("status", "--porcelain", "--untracked-files=no", "--", "workbench", "configs"):
+        sha += "+dirty"
+    return sha
 
 
 def check_writable(folder: Path) -> None:

@@ -34,6 +34,7 @@ from .store import (check_writable, clear_leftovers, git_sha, plain, results_roo
 
 
 _MODELS: dict = {}
+git_sha()  # the code's commit as this process loads it (store.git_sha)
 
 
 def model_for(cfg: EditConfig):
