@@ -66,7 +66,7 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
     assert list(fig.data[0].x) == ["long", "short"] and fig.data[-1].name == "score"
     claims["claims"]["once"]["seeds"] = [0, 1, 2]  # a seed not run yet is counted as missing
     path.write_text(json.dumps(claims))
-    assert "4 of 6 runs stored; arms still short of 3 seed(s): long, short." in report.render(path, tmp_path / "store")
+    assert "4 of 6 runs stored; arms still short of 3 seed(s): `long`; `short`." in report.render(path, tmp_path / "store")
 
 
 def test_a_bad_claims_file_names_the_claim_and_the_field(tmp_path):

@@ -321,7 +321,7 @@ def _missing(item: Runs, df: pd.DataFrame, chosen: dict) -> str | None:
     waiting = sorted({p["calibrated"] for p in item.points if "calibrated" in p and chosen.get(p["calibrated"]) is None})
     wait = f" (waiting for the calibration of {', '.join(waiting)})" if waiting else ""
     return (f"- **{item.title}**: {len(df)} of {len(runs)} runs stored{wait}; arms still short of "
-            f"{len(item.seeds)} seed(s): {', '.join(lacking)}.")
+            f"{len(item.seeds)} seed(s): {'; '.join(f'`{label}`' for label in lacking)}.")
 
 
 def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
