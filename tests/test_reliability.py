@@ -90,7 +90,7 @@ def test_same_config_and_seed_give_bitwise_identical_results(tmp_path, method):
         assert p.returncode == 0, p.stderr[-2000:]
         outs.append(json.loads(p.stdout.strip().splitlines()[-1]))
     a, b = outs
-    timing = {"edit_s", "s_per_edit"}
+    timing = {"edit_s", "s_per_edit", "run_s"}
     assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
            {k: v for k, v in b["metrics"].items() if k not in timing}
     assert a["per_probe"] == b["per_probe"]
