@@ -48,6 +48,8 @@ class Runs:
         """(label, seed, spec) of every run, as `sweep.seeded` places seeds. A point ``calibrated: X``
         takes calibration X's preset and chosen values (`chosen[X]`); while X is not finished its
         runs have no spec yet (None)."""
+        from .sweep import seeded
+
         out = []
         for point in self.points:
             point = dict(point)
@@ -55,11 +57,11 @@ class Runs:
             label = point.pop("label", point.get("preset", cal))
             if cal is not None:
                 values = (chosen or {}).get(cal)
-                point = None if values is None else {**values, **point}
-            for s in self.seeds:
-                spec = None if point is None else \
-                    self.base.replace(**point, seed=s, offset=self.base.offset + s * self.base.n_edits)
-                out.append((label, s, spec))
+                if values is None:
+                    out += [(label, s, None) for s in self.seeds]
+                    continue
+                point = {**values, **point}
+            out += [(label, p["seed"], self.base.replace(**p)) for p in seeded([point], self.seeds, self.base)]
         return out
 
     def folder(self, root: Path, spec: RunSpec) -> Path:

@@ -67,10 +67,13 @@ def requests_for(spec: RunSpec):
     def read(name, n=None):
         return locality.load(name, n=n) if name in locality.SETS else data.load(name, n=n)
 
+    def key(r):  # a prompt, case and spacing aside
+        return " ".join(r.prompt.lower().split())
+
     n = spec.offset + spec.n_edits
     if spec.exclude:
-        held = {" ".join(r.prompt.lower().split()) for r in read(spec.exclude)}
-        reqs = [r for r in read(spec.benchmark) if " ".join(r.prompt.lower().split()) not in held][:n]
+        held = {key(r) for r in read(spec.exclude)}
+        reqs = [r for r in read(spec.benchmark) if key(r) not in held][:n]
     else:
         reqs = read(spec.benchmark, n=n)
     reqs = reqs[spec.offset:]
@@ -254,8 +257,8 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
         stages = [{"n_edits": 0, **{f"capability.{k}": v for k, v in before.items()}}]
         edit_s, steps, spent = 0.0, 0, 0.0
     else:  # resume: the sequence's weights and carried state go into the unedited model
-        stages, edit_s, steps, shas = state["stages"], state["edit_s"], state["steps"], state["git_shas"] + shas
-        spent = state.get("run_s", 0.0)
+        stages, shas = state["stages"], state["git_shas"] + shas
+        edit_s, steps, spent = (stages[-1][k] for k in ("edit_s", "steps", "run_s"))
         done.append(resume(model, cfg, state["snapshot"], [r.id for r in reqs[:stages[-1]["n_edits"]]]))
     first = stages[-1]["n_edits"]
     report = None
@@ -271,7 +274,7 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
                            "edit_s": edit_s, "steps": steps, "run_s": spent + time.perf_counter() - t0})
             snap = snapshot(model, done) if len(seen) < len(reqs) else None
             if snap is not None:
-                _write_partial(partial, spec_json, snap, stages, edit_s, steps, shas)
+                _write_partial(partial, spec_json, snap, stages, shas)
     finally:
         for r in reversed(done):  # undo in reverse order: each revert restores the state before its edit
             r.revert()
@@ -287,7 +290,9 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
     return df.assign(hash=folder.name)
 
 
-def _write_partial(partial, spec_json: str, snap: dict, stages: list, edit_s: float, steps: int, shas: list) -> None:
+def _write_partial(partial, spec_json: str, snap: dict, stages: list, shas: list) -> None:
+    """The checkpoint after a stage: the snapshot, the stages so far (the last one holds the running
+    edit_s, steps and run_s) and the git sha of each process that worked on the sequence."""
     import io
 
     import torch
@@ -296,9 +301,7 @@ def _write_partial(partial, spec_json: str, snap: dict, stages: list, edit_s: fl
     torch.save(snap, buf)
     write_atomically(partial, {"spec.json": spec_json, "snapshot.pt": buf.getvalue(),
                                # not to_json: its sorted keys would reorder the stages' columns
-                               "progress.json": json.dumps(plain({"stages": stages, "edit_s": edit_s, "steps": steps,
-                                                                  "git_shas": shas, "run_s": stages[-1]["run_s"]}),
-                                                           indent=1)})
+                               "progress.json": json.dumps(plain({"stages": stages, "git_shas": shas}), indent=1)})
 
 
 def _read_partial(partial, spec_json: str) -> dict | None:
