@@ -36,9 +36,8 @@ def test_rome_maps_its_key_to_its_value_and_changes_nothing_else(tiny, tok):
     r = locate.rows_for(tok, FACT, prefixes, cfg, kl=True)
     k_bar = locate.mean_key(tiny, s, r)
     k = locate.keys(tiny, s, r.batch, torch.tensor([0]), r.positions[:1])[0]
-    n = r.n_rewrite
-    _, delta = locate.optimize_delta(tiny, s.module, {key: v[:n] for key, v in r.batch.items()}, torch.arange(n),
-                                     r.positions[:n], cfg)
+    with locate.frozen_eval(tiny):
+        _, delta, _ = locate.value(tiny, s.module, r, cfg)
     w = s.matrix()
     update = rome.rank_one(w, k, k_bar, delta, c)
     v_star = w @ k + delta
@@ -90,6 +89,33 @@ def test_memits_solve_is_the_least_squares_fit_and_shrinks_romes_by_kappa():
     kappa = k[:, 0] @ torch.linalg.solve(c, k[:, 0])
     rome_like = torch.outer(r[:, 0], torch.linalg.solve(c, k[:, 0])) / kappa
     assert torch.allclose(one, kappa / (2.0 + kappa) * rome_like, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ batched values
+FACT2 = data.Request(id="g", prompt="Orla Mbeki works as a", target="harbour pilot in Lagos", subject="Orla Mbeki")
+
+
+@pytest.mark.parametrize("where", ["decoder layer", "MLP output"])
+def test_values_optimised_together_equal_one_at_a_time(tiny, tok, monkeypatch, where):
+    # Three requests of different lengths, two with ROME's KL row and one without; the stop threshold
+    # is set inside the tiny model's loss range (its losses start near 16) so that the requests stop
+    # after different numbers of steps. Batched, one at a time, and without the prefix cache, every
+    # request must get the same δ and h: the batch shares forward passes, never gradients or steps.
+    monkeypatch.setattr(locate, "STOP_LOSS", 14.0)
+    cfg = wb.preset("memit", **{**QUICK, "key_position": "prompt_last"})
+    prefixes = locate.context_prefixes(tiny, tok, cfg.n_prefixes, cfg.prefix_tokens)
+    rows = [locate.rows_for(tok, r, prefixes, cfg) for r in (FACT, FACT2, STORY)]
+    assert [r.n_rewrite < len(r.examples) for r in rows] == [True, True, False]
+    module = locate.decoder_layer(tiny, 2) if where == "decoder layer" else locate.site(tiny, 2).module
+    with locate.frozen_eval(tiny):
+        together = locate.values(tiny, module, rows, cfg)
+        alone = locate.values(tiny, module, rows, cfg.replace(value_batch=1))
+        plain = locate.values(tiny, module, rows, cfg.replace(value_batch=1, prefix_cache=False))
+    assert len(set(plain.steps)) > 1, f"the requests should stop at different steps here: {plain.steps}"
+    assert together.steps == alone.steps == plain.steps
+    for v in (together, alone):
+        assert (v.delta - plain.delta).norm() <= 1e-5 * plain.delta.norm()
+        assert (v.h - plain.h).norm() <= 1e-5 * plain.h.norm()
 
 
 # ------------------------------------------------------------------------------------- AlphaEdit

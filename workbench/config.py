@@ -47,9 +47,10 @@ def loss_scope_name(scope: str) -> str:
 
 # Fields added after runs were stored: left out of `to_dict()` (so of every hash) at these defaults,
 # so the stored runs keep their hashes.
-ADDED_LATER = {"skip_converged": False, "length_buckets": False, "prefix_cache_dtype": "auto", "parallel_edits": 1}
+ADDED_LATER = {"skip_converged": False, "length_buckets": False, "prefix_cache_dtype": "auto", "parallel_edits": 1,
+               "value_batch": 16}
 # Fields that change how fast an edit runs, never what it computes beyond float rounding: not in `hash()`.
-NOT_HASHED = ("parallel_edits",)
+NOT_HASHED = ("parallel_edits", "value_batch")
 
 
 @dataclass(frozen=True)
@@ -117,9 +118,10 @@ class EditConfig:
     skip_converged: bool = False  # breadth-first: an example whose own loss is below early_stop_loss leaves later epochs
     length_buckets: bool = False  # breadth-first: each epoch's batches drawn from length-sorted runs (less padding)
     # --- speed (the same edit up to float rounding)
-    prefix_cache: bool = True  # run the frozen layers below the lowest edited one once per example, not every step (prefix.py)
+    prefix_cache: bool = True  # run the frozen layers below the lowest edited (or value) layer once per example, not every step (prefix.py)
     prefix_cache_dtype: Literal["auto", "bfloat16"] = "auto"  # the cache's storage: "auto" = the model's dtype
     parallel_edits: int = 1  # single editing (`edit_each`, runs' protocol "single"): requests trained at once, each alone
+    value_batch: int = 16  # locate-and-edit: requests whose values (δ) are optimised in one batch, each alone (locate.optimize_deltas)
     # --- reproducibility
     seed: int = 0  # shuffling, adapter init and dropout
 
@@ -129,7 +131,7 @@ class EditConfig:
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
         for name in ("batch_size", "epochs", "steps_per_edit", "lora_rank", "v_steps", "prefix_tokens", "unke_steps",
-                     "chunk_tokens", "parallel_edits"):
+                     "chunk_tokens", "parallel_edits", "value_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.max_length < 2:

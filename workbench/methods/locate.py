@@ -45,7 +45,8 @@ import json
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 from functools import lru_cache
 from pathlib import Path
 
@@ -60,6 +61,7 @@ from ..errors import ConfigError, DataError
 from ..models import cache_dir, input_device, spec, tensor_sums
 from ..prompts import IGNORE, Encoded, collate, encode, position_ids, prompt_ids
 from .ft import example_losses
+from .prefix import PrefixCache
 
 
 class _Stop(Exception):
@@ -213,11 +215,30 @@ def context_prefixes(model, tok, n: int, length: int, seed: int = 0) -> list[str
 # ------------------------------------------------------------------------------------------ rows
 @dataclass
 class Rows:
-    """Prompts of one request rendered for the key and value computations, left-padded together."""
+    """The rows of one request for its key and value: each prefixed prompt with the target (labelled),
+    then, when there is one, ROME's KL row "{subject} is a"."""
 
-    batch: dict  # prompts.collate of the encoded rows
-    positions: torch.Tensor  # [R] the key position of each row in the padded batch
+    examples: list[Encoded]
+    keys: list[int]  # the key position in each example, an index into its own tokens
     n_rewrite: int  # rows that carry the target (the rest: the KL row)
+    pad_id: int
+    fixed: list = field(default_factory=list)  # [(position, vector)] added to every rewrite row and kept fixed (AnyEdit's earlier chunks)
+
+    @functools.cached_property
+    def batch(self) -> dict:
+        """The rows left-padded together (`prompts.collate`)."""
+        return collate(self.examples, self.pad_id)
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """[R] the key position of each row in `batch`."""
+        return padded_positions(self.examples, self.keys)
+
+
+def padded_positions(examples: list[Encoded], keys: list[int]) -> torch.Tensor:
+    """Where each example's key position lands once `prompts.collate` left-pads them together."""
+    width = max(len(e.input_ids) for e in examples)
+    return torch.tensor([width - len(e.input_ids) + k for e, k in zip(examples, keys)])
 
 
 def rows_for(tok, req, prefixes: list[str], cfg, kl: bool | None = None) -> Rows:
@@ -239,19 +260,30 @@ def rows_for(tok, req, prefixes: list[str], cfg, kl: bool | None = None) -> Rows
         pos.append(key_position(tok, text, req.subject, cfg.chat_template, "subject_last"))
     if min(pos) < 0:
         raise ConfigError(f"request {req.id}: the key token was cut off by max_length={cfg.max_length}")
-    batch = collate(exs, spec(tok).pad_id)
-    width = batch["input_ids"].shape[1]
-    positions = torch.tensor([width - len(e.input_ids) + p for e, p in zip(exs, pos)])
-    return Rows(batch, positions, len(texts))
+    return Rows(exs, pos, len(texts), spec(tok).pad_id)
 
 
-def value(model, module: nn.Module, r: Rows, cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    """`optimize_delta` over a request's rows: δ at the key token of every prefixed prompt, with the
-    KL row (when `r` has one) for the KL term. Returns (h, δ) at the bare prompt."""
-    n = r.n_rewrite
-    rewrite = {key: v[:n] for key, v in r.batch.items()}
-    kl = ({key: v[n:] for key, v in r.batch.items()}, int(r.positions[n])) if n < len(r.positions) else None
-    return optimize_delta(model, module, rewrite, torch.arange(n), r.positions[:n], cfg, kl=kl)
+class Values(NamedTuple):
+    """The value optimisation's outcome for n requests."""
+
+    h: torch.Tensor  # [n, d] the unperturbed output at each request's key token (bare prompt)
+    delta: torch.Tensor  # [n, d] the optimised δ
+    steps: list[int]  # Adam steps each request took (fewer than v_steps when its loss fell below STOP_LOSS)
+
+
+def value(model, module: nn.Module, r: Rows, cfg) -> Values:
+    """(h, δ, steps) of one request (`values`)."""
+    h, delta, steps = values(model, module, [r], cfg)
+    return Values(h[0], delta[0], steps)
+
+
+def values(model, module: nn.Module, groups: list[Rows], cfg) -> Values:
+    """`optimize_deltas` over the requests' rows, ``value_batch`` requests at a time: δ at the key token
+    of every prefixed prompt, with the KL row (where a request has one) for the KL term, for each
+    request's bare prompt."""
+    out = [optimize_deltas(model, module, groups[i:i + cfg.value_batch], cfg)
+           for i in range(0, len(groups), cfg.value_batch)]
+    return Values(torch.cat([v.h for v in out]), torch.cat([v.delta for v in out]), [s for v in out for s in v.steps])
 
 
 def _to(batch: dict, device) -> dict:
@@ -330,58 +362,120 @@ class _AddAt:
         self.handle.remove()
 
 
-def optimize_delta(model, module: nn.Module, batch: dict, rows: torch.Tensor, positions: torch.Tensor, cfg,
-                   fixed: list | None = None, kl: tuple[dict, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Optimise δ added to `module`'s output at every (row, position) so that the model produces each
-    row's labelled target. Returns (h, δ): the unperturbed output at the first (row, position) and δ.
-    Call it under `frozen_eval` (the model's own weights must not collect gradients).
+STOP_LOSS = 5e-2  # a request whose value loss falls below this stops early (ROME/MEMIT `compute_v`)
 
-    Args:
-        batch: the rows (`prompts.collate`), labels on the target tokens.
-        fixed: ``[(rows, positions, vector)]`` added as well and kept fixed (AnyEdit's earlier chunks).
-        kl: (batch of ROME's "{subject} is a" row, its subject position) for the KL term, or None.
+
+def optimize_deltas(model, module: nn.Module, groups: list[Rows], cfg) -> Values:
+    """Optimise, for each request (a group of rows), one vector δ added to `module`'s output at its
+    rows' key positions so that the model produces the request's target. Returns `Values`: the
+    unperturbed output at each request's first (bare-prompt) row, δ, and the steps each took. Call it
+    under `frozen_eval` (the model's own weights must not collect gradients).
+
+    Each request's loss: the mean NLL of the target over its rewrite rows, plus ``kl_factor`` x
+    KL(p_δ || p_0) at its KL row's key token (when it has one), plus ``v_weight_decay`` x ||δ|| / ||h||²;
+    Adam at ``v_lr`` for at most ``v_steps`` steps, ||δ|| clamped to ``clamp_norm`` x ||h|| after each.
+
+    **Batched, with one-at-a-time semantics.** The requests share each forward pass, but nothing
+    else: request g's rows only ever receive δ_g, so the gradient of the summed loss with respect to
+    δ_g is that of g's own loss; Adam is elementwise, so the rows of one [G, d] parameter are G
+    independent optimisers as long as they step together; a request stops on its own (its loss
+    below `STOP_LOSS`, checked before its step, as the originals break out of their loop), after
+    which its rows leave the batch and its δ is held. The result equals G separate calls to float
+    rounding (`tests/test_locate.py`): the padding differs, nothing else. On a GPU a request's few
+    short rows leave the device idle, so batching them is the speed-up; on the CPU it is the prefix
+    cache below.
+
+    **Prefix cache.** The hidden states entering `module`'s decoder layer do not depend on δ: with
+    ``prefix_cache`` they are computed once (`prefix.PrefixCache`) and each step runs that layer and
+    the ones above it only.
     """
     device = input_device(model)
-    b = _to(batch, device)
-    hook = _AddAt(module)
     d = model.config.get_text_config().hidden_size
-    delta = torch.zeros(d, device=device, requires_grad=True)
+    rows = [(g, i) for g, r in enumerate(groups) for i in range(r.n_rewrite)]
+    kls = [g for g, r in enumerate(groups) if r.n_rewrite < len(r.examples)] if cfg.kl_factor else []
+    examples = [groups[g].examples[i] for g, i in rows] + [groups[g].examples[-1] for g in kls]
+    keys = [groups[g].keys[i] for g, i in rows] + [groups[g].keys[-1] for g in kls]
+    owner = [g for g, _ in rows] + kls
+    first = [rows.index((g, 0)) for g in range(len(groups))]  # each request's bare-prompt row
+    pad_id = groups[0].pad_id
+    layer = _layer_of(model, module)
+    cache = PrefixCache(model, layer, examples, pad_id) if cfg.prefix_cache and layer > 0 and cfg.v_steps > 1 else None
+    hook = _AddAt(module)
+    delta = torch.zeros(len(groups), d, device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=cfg.v_lr)
-    kl_init = None
+    active = torch.ones(len(groups), dtype=torch.bool)
+    steps = torch.zeros(len(groups), dtype=torch.long)
+    h0, kl0 = None, None
+
+    def forward(idx: list[int], logits_at_key: bool):
+        """Rows `idx` with their requests' δ (and fixed vectors) added: per-row target NLL, or the
+        log-probabilities at each row's key token (the KL rows)."""
+        exs = [examples[j] for j in idx]
+        pos = padded_positions(exs, [keys[j] for j in idx]).to(device)
+        rows_ = torch.arange(len(idx), device=device)
+        own = torch.tensor([owner[j] for j in idx], device=device)
+        hook.first, hook.adds = None, [(rows_, pos, delta[own])]
+        if not logits_at_key:
+            width = pos.new_tensor([max(len(e.input_ids) for e in exs) - len(e.input_ids) for e in exs])
+            for j, row in zip(idx, rows_):
+                for p, vec in groups[owner[j]].fixed:
+                    hook.adds.append((row, width[row] + p, vec.to(device)))
+        b = _to(collate(exs, pad_id), device)
+        if cache is not None:
+            cache.replay(idx)
+        if not logits_at_key:
+            return example_losses(model, b), pos
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                       position_ids=position_ids(b["attention_mask"]), use_cache=False).logits
+        return torch.log_softmax(logits[rows_, pos].float(), -1), own
+
     try:
-        for f_rows, f_pos, vec in fixed or []:
-            hook.adds.append((f_rows.to(device), f_pos.to(device), vec.detach().to(device)))
-        hook.adds.append((rows.to(device), positions.to(device), delta))
-        h0 = None
+        if cache is not None:
+            cache.install()
         for step in range(cfg.v_steps):
-            hook.first = None
-            loss = example_losses(model, b).mean()  # the NLL of each row's target, mean over rows
-            if h0 is None:  # the unperturbed value, before δ was added (the hook saw it first)
-                h0 = hook.first[rows[0], positions[0]].float()
-            if kl is not None and cfg.kl_factor:
-                kb, kpos = kl
-                kb = _to(kb, device)
-                main, hook.adds = hook.adds, [(torch.tensor([0], device=device), torch.tensor([kpos], device=device), delta)]
-                kl_logits = model(input_ids=kb["input_ids"], attention_mask=kb["attention_mask"],
-                                  position_ids=position_ids(kb["attention_mask"]), use_cache=False).logits[0, kpos]
-                hook.adds = main
-                logp = torch.log_softmax(kl_logits.float(), -1)
-                if kl_init is None:
-                    kl_init = logp.detach()
-                loss = loss + cfg.kl_factor * F.kl_div(kl_init, logp, log_target=True, reduction="sum")
-            loss = loss + cfg.v_weight_decay * delta.norm() / h0.norm() ** 2
-            if loss.item() < 5e-2 or step == cfg.v_steps - 1:
+            idx = [j for j in range(len(rows)) if active[owner[j]]]
+            nll, pos = forward(idx, logits_at_key=False)
+            if h0 is None:  # the unperturbed outputs, before δ was added (the hook saw them first)
+                h0 = hook.first[torch.tensor(first, device=device), pos[first]].float()
+            own = torch.tensor([owner[j] for j in idx], device=device)
+            count = torch.zeros(len(groups), device=device).index_add_(0, own, torch.ones_like(nll))
+            loss = torch.zeros(len(groups), device=device).index_add(0, own, nll) / count.clamp(min=1)
+            kl_idx = [j for j in range(len(rows), len(examples)) if active[owner[j]]]
+            if kl_idx:
+                logp, kl_own = forward(kl_idx, logits_at_key=True)
+                if kl0 is None:
+                    kl0 = torch.zeros(len(groups), logp.shape[-1], device=device).index_copy(0, kl_own, logp.detach())
+                kl = F.kl_div(kl0[kl_own], logp, log_target=True, reduction="none").sum(-1)
+                loss = loss.index_add(0, kl_own, cfg.kl_factor * kl)
+            loss = loss + cfg.v_weight_decay * delta.norm(dim=1) / h0.norm(dim=1) ** 2
+            stop = (loss.detach().double().cpu() < STOP_LOSS) | (step == cfg.v_steps - 1)
+            stepping = active & ~stop
+            active = stepping
+            if not stepping.any():
                 break
+            held = delta.detach()[~stepping.to(device)].clone()
             opt.zero_grad()
-            loss.backward()
+            loss[stepping.to(device)].sum().backward()
             opt.step()
-            with torch.no_grad():  # keep δ within clamp_norm x ||h||
-                limit = cfg.clamp_norm * h0.norm()
-                if delta.norm() > limit:
-                    delta.mul_(limit / delta.norm())
+            steps += stepping
+            with torch.no_grad():
+                delta[~stepping.to(device)] = held  # Adam's momentum would move a request that stopped
+                limit = cfg.clamp_norm * h0.norm(dim=1)  # keep each δ within clamp_norm x ||h||
+                norm = delta.norm(dim=1)
+                delta.mul_(torch.where(norm > limit, limit / norm, torch.ones_like(norm))[:, None])
     finally:
         hook.remove()
-    return h0.detach(), delta.detach()
+        if cache is not None:
+            cache.remove()
+    return Values(h0.detach(), delta.detach(), steps.tolist())
+
+
+def _layer_of(model: nn.Module, module: nn.Module) -> int:
+    """The index of the decoder layer that holds `module` (or is it)."""
+    for i, block in enumerate(model.get_submodule(family_table(model)["layers"])):
+        if any(m is module for m in block.modules()):
+            return i
+    raise ValueError(f"{type(module).__name__} is in no decoder layer")
 
 
 # -------------------------------------------------------------------------------- second moments

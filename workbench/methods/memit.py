@@ -4,7 +4,8 @@
 **MEMIT** (Meng et al. 2023, "Mass-Editing Memory in a Transformer", §4). For the batch of requests:
 
 1. a target hidden state z_i per request: δ added to the *output of the last edited layer* L at the
-   key token, optimised for the target (`locate.optimize_delta`, KL term included); z_i = h_i + δ_i;
+   key token, optimised for the target (`locate.optimize_deltas`, KL term included, ``value_batch``
+   requests at once); z_i = h_i + δ_i;
 2. for each edited layer l_j in ascending order, on the model as already edited below it: the keys K
    (W's input at the key token, the mean over the context prefixes), the current h_i at layer L, and
    the residual spread over the layers still to edit, R = (z - h) / (number of layers from l_j up);
@@ -53,7 +54,8 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
     previous = dict(getattr(model, _KEYS, {}))
     log = []
     try:
-        z = torch.stack([target(model, top, r, cfg) for r in rows], 1)  # [d, n]
+        v = locate.values(model, top, rows, cfg)  # value_batch requests at a time
+        z = (v.h + v.delta).T  # [d, n]
         for j, s in enumerate(sites):
             k = torch.stack([locate.mean_key(model, s, r) for r in rows], 1)  # [d_in, n]
             h = torch.stack([current(model, top, r) for r in rows], 1)
@@ -65,7 +67,7 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
                 update = locate.solve(resid, k, stats.get(s.layer), cfg.mom2_weight)
             s.add(update)
             log.append({"layer": s.layer, "residual_norm": float(resid.norm()), "update_norm": float(update.norm()),
-                        "steps": cfg.v_steps * len(requests) if j == 0 else 0, "skipped": False})
+                        "steps": sum(v.steps) if j == 0 else 0, "skipped": False})
         if cfg.method == "alphaedit":  # the keys of this edit join the preserved ones, as the edited model sees them
             acc = dict(getattr(model, _KEYS, {}))
             for s in sites:
@@ -80,12 +82,6 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
     return EditResult(model, cfg, [r.id for r in requests], originals, pd.DataFrame(log),
                       locate.timings(t0, len(requests)),
                       sum(s.weight.numel() for s in sites), prefix_cache="n/a (closed form)", undo=undo)
-
-
-def target(model, top, r: locate.Rows, cfg) -> torch.Tensor:
-    """z = h + δ at the last edited layer's output, the key token of the bare prompt."""
-    h, delta = locate.value(model, top, r, cfg)
-    return h + delta
 
 
 def current(model, top, r: locate.Rows) -> torch.Tensor:

@@ -6,7 +6,7 @@ For each request, in order (each on the model the previous ones edited):
 1. the key: k̄, the mean over the context prefixes of W's input at the key token (the subject's
    last token), and k, the same at the bare prompt;
 2. the value: δ added to the MLP output at the key token of every prefixed prompt, optimised for the
-   target with the KL term at "{subject} is a" (`locate.optimize_delta`); v* = W k + δ;
+   target with the KL term at "{subject} is a" (`locate.optimize_deltas`); v* = W k + δ;
 3. the closed form: with u = C⁻¹ k̄ (C = E[k kᵀ], `locate.second_moment`; u = k̄ with
    ``mom2_tokens=0``, as EasyEdit's Llama presets), W' = W + (v* - W k) uᵀ / (uᵀ k), so that
    W' k = v* exactly and any input orthogonal to u is mapped as before.
@@ -45,11 +45,11 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
             r = locate.rows_for(tok, req, prefixes, cfg)
             k_bar = locate.mean_key(model, s, r)
             k = locate.keys(model, s, r.batch, torch.tensor([0]), r.positions[:1])[0]
-            _, delta = locate.value(model, s.module, r, cfg)  # δ at the MLP output
+            _, delta, steps = locate.value(model, s.module, r, cfg)  # δ at the MLP output
             update = rank_one(s.matrix(), k, k_bar, delta, c)
             s.add(update)
             rows.append({"request": req.id, "delta_norm": float(delta.norm()), "update_norm": float(update.norm()),
-                         "steps": cfg.v_steps, "skipped": False})
+                         "steps": steps[0], "skipped": False})
     except BaseException:
         restore(model, originals)
         raise

@@ -6,7 +6,7 @@ whole layer's input and output ("non-local block key-value storage"), and the ke
 prompt token ("cause-driven": the question, not a subject, causes the answer). Per request:
 
 1. the value: δ added to the output of decoder layer l at the last prompt token, optimised for the
-   whole answer (NLL over every target token, no KL term; `locate.optimize_delta`); z = h + δ;
+   whole answer (NLL over every target token, no KL term; `locate.optimize_deltas`); z = h + δ;
 2. the layer: *every* parameter of layer l is trained (``unke_steps`` steps of ``optimizer`` at
    ``lr``) on two mean-squared errors: the layer's outputs on the question, with the key token's
    target moved to z and every other position kept, and its outputs on ``n_preserve`` unrelated
@@ -66,10 +66,10 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
     log, casts = [], []
     try:
         for req in requests:
-            seq, positions, deltas = values(model, tok, block, req, cfg)
+            seq, positions, deltas, v_steps = values(model, tok, block, req, cfg)
             if use_memit:
                 memit_write(model, tok, sites, block, seq, positions, deltas, cfg, progress)
-                log.append({"request": req.id, "chunks": len(positions), "steps": cfg.v_steps * len(positions),
+                log.append({"request": req.id, "chunks": len(positions), "steps": v_steps,
                             "skipped": False})
             else:
                 if cfg.method == "unke":  # UnKE trains on the question alone; AnyEdit on question + answer
@@ -92,22 +92,24 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def values(model, tok, block, req, cfg) -> tuple[Encoded, list[int], list[torch.Tensor]]:
-    """The edit sequence (prompt + target), the key position of each chunk in it, and each chunk's δ."""
+def values(model, tok, block, req, cfg) -> tuple[Encoded, list[int], list[torch.Tensor], int]:
+    """The edit sequence (prompt + target), the key position of each chunk in it, each chunk's δ, and
+    the value optimisation's Adam steps over the chunks."""
     full = encode(tok, req.prompt, req.target, "target", cfg.chat_template, cfg.max_length)
     n_p, target = full.n_prompt, full.input_ids[full.n_prompt:]
     spans = chunks(len(target), cfg.chunk_tokens if cfg.method == "anyedit" else len(target))
-    positions, deltas, fixed = [], [], []
+    positions, deltas, fixed, steps = [], [], [], 0
     for start, end in spans:
         ids = full.input_ids[:n_p + end]
         labels = [IGNORE] * (n_p + start) + target[start:end]
-        batch = collate([Encoded(ids, labels, n_p, False)], spec(tok).pad_id)
         pos = n_p - 1 + start  # the token before the chunk
-        _, delta = locate.optimize_delta(model, block, batch, torch.tensor([0]), torch.tensor([pos]), cfg, fixed=fixed)
-        fixed.append((torch.tensor([0]), torch.tensor([pos]), delta))
+        rows = locate.Rows([Encoded(ids, labels, n_p, False)], [pos], 1, spec(tok).pad_id, fixed=list(fixed))
+        _, delta, taken = locate.value(model, block, rows, cfg)
+        fixed.append((pos, delta))
         positions.append(pos)
         deltas.append(delta)
-    return full, positions, deltas
+        steps += taken[0]
+    return full, positions, deltas, steps
 
 
 def preserved(tok, cfg) -> list[Encoded]:

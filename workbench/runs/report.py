@@ -306,12 +306,24 @@ def _compute(df: pd.DataFrame) -> dict:
     return {f: (float(e), float(w)) for f, e, w in zip(df["folder"], df["edit_s"], walls.fillna(math.nan))}
 
 
-def _runs_line(item: Runs, have: int, need: int) -> str:
+def where(folder) -> str:
+    """The device and dtype a stored run computed in (its env.json). Runs stored before env.json
+    recorded them ran on a CPU-only torch build (its version says ``+cpu``), where ``"auto"`` is fp32."""
+    env = json.loads((Path(folder) / "env.json").read_text())
+    if "device" in env:
+        return f"{env['device']}, {env['dtype']} ({env['chip']})"
+    return "cpu, float32" if env.get("versions", {}).get("torch", "").endswith("+cpu") else "not recorded"
+
+
+def _runs_line(item: Runs, df: pd.DataFrame, need: int) -> str:
     b = item.base
     held = f", without the requests of `{b.exclude}`" if b.exclude else ""
-    return (f"**Runs.** {have} of {need} stored in `store/{item.experiment}/` ({len(item.seeds)} seed(s) per arm; seed "
+    places = pd.Series([where(f) for f in df["folder"]]).value_counts() if len(df) else pd.Series(dtype=int)
+    on = "; ".join(f"{n} on {p}" for p, n in places.items())
+    return (f"**Runs.** {len(df)} of {need} stored in `store/{item.experiment}/` ({len(item.seeds)} seed(s) per arm; seed "
             f"*s* edits {b.n_edits} `{b.benchmark}` requests from {b.offset} + {b.n_edits}·s on{held}"
-            + (f", in chunks of {item.chunk_size}" if item.chunk_size else "") + ").\n\n")
+            + (f", in chunks of {item.chunk_size}" if item.chunk_size else "") + ")" + (f"; computed: {on}" if on else "")
+            + ".\n\n")
 
 
 def _missing(item: Runs, df: pd.DataFrame, chosen: dict) -> str | None:
@@ -351,7 +363,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         result = f"chosen: **{label}**" if pick else "not chosen yet (the grid is not finished)"
         score = " and ".join(f"`{m}`" for m in cal.score)
         sections.append(f"### C{k}. {cal.title}\n\n" + (f"{cal.why.strip()}\n\n" if cal.why else "")
-                        + _runs_line(cal, len(df), len(cal.runs())) + f"Preset `{cal.preset}`; the score is the mean "
+                        + _runs_line(cal, df, len(cal.runs())) + f"Preset `{cal.preset}`; the score is the mean "
                         f"of {score} per run ({cal.direction} is better); {result}.\n\n"
                         + arms_table(cal, df, [], mark=label))
     for i, claim in enumerate(plan.claims, 1):
@@ -368,7 +380,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         sections.append(
             f"## {i}. {claim.title}\n\n**The paper** ({claim.paper}). {claim.says}\n\n"
             + (f"**Setting.** {claim.setting.strip()}\n\n" if claim.setting else "")
-            + _runs_line(claim, len(df), len(claim.runs(chosen)))
+            + _runs_line(claim, df, len(claim.runs(chosen)))
             + f"Each arm: mean ± 95 % half-width over its seeds. The score is the mean of {score} per run.\n\n"
             + arms_table(claim, df, claim.metrics, chosen) + "\n" + _figure_line(claim, Path(out))
             + f"\n**Differences and verdicts** (paper's direction: the arm's score is {claim.direction}):\n\n"

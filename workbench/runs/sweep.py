@@ -10,11 +10,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import platform
 import shutil
 import time
 from functools import partial
+from pathlib import Path
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from .. import data, locality, threads, train
@@ -24,7 +27,7 @@ from ..evaluation import EvalReport, evaluate, pre_edit, protocols_for, save_rep
 from ..methods.parallel import batchable
 from ..methods.result import resume, snapshot
 from ..metrics import scorer_versions
-from ..models import fingerprint, load_for, revision
+from ..models import fingerprint, input_device, load_for, model_dtype, revision
 from ..placement import is_random
 from . import executors
 from .executors import Task
@@ -58,7 +61,21 @@ def provenance(model, spec: RunSpec) -> dict:
     else:
         path = data.find(spec.benchmark)
         source = {spec.benchmark: data.sha256(path)}
-    return {"model_revision": revision(model), "data_sha256": source, "scorers": scorer_versions()}
+    return {"model_revision": revision(model), "data_sha256": source, "scorers": scorer_versions(), **hardware(model)}
+
+
+def hardware(model) -> dict:
+    """Where a run computed: the device and dtype its config's ``"auto"`` resolved to on this machine
+    (bf16 on a GPU, fp32 on the CPU: the same spec, another computation), and the chip's name."""
+    device = input_device(model)
+    if device.type == "cuda":
+        chip = torch.cuda.get_device_name(device)
+    else:
+        lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+        chip = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                    platform.processor() or platform.machine())
+        chip = f"{chip}, {torch.get_num_threads()} threads"
+    return {"device": str(device), "dtype": str(model_dtype(model)).removeprefix("torch."), "chip": chip}
 
 
 def requests_for(spec: RunSpec):
@@ -284,7 +301,8 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
                                "per_probe.jsonl": last.to_json(orient="records", lines=True, force_ascii=False),
                                "spec.json": spec_json,
                                "env.json": to_json({"versions": versions(), "git_sha": shas[-1],
-                                                    **({"git_shas": shas} if len(set(shas)) > 1 else {})}),
+                                                    **({"git_shas": shas} if len(set(shas)) > 1 else {}),
+                                                    **hardware(model)}),  # the process that finished it
                                "metrics.json": to_json(stages[-1])})
     shutil.rmtree(partial, ignore_errors=True)
     return df.assign(hash=folder.name)
