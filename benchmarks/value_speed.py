@@ -1,6 +1,7 @@
 """The locate-and-edit value optimisation, one request at a time vs batched, in one process.
 
     python benchmarks/value_speed.py --n 16 --preset memit       # the first 16 ZsRE requests
+    python benchmarks/value_speed.py --n 100 --batches 10 100 --device cuda   # on a GPU
 
 MEMIT, AlphaEdit, ROME, UnKE and AnyEdit spend nearly all their editing time optimising δ, the
 vector added at a request's key token (`locate.optimize_deltas`): 25 Adam steps, each a forward
@@ -34,8 +35,10 @@ def main() -> None:
     ap.add_argument("--preset", default="memit")
     ap.add_argument("--benchmark", default="zsre")
     ap.add_argument("--batches", type=int, nargs="+", default=[4, 16])
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     args = ap.parse_args()
-    model, tok = wb.load("smollm2-135m-instruct")
+    model, tok = wb.load("smollm2-135m-instruct", device=None if args.device == "auto" else args.device,
+                         dtype=torch.float32)  # fp32 everywhere: the rows must agree to rounding
     reqs = wb.data.load(args.benchmark, n=args.n)
     cfg = wb.config.preset(args.preset)
     layers = locate.layers_of(model, cfg)

@@ -61,7 +61,12 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
         assert p.n == 2
         md = report.render(path, tmp_path / "store")
         assert f"| {claim.title} | it does | vs short: {report._diff(p)} | **{verdict(p, 'higher')}** |" in md
-    assert "4 of 4 stored" in md and "- later" in md
+    assert "4 of 4 stored" in md and "- later" in md and "computed: 4 on cpu, float32" in md
+    env = report.Path(df["folder"].iloc[0]) / "env.json"  # one run computed in bf16, as dtype "auto" is on a GPU
+    env.write_text(json.dumps({**json.loads(env.read_text()), "dtype": "bfloat16"}))
+    with pytest.raises(wb.ConfigError, match="seq: its stored runs computed in bfloat16, float32, and on this machine "
+                                             "dtype='auto' is float32"):
+        report.run(["seq"], "serial", path, progress=False, root=tmp_path / "store")
     fig = report.figure(seq, report.table(seq, tmp_path / "store"))  # the bars the report's figure draws
     assert list(fig.data[0].x) == ["long", "short"] and fig.data[-1].name == "score"
     claims["claims"]["once"]["seeds"] = [0, 1, 2]  # a seed not run yet is counted as missing

@@ -164,8 +164,28 @@ def run(names: list[str] | None = None, executor: str | None = None, claims_path
     needed = {p["calibrated"] for c in wanted for p in c.points if "calibrated" in p}
     wanted = [c for c in plan.calibrations if c.name in needed and c not in wanted] + wanted
     os.environ["WORKBENCH_RESULTS"] = str(root)  # the report reads store/; spawned workers inherit it
+    for item in wanted:
+        same_computation(item, root, plan.chosen(root), claims_path)
     for item in sorted(wanted, key=lambda c: not isinstance(c, Calibration)):
         executors.run(tasks(item, root, plan.chosen(root)), executor, progress=progress, desc=item.name)
+
+
+def same_computation(item: Runs, root: Path, chosen: dict, claims_path) -> None:
+    """Refuse to add runs to a claim whose stored runs computed in another dtype than this machine
+    would: a spec with ``dtype="auto"`` is fp32 on the CPU and bf16 on a GPU, the same folder for
+    another computation, and a verdict pairs seeds as if they were alike."""
+    from ..models import _resolve_dtype, default_device
+
+    cfg = item.base.run_config()
+    here = str(_resolve_dtype(cfg.dtype, default_device() if cfg.device == "auto" else cfg.device))
+    here = here.removeprefix("torch.")
+    df = table(item, root, chosen)
+    stored = sorted({computed(f)["dtype"] for f in df["folder"]} - {None}) if len(df) else []
+    if stored and stored != [here]:
+        raise ConfigError(f"{claims_path}: {item.name}: its stored runs computed in {', '.join(stored)}, and on "
+                          f"this machine dtype={cfg.dtype!r} is {here}: the same runs would compute another way. "
+                          f"Run it where that dtype is {stored[0]}, or pin `dtype` in the entry's base (the stored "
+                          f"runs keep theirs: a pinned dtype is another spec, in new folders)")
 
 
 def read(path=CLAIMS) -> Plan:
@@ -306,13 +326,23 @@ def _compute(df: pd.DataFrame) -> dict:
     return {f: (float(e), float(w)) for f, e, w in zip(df["folder"], df["edit_s"], walls.fillna(math.nan))}
 
 
-def where(folder) -> str:
-    """The device and dtype a stored run computed in (its env.json). Runs stored before env.json
-    recorded them ran on a CPU-only torch build (its version says ``+cpu``), where ``"auto"`` is fp32."""
+def computed(folder) -> dict:
+    """Where a stored run computed (its env.json: device, dtype, chip). Runs stored before env.json
+    recorded it ran on a CPU-only torch build (its version says ``+cpu``), where ``"auto"`` is fp32."""
     env = json.loads((Path(folder) / "env.json").read_text())
     if "device" in env:
-        return f"{env['device']}, {env['dtype']} ({env['chip']})"
-    return "cpu, float32" if env.get("versions", {}).get("torch", "").endswith("+cpu") else "not recorded"
+        return {k: env[k] for k in ("device", "dtype", "chip")}
+    if env.get("versions", {}).get("torch", "").endswith("+cpu"):
+        return {"device": "cpu", "dtype": "float32", "chip": None}
+    return {"device": None, "dtype": None, "chip": None}
+
+
+def where(folder) -> str:
+    """`computed` in words."""
+    c = computed(folder)
+    if c["device"] is None:
+        return "not recorded"
+    return f"{c['device']}, {c['dtype']}" + (f" ({c['chip']})" if c["chip"] else "")
 
 
 def _runs_line(item: Runs, df: pd.DataFrame, need: int) -> str:
