@@ -14,11 +14,16 @@ from __future__ import annotations
 import argparse
 import time
 
-import pandas as pd
+import sys
+from pathlib import Path
+
 import torch
 
 import workbench as wb
 from workbench.evaluation import LOCFT
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from table import speedups  # noqa: E402
 
 OPTIONS = {"preset": {}, "skip_converged": {"skip_converged": True}, "length_buckets": {"length_buckets": True},
            "bf16 prefix cache": {"prefix_cache_dtype": "bfloat16"},
@@ -45,11 +50,8 @@ def main() -> None:
                      "visits": int(res.log.requests.map(len).sum()), **{k: scores[k] for k in
                      ("ori.exact_match", "ori.token_acc", "para.exact_match", "para.token_acc")}})
         print(rows[-1], flush=True)
-    df = pd.DataFrame(rows)
-    df["speed-up"] = df.wall_s.iloc[0] / df.wall_s
-    print(f"\n{args.preset}, the first {args.n} {args.benchmark} edits, SmolLM2-135M-Instruct fp32, "
-          f"{torch.get_num_threads()} threads")
-    print(df.round(3).to_string(index=False))
+    speedups(rows, f"{args.preset}, the first {args.n} {args.benchmark} edits, SmolLM2-135M-Instruct fp32, "
+                   f"{torch.get_num_threads()} threads")
 
 
 if __name__ == "__main__":

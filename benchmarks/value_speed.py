@@ -20,13 +20,17 @@ relative difference of any request's δ from the first row's (float rounding: th
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-import pandas as pd
 import torch
 
 import workbench as wb
-from workbench.methods import locate
+from workbench.methods import locate  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from table import speedups  # noqa: E402
 
 
 def main() -> None:
@@ -59,11 +63,9 @@ def main() -> None:
         out.append({"setting": name, "wall_s": wall, "s_per_request": wall / len(rows), "steps": sum(v.steps),
                     "max_rel_diff": diff})
         print(out[-1], flush=True)
-    df = pd.DataFrame(out)
-    df["speed-up"] = df.wall_s.iloc[0] / df.wall_s
-    print(f"\n{args.preset} values, the first {args.n} {args.benchmark} requests, SmolLM2-135M-Instruct "
-          f"{next(model.parameters()).dtype}, {next(model.parameters()).device}, {torch.get_num_threads()} threads")
-    print(df.round(4).to_string(index=False))
+    speedups(out, f"{args.preset} values, the first {args.n} {args.benchmark} requests, SmolLM2-135M-Instruct "
+                  f"{next(model.parameters()).dtype}, {next(model.parameters()).device}, {torch.get_num_threads()} threads",
+             digits=4)
 
 
 if __name__ == "__main__":
