@@ -118,6 +118,26 @@ def test_values_optimised_together_equal_one_at_a_time(tiny, tok, monkeypatch, w
         assert (v.h - plain.h).norm() <= 1e-5 * plain.h.norm()
 
 
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_memit_and_alphaedit_batched_equal_one_request_per_pass(tiny, tok, method):
+    # values, keys and outputs computed value_batch requests per pass must give the update that one
+    # request per pass gives (AlphaEdit: its preserved keys too)
+    cfg = wb.preset(method, **{**QUICK, **TINY, "layers": (1, 2), "key_position": "prompt_last"})
+    params = dict(tiny.named_parameters())
+    names = [f"model.layers.{l}.mlp.down_proj.weight" for l in (1, 2)]
+    w0 = {n: params[n].detach().clone() for n in names}
+    updates, kept = [], []
+    for batch in (1, 3):
+        r = wb.edit(tiny, tok, [FACT, FACT2, STORY], cfg.replace(value_batch=batch), progress=False)
+        updates.append({n: params[n].detach() - w0[n] for n in names})
+        kept.append(dict(getattr(tiny, memit._KEYS, {})))
+        r.revert()
+    for n in names:
+        assert (updates[1][n] - updates[0][n]).norm() <= 1e-4 * updates[0][n].norm()
+    for layer, a in kept[0].items():
+        assert (kept[1][layer] - a).norm() <= 1e-5 * a.norm()
+
+
 # ------------------------------------------------------------------------------------- AlphaEdit
 def test_alphaedit_leaves_the_preserved_keys_outputs_unchanged(tiny, tok, tmp_path):
     corpus = tmp_path / "preserved.txt"

@@ -340,6 +340,42 @@ def mean_key(model, s: Site, r: Rows) -> torch.Tensor:
     return keys(model, s, r.batch, torch.arange(n), r.positions[:n]).mean(0)
 
 
+def stacked(groups: list[Rows], bare: bool = False) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Several requests' rewrite rows (with `bare`, each one's bare prompt alone) collated into one
+    batch: (batch, each row's key position in it, each row's request index)."""
+    exs, where, owner = [], [], []
+    for g, r in enumerate(groups):
+        n = 1 if bare else r.n_rewrite
+        exs += r.examples[:n]
+        where += r.keys[:n]
+        owner += [g] * n
+    return collate(exs, groups[0].pad_id), padded_positions(exs, where), torch.tensor(owner)
+
+
+def mean_keys(model, s: Site, groups: list[Rows], per_pass: int) -> torch.Tensor:
+    """`mean_key` of every request, [n, d_in], `per_pass` requests' rows per forward pass (the same
+    keys to float rounding: only the padding differs)."""
+    out = []
+    for i in range(0, len(groups), per_pass):
+        part = groups[i:i + per_pass]
+        batch, pos, owner = stacked(part)
+        k = keys(model, s, batch, torch.arange(len(pos)), pos)
+        owner = owner.to(k.device)
+        total = torch.zeros(len(part), k.shape[1], device=k.device).index_add_(0, owner, k)
+        out.append(total / torch.bincount(owner, minlength=len(part))[:, None])
+    return torch.cat(out)
+
+
+def bare_outputs(model, module: nn.Module, groups: list[Rows], per_pass: int) -> torch.Tensor:
+    """`module`'s output at each request's key token of its bare prompt, [n, d], `per_pass` requests
+    per forward pass."""
+    out = []
+    for i in range(0, len(groups), per_pass):
+        batch, pos, _ = stacked(groups[i:i + per_pass], bare=True)
+        out.append(outputs(model, module, batch, torch.arange(len(pos)), pos))
+    return torch.cat(out)
+
+
 # ---------------------------------------------------------------------------------------- values
 class _AddAt:
     """A forward hook adding vectors to a module's output at (row, position) pairs."""

@@ -57,8 +57,8 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
         v = locate.values(model, top, rows, cfg)  # value_batch requests at a time
         z = (v.h + v.delta).T  # [d, n]
         for j, s in enumerate(sites):
-            k = torch.stack([locate.mean_key(model, s, r) for r in rows], 1)  # [d_in, n]
-            h = torch.stack([current(model, top, r) for r in rows], 1)
+            k = locate.mean_keys(model, s, rows, cfg.value_batch).T  # [d_in, n]
+            h = locate.bare_outputs(model, top, rows, cfg.value_batch).T  # on the model as edited so far
             resid = (z - h) / (len(sites) - j)
             if cfg.method == "alphaedit":
                 p = projector(stats[s.layer], cfg.nullspace_threshold)
@@ -71,7 +71,7 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
         if cfg.method == "alphaedit":  # the keys of this edit join the preserved ones, as the edited model sees them
             acc = dict(getattr(model, _KEYS, {}))
             for s in sites:
-                k = torch.stack([locate.mean_key(model, s, r) for r in rows], 1)
+                k = locate.mean_keys(model, s, rows, cfg.value_batch).T
                 acc[s.layer] = acc.get(s.layer, 0) + k @ k.T
             setattr(model, _KEYS, acc)
     except BaseException:
@@ -82,11 +82,6 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
     return EditResult(model, cfg, [r.id for r in requests], originals, pd.DataFrame(log),
                       locate.timings(t0, len(requests)),
                       sum(s.weight.numel() for s in sites), prefix_cache="n/a (closed form)", undo=undo)
-
-
-def current(model, top, r: locate.Rows) -> torch.Tensor:
-    """The last edited layer's output at the bare prompt's key token, on the model as it is now."""
-    return locate.outputs(model, top, r.batch, torch.tensor([0]), r.positions[:1])[0]
 
 
 _P: dict = {}
