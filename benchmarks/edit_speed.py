@@ -25,6 +25,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -139,28 +140,31 @@ def _restore(model, snapshot) -> None:
             p.copy_(snapshot[n])
 
 
-def one_scale(n: int, benchmarks: str, epochs: int | None) -> dict:
+def one_scale(n: int, benchmarks: str, epochs: int | None, checkpoint: str | None) -> dict:
     model, tok = wb.load(device="cpu")
     requests = [r for name in benchmarks.split(",") for r in data.load(name)][:n]
     if len(requests) < n:
         raise SystemExit(f"only {len(requests)} requests in {benchmarks}")
     cfg = wb.preset("locft-bf", device="cpu", **({"epochs": epochs} if epochs else {}))
-    r = wb.edit(model, tok, requests, cfg, progress=False)
+    r = wb.edit(model, tok, requests, cfg, progress=False, checkpoint=checkpoint)
     return {"n": n, "epochs_run": int(r.log["epoch"].max()) + 1, "steps": r.steps, "total_s": r.timings["total_s"],
             "s_per_edit": r.timings["s_per_edit"], "final_loss": float(r.log["loss"].iloc[-1]),
+            "resumed_s": r.timings.get("resumed_s", 0.0),  # seconds of earlier, killed attempts (in total_s)
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def scaling(args) -> None:
     rows = []
     for n in args.sizes:
-        cmd = [sys.executable, __file__, "_one", str(n), args.benchmark, str(args.epochs or 0)]
+        ckpt = str(Path(args.checkpoint_dir) / f"scaling-{n}-{args.epochs or 25}.pt") if args.checkpoint_dir else ""
+        cmd = [sys.executable, __file__, "_one", str(n), args.benchmark, str(args.epochs or 0), ckpt]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         r = rows[-1]
         print(f"  {r['n']:>6} edits: {r['total_s']:8.1f} s, {r['s_per_edit']:.3f} s/edit, {r['steps']} steps over "
-              f"{r['epochs_run']} epochs, final loss {r['final_loss']:.3f}, peak RSS {r['peak_rss_mib']:.0f} MiB",
-              flush=True)
+              f"{r['epochs_run']} epochs, final loss {r['final_loss']:.3f}, peak RSS {r['peak_rss_mib']:.0f} MiB"
+              + (f" (resumed: {r['resumed_s']:.0f} s of it in earlier, killed processes; RSS is the last one's)"
+                 if r["resumed_s"] else ""), flush=True)
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         grow = (b["peak_rss_mib"] - a["peak_rss_mib"]) / (b["n"] - a["n"]) * 1024
@@ -170,7 +174,7 @@ def scaling(args) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "_one":  # a child process of `scaling`
-        print(json.dumps(one_scale(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]) or None)))
+        print(json.dumps(one_scale(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]) or None, sys.argv[5] or None)))
         sys.exit()
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -182,6 +186,8 @@ if __name__ == "__main__":
     # LocFT's files hold 3K edits each, so 10K edits are their union (plus KnowEdit's ZsRE)
     s.add_argument("--benchmark", default="zsre,counterfact,wikibigedit,knowedit-zsre")
     s.add_argument("--epochs", type=int, default=0, help="cap the preset's epochs (0 = the preset's 25)")
+    s.add_argument("--checkpoint-dir", default="", help="keep each size's epoch checkpoint here: a killed run, "
+                   "started again, resumes from its last epoch (10K edits take hours on 2 cores)")
     args = ap.parse_args()
     print(f"edit_speed {args.cmd}: {time.strftime('%Y-%m-%d')}, torch {torch.__version__}", flush=True)
     throughput(args) if args.cmd == "throughput" else scaling(args)

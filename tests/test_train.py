@@ -216,3 +216,46 @@ def test_a_lora_edit_does_not_depend_on_what_the_process_drew_before(tiny, tok, 
     b = second.deltas()
     second.revert()
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_a_breadth_first_edit_killed_mid_way_resumes_from_its_last_epoch(tiny, tok, facts, tmp_path):
+    # an unbroken edit, then the same edit killed in its third epoch and called again with the same
+    # checkpoint file: the second call starts after epoch two and ends on bitwise the same weights,
+    # with the unbroken edit's log (every step's batch and loss)
+    cfg = wb.EditConfig(**{**FAST, "early_stop_loss": 1e-9}, epochs=6, batch_size=2)
+    names = ["model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"]
+    params = dict(tiny.named_parameters())
+    whole = wb.edit(tiny, tok, facts[:4], cfg, progress=False)
+    expected = {n: params[n].detach().clone() for n in names}
+    whole.revert()
+    path = tmp_path / "edit.ckpt"
+    calls = {"n": 0}
+
+    def kill(module, args):
+        calls["n"] += 1
+        if calls["n"] == 6:  # the second step of the third epoch (two steps per epoch)
+            raise KeyboardInterrupt
+
+    handle = tiny.model.layers[2].register_forward_pre_hook(kill)
+    with pytest.raises(KeyboardInterrupt):
+        wb.edit(tiny, tok, facts[:4], cfg, progress=False, checkpoint=path)
+    handle.remove()
+    assert path.exists() and torch.load(path, weights_only=False)["epoch"] == 2
+    resumed = wb.edit(tiny, tok, facts[:4], cfg, progress=False, checkpoint=path)
+    assert all(torch.equal(params[n], expected[n]) for n in names)
+    assert resumed.log[["step", "epoch", "loss"]].equals(whole.log[["step", "epoch", "loss"]])
+    assert ids_of(resumed.log) == ids_of(whole.log) and resumed.timings["resumed_s"] > 0
+    assert not path.exists()  # finished: the file is gone
+    resumed.revert()
+    with pytest.raises(wb.ConfigError, match="method='ft' with schedule='breadth_first'"):
+        wb.edit(tiny, tok, facts[:4], cfg.replace(schedule="depth_first"), progress=False, checkpoint=path)
+
+
+def test_a_checkpoint_of_another_edit_is_refused(tiny, tok, facts, tmp_path):
+    cfg = wb.EditConfig(**{**FAST, "early_stop_loss": 1e-9}, epochs=3, batch_size=2)
+    path = tmp_path / "edit.ckpt"
+    from workbench.methods.ft import EpochCheckpoint
+
+    EpochCheckpoint(path, {"config": "another"}, 0.0).write({"epoch": 1})
+    with pytest.raises(EditError, match="holds the checkpoint of another edit"):
+        wb.edit(tiny, tok, facts[:4], cfg, progress=False, checkpoint=path)

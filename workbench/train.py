@@ -14,14 +14,14 @@ import torch.nn as nn
 from . import threads
 from .config import EditConfig, preset
 from .data import as_requests
-from .errors import WorkbenchError
+from .errors import ConfigError, WorkbenchError
 from .methods import family
 from .methods.result import EditResult, apply_delta
 
 __all__ = ["edit", "edit_each", "EditResult", "apply_delta", "ft_uke", "locft_bf", "ft_m", "ft_l", "lora", "adalora_uke"]
 
 
-def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True) -> EditResult:
+def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True, checkpoint=None) -> EditResult:
     """Edit `model` in place so that it answers each request's prompt with its target.
 
     Args:
@@ -30,14 +30,23 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
         requests: `Request`s, or dicts in our, ROME's or EasyEdit's field names.
         cfg: an `EditConfig` (`wb.config.preset("ft-uke")`, ...).
         progress: show a tqdm bar.
+        checkpoint: a file (method ``ft``, breadth-first): the edit saves its state there after every
+            epoch and resumes from it when it exists, so a long edit survives its process being
+            killed (`methods.ft.EpochCheckpoint`); the file is deleted when the edit finishes.
     Returns:
         An `EditResult`; ``result.revert()`` restores the model bitwise.
     """
     requests = as_requests(requests)
     if not requests:
         raise WorkbenchError("no requests to edit")
+    extra = {}
+    if checkpoint is not None:
+        if cfg.method != "ft" or cfg.schedule != "breadth_first":
+            raise ConfigError(f"checkpoint: epoch checkpoints are for method='ft' with schedule='breadth_first' "
+                              f"(got method={cfg.method!r}, schedule={cfg.schedule!r})")
+        extra["checkpoint"] = checkpoint
     with threads.active():  # this process's share of the cores while it computes (threads.py)
-        return family(cfg.method).edit(model, tok, requests, cfg, progress=progress)
+        return family(cfg.method).edit(model, tok, requests, cfg, progress=progress, **extra)
 
 
 def edit_each(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True) -> list[EditResult]:

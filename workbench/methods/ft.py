@@ -53,7 +53,7 @@ from .. import placement, prompts, resources, threads
 from ..components import Target, num_layers, resolve
 from ..config import EditConfig
 from ..errors import EditError
-from ..models import input_device, spec
+from ..models import fingerprint, input_device, spec
 from ..prompts import IGNORE
 from . import prefix
 from .adapters import AdapterHandle, attach_adapter, linear_targets
@@ -143,6 +143,8 @@ class _Loop:
         self.device = input_device(model)
         self.optimizer = _optimizer(cfg, list(trainable.values()))
         self.example_loss: dict[int, float] = {}  # each example's loss when it was last in a batch
+        self.checkpoint: EpochCheckpoint | None = None
+        self.resumed_s = 0.0  # seconds earlier processes spent on this edit (a resumed checkpoint)
 
     def batch(self, idx: list[int]) -> dict:
         b = prompts.collate([self.examples[i] for i in idx], self.pad_id)
@@ -201,7 +203,10 @@ class _Loop:
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed)
         pool = list(range(len(self.examples)))  # the examples still trained (skip_converged shrinks it)
-        for epoch in range(cfg.epochs):
+        first = 0
+        if self.checkpoint is not None and (state := self.checkpoint.read()) is not None:
+            first, pool = self._resume(state, gen)
+        for epoch in range(first, cfg.epochs):
             order = [pool[i] for i in torch.randperm(len(pool), generator=gen).tolist()] if cfg.shuffle else list(pool)
             losses = [self.step(b, epoch=epoch, edit=-1, skip_below=cfg.early_stop_loss or None)
                       for b in self.batches(order, gen)]
@@ -215,6 +220,25 @@ class _Loop:
                 pool = [i for i in pool if self.example_loss[i] >= cfg.early_stop_loss]
                 if not pool:
                     break
+            if self.checkpoint is not None and epoch + 1 < cfg.epochs:
+                self.checkpoint.write({
+                    "epoch": epoch + 1, "pool": pool, "generator": gen.get_state(), "rows": self.rows,
+                    "example_loss": self.example_loss, "optimizer": self.optimizer.state_dict(),
+                    "weights": {n: p.detach().cpu() for n, p in self.trainable.items()},
+                    "spent_s": self.resumed_s + time.perf_counter() - self.checkpoint.started})
+
+    @torch.no_grad()
+    def _resume(self, state: dict, gen: torch.Generator) -> tuple[int, list[int]]:
+        """Put an interrupted edit's state back (weights, optimiser, shuffling, log); return the
+        epoch to continue from and the examples still trained."""
+        for name, value in state["weights"].items():
+            self.trainable[name].copy_(value.to(self.trainable[name].device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        self.rows, self.example_loss, self.resumed_s = state["rows"], state["example_loss"], state["spent_s"]
+        self.bar.update(len(self.rows))
+        log.info("resumed at epoch %d from %s", state["epoch"], self.checkpoint.path)
+        return state["epoch"], state["pool"]
 
     def batches(self, order: list[int], gen: torch.Generator) -> list[list[int]]:
         """One epoch's batches of ``batch_size``, in `order`; with ``length_buckets``, each window of
@@ -244,6 +268,39 @@ def constrain(cfg: EditConfig, trainable: dict, originals: dict, masks: dict) ->
             p.copy_(torch.clamp(p, o - eps, o + eps))
 
 
+class EpochCheckpoint:
+    """A breadth-first edit's state after each epoch, in one file, so that an edit killed by a time
+    limit (a SLURM job, a session's end) resumes from its last epoch instead of from nothing. The
+    state is everything the next epoch reads: the trained weights, the optimiser's moments, the
+    shuffling generator, the examples still trained and their last losses, the log; a resumed edit
+    takes the steps an unbroken one takes (bitwise on the CPU: tests/test_train.py). The file names
+    the edit it belongs to (config hash, request ids, the unedited weights' fingerprint) and is
+    refused for any other; written atomically; deleted when the edit finishes."""
+
+    def __init__(self, path, identity: dict, started: float):
+        from pathlib import Path
+
+        self.path, self.identity, self.started = Path(path), identity, started  # started: this process's t0
+
+    def read(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, weights_only=False)
+        if state.get("identity") != self.identity:
+            raise EditError(f"{self.path} holds the checkpoint of another edit (config, requests or model differ): "
+                            f"delete it or give another path")
+        return state
+
+    def write(self, state: dict) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.part")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"identity": self.identity, **state}, tmp)
+        tmp.replace(self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def planned_steps(cfg: EditConfig, n: int) -> int:
     """Most optimiser steps this config can take on `n` edits."""
     batches = math.ceil(n / cfg.batch_size)
@@ -251,17 +308,22 @@ def planned_steps(cfg: EditConfig, n: int) -> int:
 
 
 # ----------------------------------------------------------------------------------- the edit
-def edit(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: bool = True) -> EditResult:
+def edit(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: bool = True,
+         checkpoint=None) -> EditResult:
     """Fine-tune `model` in place so that it answers each request's prompt with its target.
 
     Args:
         requests: `Request`s (`workbench.edit` converts dicts and checks there is at least one).
         cfg: an `EditConfig` with method ``ft``, ``lora`` or ``adalora``.
         progress: show a tqdm bar over optimiser steps.
+        checkpoint: a file path (breadth-first, method ``ft``): the state is saved there after every
+            epoch and, when the file exists, the edit resumes from it (`EpochCheckpoint`).
     Returns:
         An `EditResult`; ``result.revert()`` restores the model bitwise.
     """
     t0 = time.perf_counter()
+    identity = {"config": cfg.hash(), "requests": [r.id for r in requests], "model": fingerprint(model)} \
+        if checkpoint is not None else None
     examples = [prompts.encode(tok, r.prompt, r.target, cfg.loss_scope, cfg.chat_template, cfg.max_length)
                 for r in requests]
     n_truncated = sum(e.truncated for e in examples)
@@ -313,7 +375,11 @@ def edit(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: bool 
         with tqdm(total=planned_steps(cfg, len(requests)), disable=not progress, desc=f"edit ({cfg.schedule})",
                   leave=False) as bar:
             loop = _Loop(model, cfg, examples, ids, pad_id, trainable, originals, masks, adapter, cache, bar)
+            if checkpoint is not None:
+                loop.checkpoint = EpochCheckpoint(checkpoint, identity, t0)
             getattr(loop, cfg.schedule)()
+            if loop.checkpoint is not None:
+                loop.checkpoint.remove()  # the edit is complete: its result, not the file, is what lasts
         if cache is not None:
             cache.remove()
         if adapter is not None and cfg.merge_adapter:
@@ -333,9 +399,9 @@ def edit(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: bool 
         _reset(model, grad_flags, was_training)
         raise
     _reset(model, grad_flags, was_training)
-    t_total = time.perf_counter() - t0
+    t_total = time.perf_counter() - t0 + loop.resumed_s  # earlier processes' epochs count too
     timings = {"encode_s": t_encode, "prefix_s": t_prefix, "train_s": t_total - t_encode, "total_s": t_total,
-               "s_per_edit": t_total / len(requests)}
+               "s_per_edit": t_total / len(requests), **({"resumed_s": loop.resumed_s} if loop.resumed_s else {})}
     return EditResult(model, cfg, ids, originals, pd.DataFrame(loop.rows), timings, n_trainable, n_truncated,
                       cache_note, adapter, casts=casts)
 

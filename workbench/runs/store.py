@@ -58,11 +58,17 @@ def check_writable(folder: Path) -> None:
                              "writable folder.") from None
 
 
+def edit_checkpoint(folder: Path) -> Path:
+    """Where a run's long edit keeps its epoch checkpoint (`methods.ft.EpochCheckpoint`) while it runs."""
+    return folder.with_name(f".{folder.name}.edit.pt")
+
+
 def clear_leftovers(folder: Path) -> None:
     """Remove what a killed earlier attempt at `folder` left beside it (``.<name>.*`` work folders;
-    not the claim the caller holds, nor the failure record, which `runs.claims` manages)."""
+    not the claim the caller holds, nor the failure record, which `runs.claims` manages, nor the
+    epoch checkpoint the run resumes from)."""
     for stale in folder.parent.glob(f".{folder.name}.*"):
-        if not stale.name.endswith((".claim", ".failed.json")):
+        if not stale.name.endswith((".claim", ".failed.json", ".edit.pt")):
             shutil.rmtree(stale, ignore_errors=True)
 
 

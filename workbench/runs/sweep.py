@@ -32,8 +32,8 @@ from ..placement import is_random
 from . import executors
 from .executors import Task
 from .spec import RunSpec
-from .store import (check_writable, clear_leftovers, git_sha, plain, results_root, run_folder, to_json,
-                    write_atomically)
+from .store import (check_writable, clear_leftovers, edit_checkpoint, git_sha, plain, results_root, run_folder,
+                    to_json, write_atomically)
 
 
 _MODELS: dict = {}
@@ -131,7 +131,10 @@ def _execute(spec: RunSpec, experiment: str, progress: bool) -> dict:
     pre = pre_edit(model, tok, reqs, ecfg)  # locality's reference, and each probe's answer before the edit
     timings, steps, n_trainable, truncated = [], 0, 0, 0
     if spec.protocol == "batch":
-        result = train.edit(model, tok, reqs, cfg, progress=progress)
+        # a long breadth-first edit keeps an epoch checkpoint beside its folder: a run killed by a
+        # time limit resumes its edit from the last epoch (its seconds count across the attempts)
+        long = cfg.method == "ft" and cfg.schedule == "breadth_first" and cfg.epochs > 1
+        result = train.edit(model, tok, reqs, cfg, progress=progress, checkpoint=edit_checkpoint(folder) if long else None)
         try:
             report = evaluate(model, tok, reqs, ecfg, pre=pre)
         finally:
