@@ -496,9 +496,10 @@ def optimize_deltas(model, module: nn.Module, groups: list[Rows], cfg) -> Values
             steps += stepping
             with torch.no_grad():
                 delta[~stepping.to(device)] = held  # Adam's momentum would move a request that stopped
-                limit = cfg.clamp_norm * h0.norm(dim=1)  # keep each δ within clamp_norm x ||h||
+                limit = cfg.clamp_norm * h0.norm(dim=1)  # keep each stepped δ within clamp_norm x ||h||
                 norm = delta.norm(dim=1)
-                delta.mul_(torch.where(norm > limit, limit / norm, torch.ones_like(norm))[:, None])
+                over = stepping.to(device) & (norm > limit)
+                delta.mul_(torch.where(over, limit / norm, torch.ones_like(norm))[:, None])
     finally:
         hook.remove()
         if cache is not None:
