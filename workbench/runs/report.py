@@ -310,7 +310,8 @@ def figure(claim: Claim, df: pd.DataFrame):
     from .stats import over_seeds
 
     cols = [*claim.metrics, "score"]
-    return plots.bars(over_seeds(df, "label", cols), "label", cols, title=f"{claim.title} (SmolLM2-135M, CPU)")
+    on = ", ".join(sorted({str(computed(f)["device"]).upper() for f in df["folder"]})) if len(df) else "not run"
+    return plots.bars(over_seeds(df, "label", cols), "label", cols, title=f"{claim.title} (SmolLM2-135M, {on})")
 
 
 def _figure_line(claim: Claim, out: Path) -> str:
