@@ -9,8 +9,11 @@ pass over the request's prefixed prompts (6 short rows for MEMIT on ZsRE) and RO
 backward pass from the head down to the value layer. The originals do this one request at a time
 over the whole network. Rows printed, each on the same requests from the same unedited model:
 
-* ``one at a time, full forward``: the originals' loop (``value_batch=1, prefix_cache=False``);
-* ``one at a time, prefix cache``: the layers below the value layer run once per row, not per step;
+* ``one at a time, full forward``: the originals' loop (``value_batch=1, prefix_cache=False``): every
+  step runs each request's rows, its KL row among them, through the whole network;
+* ``one at a time, prefix cache``: what δ cannot change runs once: the layers below the value layer
+  (once per row) and, above it, every position before the first key token (once per set of rows,
+  handed to each step as the model's key/value cache), so a step runs the key token and the target;
 * ``value_batch=B``: B requests share every forward and backward pass (each its own δ, Adam state
   and early stop).
 

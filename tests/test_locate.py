@@ -9,6 +9,8 @@ import torch
 import workbench as wb
 from workbench import data
 from workbench.methods import locate, memit, rome
+from workbench.methods.ft import example_losses
+from workbench.prompts import collate
 from workbench.models import state_hash
 from workbench.scoring import mean_logprobs
 
@@ -34,7 +36,7 @@ def test_rome_maps_its_key_to_its_value_and_changes_nothing_else(tiny, tok):
     c = locate.second_moment(tiny, tok, 2, cfg.mom2_corpus, cfg.mom2_tokens, progress=False)
     prefixes = locate.context_prefixes(tiny, tok, cfg.n_prefixes, cfg.prefix_tokens)
     r = locate.rows_for(tok, FACT, prefixes, cfg, kl=True)
-    k_bar = locate.mean_key(tiny, s, r)
+    k_bar = locate.mean_keys(tiny, s, [r], 1)[0]
     k = locate.keys(tiny, s, r.batch, torch.tensor([0]), r.positions[:1])[0]
     with locate.frozen_eval(tiny):
         _, delta, _ = locate.value(tiny, s.module, r, cfg)
@@ -116,6 +118,24 @@ def test_values_optimised_together_equal_one_at_a_time(tiny, tok, monkeypatch, w
     for v in (together, alone):
         assert (v.delta - plain.delta).norm() <= 1e-5 * plain.delta.norm()
         assert (v.h - plain.h).norm() <= 1e-5 * plain.h.norm()
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_the_value_loss_at_delta_zero_is_the_mean_target_nll(tiny, tok, monkeypatch, prefix_cache):
+    # At δ = 0 the KL term and the decay vanish, so a request's value loss is the mean target NLL of
+    # its rewrite rows, as `ft.example_losses` computes it over full passes. The loss is read through
+    # the early stop: with the threshold just above it the request takes no step, just below one.
+    cfg = wb.preset("memit", **QUICK).replace(prefix_cache=prefix_cache)
+    prefixes = locate.context_prefixes(tiny, tok, cfg.n_prefixes, cfg.prefix_tokens)
+    r = locate.rows_for(tok, FACT, prefixes, cfg)
+    assert r.n_rewrite < len(r.examples)  # with its KL row
+    ref = example_losses(tiny, collate(r.examples[:r.n_rewrite], r.pad_id)).mean().item()
+    module = locate.decoder_layer(tiny, 2)
+    with locate.frozen_eval(tiny):
+        monkeypatch.setattr(locate, "STOP_LOSS", ref * (1 + 1e-5))
+        assert locate.value(tiny, module, r, cfg).steps == [0]
+        monkeypatch.setattr(locate, "STOP_LOSS", ref * (1 - 1e-5))
+        assert locate.value(tiny, module, r, cfg).steps[0] >= 1
 
 
 @pytest.mark.parametrize("method", ["memit", "alphaedit"])

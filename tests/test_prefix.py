@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaCon
 import workbench as wb
 from workbench import prompts
 from workbench.components import family_table, resolve
+from workbench.methods import locate
 from workbench.methods.prefix import PrefixCache
 from workbench.methods.ft import example_losses
 
@@ -75,6 +76,36 @@ def test_cached_losses_and_gradients_match(family, layer):
     # and the model is its plain self again
     l2, _ = loss_and_grad(model, param, exs, batches[0])
     torch.testing.assert_close(l2, plain[0][0], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+@pytest.mark.parametrize("layer", [0, 2])
+def test_values_that_run_from_the_key_tokens_on_equal_full_passes(family, layer):
+    # Locate-and-edit values: with prefix_cache the positions before the first key token run once
+    # (`locate.Before`) and, above layer 0, the layers below the value layer too. δ, h and the steps
+    # taken must be those of full passes, for every family's masks and positions (Qwen2's sliding
+    # window is shorter than the rows), with ROME's KL rows and an AnyEdit fixed vector that sits
+    # before its request's key token (so it, not the key, sets where the split is).
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CONFIGS[family]()).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    exs = examples(10, seed=1)
+    def group(rewrite, kl):
+        keys = [e.n_prompt - 1 - i % 3 for i, e in enumerate(rewrite)] + [len(exs[kl].input_ids) // 2]
+        return locate.Rows(rewrite + [exs[kl]], keys, len(rewrite), PAD)
+    groups = [group(exs[0:3], 3), group(exs[4:6], 6), group(exs[7:9], 9)]
+    d = model.config.get_text_config().hidden_size
+    groups[1].fixed = [(2, torch.randn(d))]
+    module = model.get_submodule(family_table(model)["layers"])[layer]
+    cfg = wb.preset("memit", v_steps=6, v_lr=0.5, kl_factor=0.0625, value_batch=3)
+    with locate.frozen_eval(model):
+        split = locate.values(model, module, groups, cfg)
+        full = locate.values(model, module, groups, cfg.replace(prefix_cache=False))
+    assert split.steps == full.steps == [5, 5, 5]
+    assert full.delta.norm() > 0
+    torch.testing.assert_close(split.h, full.h, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(split.delta, full.delta, atol=1e-5, rtol=1e-4)
 
 
 def edit_pair(tiny, tok, facts, **kw):

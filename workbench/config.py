@@ -118,7 +118,9 @@ class EditConfig:
     skip_converged: bool = False  # breadth-first: an example whose own loss is below early_stop_loss leaves later epochs
     length_buckets: bool = False  # breadth-first: each epoch's batches drawn from length-sorted runs (less padding)
     # --- speed (the same edit up to float rounding)
-    prefix_cache: bool = True  # run the frozen layers below the lowest edited (or value) layer once per example, not every step (prefix.py)
+    # run once per example, not every step, what the edit cannot change: the layers below the lowest edited (or
+    # value) layer (prefix.py) and, for locate-and-edit values, every position before the key token (locate.Before)
+    prefix_cache: bool = True
     prefix_cache_dtype: Literal["auto", "bfloat16"] = "auto"  # the cache's storage: "auto" = the model's dtype
     parallel_edits: int = 1  # single editing (`edit_each`, runs' protocol "single"): requests trained at once, each alone
     value_batch: int = 16  # locate-and-edit: requests whose values (δ) are optimised in one batch, each alone (locate.optimize_deltas)

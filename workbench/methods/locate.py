@@ -12,7 +12,7 @@ its input k (the key, size d_ff) to the MLP output W k (size d). Everything belo
   the prompt so that keys and values do not depend on one phrasing (ROME Eq. 3 averages the key over
   them); the bare prompt is the first "prefix";
 * **keys** (`keys`): W's input at given (row, position) pairs, one forward pass that stops at l;
-* **values** (`optimize_delta`): a vector δ added to a module's output (the MLP's for ROME, the
+* **values** (`optimize_deltas`): a vector δ added to a module's output (the MLP's for ROME, the
   decoder layer's for the others) at the key positions, optimised with Adam so that the model
   produces the target: the mean NLL of the target tokens over all prefixed prompts, plus
   ``kl_factor`` x KL(p_δ || p_0) of the next-token distribution at the subject of "{subject} is a"
@@ -334,12 +334,6 @@ def outputs(model, module: nn.Module, batch: dict, rows: torch.Tensor, positions
     return h[rows.to(h.device), positions.to(h.device)].float()
 
 
-def mean_key(model, s: Site, r: Rows) -> torch.Tensor:
-    """The key of a request: the mean over its prefixed prompts (ROME Eq. 3), [d_in]."""
-    n = r.n_rewrite
-    return keys(model, s, r.batch, torch.arange(n), r.positions[:n]).mean(0)
-
-
 def stacked(groups: list[Rows], bare: bool = False) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Several requests' rewrite rows (with `bare`, each one's bare prompt alone) collated into one
     batch: (batch, each row's key position in it, each row's request index)."""
@@ -353,8 +347,9 @@ def stacked(groups: list[Rows], bare: bool = False) -> tuple[dict, torch.Tensor,
 
 
 def mean_keys(model, s: Site, groups: list[Rows], per_pass: int) -> torch.Tensor:
-    """`mean_key` of every request, [n, d_in], `per_pass` requests' rows per forward pass (the same
-    keys to float rounding: only the padding differs)."""
+    """The key of each request: the mean of W's input at its key token over its prefixed prompts (ROME
+    Eq. 3), [n, d_in]; `per_pass` requests' rows per forward pass (the same keys to float rounding as
+    one request per pass: only the padding differs)."""
     out = []
     for i in range(0, len(groups), per_pass):
         part = groups[i:i + per_pass]
@@ -398,6 +393,61 @@ class _AddAt:
         self.handle.remove()
 
 
+class Before:
+    """The keys and values, at every layer, of the positions of a batch before a given one: computed
+    once (no grad) for a set of rows and a split, and handed to every step as the model's cache, so
+    that a step runs only the positions from the split on. Exact (to float rounding: the attention of
+    the later positions sums over the same keys in two pieces) when nothing before the split depends
+    on what is optimised, as for δ added at key tokens and nowhere earlier.
+
+    The model's own forward still builds the masks and positions: it is given the full attention
+    mask and the later positions' ids. With the prefix cache on, the layers below L do not run (so
+    hold no keys); they get a one-wide placeholder of the split's length, which is what the mask
+    builders read the past length from (the first layer's cache)."""
+
+    def __init__(self, model: nn.Module, cache: PrefixCache | None):
+        import inspect
+
+        self.model, self.cache, self.kv = model, cache, {}
+        # transformers renamed the forward's past_key_values to cache (5.x); pass whichever it takes
+        params = inspect.signature(model.base_model.forward).parameters
+        self.name = "cache" if "cache" in params else "past_key_values"
+
+    def inputs(self, idx: list[int], b: dict, start: int) -> tuple[dict, dict]:
+        """Batch `b` (rows `idx`) cut to positions `start`.. and the model's cache argument holding
+        the positions before (nothing when `start` is 0)."""
+        if start == 0:
+            return b, {}
+        from transformers import DynamicCache
+
+        mask = b["attention_mask"]
+        ids = position_ids(mask)
+        made = (tuple(idx), start)
+        if made not in self.kv:
+            if len(self.kv) >= 2:  # the rewrite rows' and the KL rows' are in use; an older set is not again
+                self.kv.pop(next(iter(self.kv)))
+            self.kv[made] = self._run(idx, b["input_ids"][:, :start], mask[:, :start], ids[:, :start])
+        cut = {"input_ids": b["input_ids"][:, start:], "attention_mask": mask, "position_ids": ids[:, start:]}
+        if "labels" in b:
+            cut["labels"] = b["labels"][:, start:]
+        return cut, {self.name: DynamicCache(ddp_cache_data=self.kv[made])}  # a fresh one: a step appends to it
+
+    @torch.no_grad()
+    def _run(self, idx, input_ids, mask, ids) -> list:
+        from transformers import DynamicCache
+
+        past = DynamicCache()
+        if self.cache is not None:
+            self.cache.replay(idx, 0, input_ids.shape[1])
+        # the decoder without the head: only the keys and values are wanted
+        self.model.base_model(input_ids=input_ids, attention_mask=mask, position_ids=ids, use_cache=True,
+                              **{self.name: past})
+        n = len(self.model.get_submodule(family_table(self.model)["layers"]))
+        blank = input_ids.new_zeros((input_ids.shape[0], 1, input_ids.shape[1], 1), dtype=torch.float32)
+        return [(past.layers[i].keys, past.layers[i].values) if i < len(past.layers) and past.layers[i].is_initialized
+                else (blank, blank) for i in range(n)]
+
+
 STOP_LOSS = 5e-2  # a request whose value loss falls below this stops early (ROME/MEMIT `compute_v`)
 
 
@@ -423,7 +473,10 @@ def optimize_deltas(model, module: nn.Module, groups: list[Rows], cfg) -> Values
 
     **Prefix cache.** The hidden states entering `module`'s decoder layer do not depend on δ: with
     ``prefix_cache`` they are computed once (`prefix.PrefixCache`) and each step runs that layer and
-    the ones above it only.
+    the ones above it only. Nor, attention being causal, does anything at a position before the first
+    one δ (or a fixed vector) is added at, in any layer: those positions run once per set of rows and
+    their keys and values are handed to each step as the model's cache (`Before`), so a step runs
+    only the key token and what follows it (on ZsRE with MEMIT's prefixes about a third of the tokens).
     """
     device = input_device(model)
     d = model.config.get_text_config().hidden_size
@@ -436,6 +489,7 @@ def optimize_deltas(model, module: nn.Module, groups: list[Rows], cfg) -> Values
     pad_id = groups[0].pad_id
     layer = _layer_of(model, module)
     cache = PrefixCache(model, layer, examples, pad_id) if cfg.prefix_cache and layer > 0 and cfg.v_steps > 1 else None
+    before = Before(model, cache) if cfg.prefix_cache and cfg.v_steps > 1 else None
     hook = _AddAt(module)
     delta = torch.zeros(len(groups), d, device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=cfg.v_lr)
@@ -443,42 +497,63 @@ def optimize_deltas(model, module: nn.Module, groups: list[Rows], cfg) -> Values
     steps = torch.zeros(len(groups), dtype=torch.long)
     h0, kl0 = None, None
 
-    def forward(idx: list[int], logits_at_key: bool):
-        """Rows `idx` with their requests' δ (and fixed vectors) added: per-row target NLL, or the
-        log-probabilities at each row's key token (the KL rows)."""
+    n_rewrite = len(rows)
+
+    def forward(idx: list[int]):
+        """One pass over rows `idx` (rewrite rows first, then KL rows) with their requests' δ added at
+        the key tokens (and, on rewrite rows, the fixed vectors). Returns each rewrite row's mean target
+        NLL, each KL row's next-token log-probabilities at its key token, and every row's key position
+        among the positions that ran (those from the first one anything is added at)."""
         exs = [examples[j] for j in idx]
+        kl_row = torch.tensor([j >= n_rewrite for j in idx], device=device)
         pos = padded_positions(exs, [keys[j] for j in idx]).to(device)
         rows_ = torch.arange(len(idx), device=device)
-        own = torch.tensor([owner[j] for j in idx], device=device)
-        hook.first, hook.adds = None, [(rows_, pos, delta[own])]
-        if not logits_at_key:
-            width = pos.new_tensor([max(len(e.input_ids) for e in exs) - len(e.input_ids) for e in exs])
-            for j, row in zip(idx, rows_):
-                for p, vec in groups[owner[j]].fixed:
-                    hook.adds.append((row, width[row] + p, vec.to(device)))
+        adds = [(rows_, pos, delta[torch.tensor([owner[j] for j in idx], device=device)])]
+        width = pos.new_tensor([max(len(e.input_ids) for e in exs) - len(e.input_ids) for e in exs])
+        for j, row in zip(idx, rows_):
+            for p, vec in groups[owner[j]].fixed if j < n_rewrite else ():
+                adds.append((row, width[row] + p, vec.to(device)))
+        start = min(int(p.min()) for _, p, _ in adds) if before is not None else 0
         b = _to(collate(exs, pad_id), device)
+        b["labels"] = b["labels"].masked_fill(kl_row[:, None], IGNORE)  # a KL row is read at its key token only
+        hook.adds = []  # the positions before `start` run (once per set of rows) with nothing added
+        inputs, past = before.inputs(idx, b, start) if before is not None else (b, {})
         if cache is not None:
-            cache.replay(idx)
-        if not logits_at_key:
-            return example_losses(model, b), pos
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                       position_ids=position_ids(b["attention_mask"]), use_cache=False).logits
-        return torch.log_softmax(logits[rows_, pos].float(), -1), own
+            cache.replay(idx, start)
+        hook.first, hook.adds = None, [(r, p - start, v) for r, p, v in adds]
+        key, labels = pos - start, inputs["labels"]
+        # The head (49K x 576 on SmolLM2) runs only at the positions read: those that predict a target
+        # token, and the KL rows' key tokens.
+        target = labels[:, 1:]  # position q predicts target[:, q]
+        reads = torch.zeros(labels.shape[1], dtype=torch.bool, device=device)
+        reads[:-1] = (target != IGNORE).any(0)
+        reads[key[kl_row]] = True
+        keep = reads.nonzero().squeeze(1)
+        column = torch.full_like(reads, -1, dtype=torch.long)
+        column[keep] = torch.arange(len(keep), device=device)
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                       position_ids=inputs["position_ids"] if "position_ids" in inputs else position_ids(b["attention_mask"]),
+                       logits_to_keep=keep, use_cache=bool(past), **past).logits
+        r, q = (target != IGNORE).nonzero(as_tuple=True)
+        token_nll = -torch.log_softmax(logits[r, column[q]].float(), -1).gather(1, target[r, q, None])[:, 0]
+        nll = torch.zeros(len(idx), device=device).index_add(0, r, token_nll) / \
+            (target != IGNORE).sum(1).clamp(min=1)
+        logp = torch.log_softmax(logits[rows_[kl_row], column[key[kl_row]]].float(), -1)
+        return nll[~kl_row], logp, key, kl_row
 
     try:
         if cache is not None:
             cache.install()
         for step in range(cfg.v_steps):
-            idx = [j for j in range(len(rows)) if active[owner[j]]]
-            nll, pos = forward(idx, logits_at_key=False)
+            idx = [j for j in range(len(examples)) if active[owner[j]]]
+            nll, logp, pos, kl_row = forward(idx)
             if h0 is None:  # the unperturbed outputs, before δ was added (the hook saw them first)
                 h0 = hook.first[torch.tensor(first, device=device), pos[first]].float()
             own = torch.tensor([owner[j] for j in idx], device=device)
+            own, kl_own = own[~kl_row], own[kl_row]
             count = torch.zeros(len(groups), device=device).index_add_(0, own, torch.ones_like(nll))
             loss = torch.zeros(len(groups), device=device).index_add(0, own, nll) / count.clamp(min=1)
-            kl_idx = [j for j in range(len(rows), len(examples)) if active[owner[j]]]
-            if kl_idx:
-                logp, kl_own = forward(kl_idx, logits_at_key=True)
+            if len(kl_own):
                 if kl0 is None:
                     kl0 = torch.zeros(len(groups), logp.shape[-1], device=device).index_copy(0, kl_own, logp.detach())
                 kl = F.kl_div(kl0[kl_own], logp, log_target=True, reduction="none").sum(-1)

@@ -136,9 +136,10 @@ class PrefixCache:
             out[j, width - (z - a):] = self.flat[a:z].to(self.device, self.compute_dtype, non_blocking=True)
         return out
 
-    def replay(self, idx: list[int]) -> None:
-        """Make the next forward pass start at layer L from the states of examples `idx`."""
-        self._replay = self.batch(idx)
+    def replay(self, idx: list[int], start: int = 0, stop: int | None = None) -> None:
+        """Make the next forward pass start at layer L from the states of examples `idx` (positions
+        `start`..`stop` of their left-padded batch)."""
+        self._replay = self.batch(idx)[:, start:stop]
 
     def install(self) -> None:
         """Short-circuit layers 0..L-1 (undone by `remove`). A forward already set on the instance

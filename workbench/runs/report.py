@@ -174,11 +174,10 @@ def same_computation(item: Runs, root: Path, chosen: dict, claims_path) -> None:
     """Refuse to add runs to a claim whose stored runs computed in another dtype than this machine
     would: a spec with ``dtype="auto"`` is fp32 on the CPU and bf16 on a GPU, the same folder for
     another computation, and a verdict pairs seeds as if they were alike."""
-    from ..models import _resolve_dtype, default_device
+    from ..models import resolved_dtype
 
     cfg = item.base.run_config()
-    here = str(_resolve_dtype(cfg.dtype, default_device() if cfg.device == "auto" else cfg.device))
-    here = here.removeprefix("torch.")
+    here = str(resolved_dtype(cfg)).removeprefix("torch.")
     df = table(item, root, chosen)
     stored = sorted({computed(f)["dtype"] for f in df["folder"]} - {None}) if len(df) else []
     if stored and stored != [here]:
