@@ -229,7 +229,10 @@ def table(item: Runs, root: Path = STORE, chosen: dict | None = None) -> pd.Data
     for label, seed, spec in item.runs(chosen):
         path = item.folder(root, spec) / "metrics.json" if spec is not None else None
         if path is not None and path.exists():
-            rows.append({"label": label, "seed": seed, **json.loads(path.read_text()), "folder": str(path.parent)})
+            metrics = json.loads(path.read_text())
+            if "s_per_edit" not in metrics and metrics.get("n_edits"):  # a sequence: its last stage's totals
+                metrics["s_per_edit"] = metrics["edit_s"] / metrics["n_edits"]
+            rows.append({"label": label, "seed": seed, **metrics, "folder": str(path.parent)})
     df = pd.DataFrame(rows, columns=["label", "seed"] if not rows else None)
     if len(df):
         have = [m for m in item.score if m in df]
