@@ -64,15 +64,12 @@ log = logging.getLogger("workbench")
 
 
 # ------------------------------------------------------------------------------------ the loss
-def example_losses(model: nn.Module, batch: dict, **past) -> torch.Tensor:
+def example_losses(model: nn.Module, batch: dict) -> torch.Tensor:
     """Mean cross-entropy over each example's labelled tokens.
 
     Args:
         batch: ``input_ids, attention_mask, labels`` of shape [B, T], left-padded (`prompts.collate`), and
-            optionally ``bag`` [B] (loss scope ``prompt_last``: every label read from one position) and
-            ``position_ids`` (default: from the attention mask).
-        past: the model's cache argument holding the keys and values of positions that come before
-            ``input_ids`` (`locate.Before`); ``attention_mask`` then spans those positions too.
+            optionally ``bag`` [B] (loss scope ``prompt_last``: every label read from one position).
     Returns:
         [B] float32 losses.
     """
@@ -89,9 +86,8 @@ def example_losses(model: nn.Module, batch: dict, **past) -> torch.Tensor:
     # slice is made contiguous first.
     handle = model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
     try:
-        pos = batch["position_ids"] if "position_ids" in batch else prompts.position_ids(batch["attention_mask"])
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=pos,
-                    logits_to_keep=keep, use_cache=bool(past), **past)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    position_ids=prompts.position_ids(batch["attention_mask"]), logits_to_keep=keep, use_cache=False)
     finally:
         handle.remove()
     logits = out.logits[:, :-1].float()  # positions T-keep .. T-2 predict tokens T-keep+1 .. T-1

@@ -60,7 +60,6 @@ from ..components import family_table, resolve
 from ..errors import ConfigError, DataError
 from ..models import cache_dir, input_device, spec, tensor_sums
 from ..prompts import IGNORE, Encoded, collate, encode, position_ids, prompt_ids
-from .ft import example_losses
 from .prefix import PrefixCache
 
 
@@ -408,29 +407,24 @@ class Before:
     def __init__(self, model: nn.Module, cache: PrefixCache | None):
         import inspect
 
-        self.model, self.cache, self.kv = model, cache, {}
+        self.model, self.cache, self.made, self.kv = model, cache, None, None
         # transformers renamed the forward's past_key_values to cache (5.x); pass whichever it takes
         params = inspect.signature(model.base_model.forward).parameters
         self.name = "cache" if "cache" in params else "past_key_values"
 
     def inputs(self, idx: list[int], b: dict, start: int) -> tuple[dict, dict]:
-        """Batch `b` (rows `idx`) cut to positions `start`.. and the model's cache argument holding
-        the positions before (nothing when `start` is 0)."""
+        """Batch `b` (rows `idx`, with ``position_ids``) cut to positions `start`.. and the model's cache
+        argument holding the positions before (nothing when `start` is 0). The past is computed when
+        the rows or the split change (a request stopped), else reused."""
         if start == 0:
             return b, {}
         from transformers import DynamicCache
 
-        mask = b["attention_mask"]
-        ids = position_ids(mask)
-        made = (tuple(idx), start)
-        if made not in self.kv:
-            if len(self.kv) >= 2:  # the rewrite rows' and the KL rows' are in use; an older set is not again
-                self.kv.pop(next(iter(self.kv)))
-            self.kv[made] = self._run(idx, b["input_ids"][:, :start], mask[:, :start], ids[:, :start])
-        cut = {"input_ids": b["input_ids"][:, start:], "attention_mask": mask, "position_ids": ids[:, start:]}
-        if "labels" in b:
-            cut["labels"] = b["labels"][:, start:]
-        return cut, {self.name: DynamicCache(ddp_cache_data=self.kv[made])}  # a fresh one: a step appends to it
+        if self.made != (tuple(idx), start):
+            self.kv = self._run(idx, *(b[k][:, :start] for k in ("input_ids", "attention_mask", "position_ids")))
+            self.made = (tuple(idx), start)
+        cut = {**b, **{k: b[k][:, start:] for k in ("input_ids", "labels", "position_ids")}}  # the mask spans the past too
+        return cut, {self.name: DynamicCache(ddp_cache_data=self.kv)}  # a fresh one: a step appends to it
 
     @torch.no_grad()
     def _run(self, idx, input_ids, mask, ids) -> list:
@@ -516,6 +510,7 @@ def optimize_deltas(model, module: nn.Module, groups: list[Rows], cfg) -> Values
         start = min(int(p.min()) for _, p, _ in adds) if before is not None else 0
         b = _to(collate(exs, pad_id), device)
         b["labels"] = b["labels"].masked_fill(kl_row[:, None], IGNORE)  # a KL row is read at its key token only
+        b["position_ids"] = position_ids(b["attention_mask"])
         hook.adds = []  # the positions before `start` run (once per set of rows) with nothing added
         inputs, past = before.inputs(idx, b, start) if before is not None else (b, {})
         if cache is not None:
@@ -532,8 +527,7 @@ def optimize_deltas(model, module: nn.Module, groups: list[Rows], cfg) -> Values
         column = torch.full_like(reads, -1, dtype=torch.long)
         column[keep] = torch.arange(len(keep), device=device)
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                       position_ids=inputs["position_ids"] if "position_ids" in inputs else position_ids(b["attention_mask"]),
-                       logits_to_keep=keep, use_cache=bool(past), **past).logits
+                       position_ids=inputs["position_ids"], logits_to_keep=keep, use_cache=bool(past), **past).logits
         r, q = (target != IGNORE).nonzero(as_tuple=True)
         token_nll = -torch.log_softmax(logits[r, column[q]].float(), -1).gather(1, target[r, q, None])[:, 0]
         nll = torch.zeros(len(idx), device=device).index_add(0, r, token_nll) / \
