@@ -33,6 +33,27 @@ def test_verdicts_follow_the_rules_on_the_paired_t_interval(diffs, direction, ex
     assert verdict(p, direction) == expected
 
 
+@pytest.mark.parametrize("diffs, expected", [
+    ([-0.010, -0.012, -0.008], "reproduced"),  # surely worse, but by less than the margin: no loss
+    ([-0.050, -0.052, -0.048], "not reproduced"),  # surely worse by more than the margin
+    ([-0.010, -0.060, 0.040], "inconclusive"),  # the interval reaches past -margin
+    ([0.050, 0.060, 0.055], "reproduced"),  # better is no loss either
+])
+def test_a_claim_of_no_loss_is_judged_against_its_margin(diffs, expected):
+    import pandas as pd
+
+    rows = [{"arm": "a", "seed": s, "m": 0.5 + d} for s, d in enumerate(diffs)] + \
+           [{"arm": "b", "seed": s, "m": 0.5} for s in range(len(diffs))]
+    p = paired(pd.DataFrame(rows), "arm", "a", "b", "m")
+    assert verdict(p, "higher", margin=0.02) == expected
+    mirrored = Paired(p.n, -p.mean, p.half, tuple(-d for d in p.diffs))  # "lower is better": the same claim
+    assert verdict(mirrored, "lower", margin=0.02) == expected
+    if expected == "reproduced" and p.mean < 0:
+        assert verdict(p, "higher") == "not reproduced"  # the difference rule would call the same data a loss
+    with pytest.raises(ValueError, match="margin"):
+        verdict(p, "higher", margin=-0.02)
+
+
 def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatch):
     """Two arms x two seeds of real tiny-model runs, single runs and sequences, executed from a claims
     file: the report's tables hold the stored numbers and each verdict is the rule applied to the
@@ -44,16 +65,22 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
     points = [{"label": "long", "epochs": 40, "lr": 1e-2}, {"label": "short", "epochs": 1, "lr": 1e-4}]
     claim = {"paper": "P", "says": "it does", "base": base.to_dict(), "points": points, "arm": "long",
              "others": ["short"], "score": ["ori.exact_match", "para.exact_match"], "direction": "higher"}
+    seq_base = base.replace(capability=("mmlu",), n_mmlu=4)
     claims = {"title": "t", "intro": "i", "todo": ["later"], "claims": {
         "once": {**claim, "title": "longer training edits better", "experiment": "exp", "seeds": [0, 1],
                  "metrics": ["ori.exact_match"]},
-        "seq": {**claim, "title": "and in sequences", "experiment": "seq", "seeds": [0, 1], "chunk_size": 1}}}
+        "seq": {**claim, "title": "and in sequences", "experiment": "seq", "seeds": [0, 1], "chunk_size": 1,
+                "base": seq_base.to_dict(), "before": True},
+        # the same runs, read as a claim of no loss against each sequence's unedited start (stage 0)
+        "kept": {**claim, "title": "capability kept", "experiment": "seq", "seeds": [0, 1], "chunk_size": 1,
+                 "base": seq_base.to_dict(), "before": True, "others": ["long before"],
+                 "score": ["capability.mmlu_acc"], "margin": 0.25}}}
     path = tmp_path / "claims.yaml"
     path.write_text(json.dumps(claims))  # JSON is YAML
     report.run(["once", "seq"], "serial", path, progress=False, root=tmp_path / "store")
-    once, seq = report.read(path).claims
+    once, seq, kept = report.read(path).claims
     for claim, stored in ((once, wb.runs.load("exp")), (seq, None)):
-        df = report.table(claim, tmp_path / "store")
+        df = report.stored_runs(report.table(claim, tmp_path / "store"))
         assert len(df) == 4 and set(df.label) == {"long", "short"}
         if stored is not None:
             assert sorted(df["ori.exact_match"]) == sorted(stored["ori.exact_match"])
@@ -62,13 +89,21 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
         md = report.render(path, tmp_path / "store")
         assert f"| {claim.title} | it does | vs short: {report._diff(p)} | **{verdict(p, 'higher')}** |" in md
     assert "4 of 4 stored" in md and "- later" in md and "computed: 4 on cpu, float32" in md
+    df = report.table(kept, tmp_path / "store")  # each sequence's stage 0 is an arm "<label> before"
+    assert list(df.label) == ["long", "long before"] * 2 + ["short", "short before"] * 2 and "short before |" in md
+    p = paired(df, "label", "long", "long before", "score")
+    firsts = {s: [json.loads(x) for x in (report.Path(f) / "stages.jsonl").read_text().splitlines()]
+              for s, f in zip(df.seed[df.label == "long"], df.folder[df.label == "long"])}
+    assert p.diffs == tuple(pytest.approx(st[-1]["capability.mmlu_acc"] - st[0]["capability.mmlu_acc"])
+                            for st in firsts.values()) and firsts[0][0]["n_edits"] == 0
+    assert f"| capability kept | it does | vs long before: {report._diff(p)} | **{verdict(p, 'higher', 0.25)}** |" in md
     env = report.Path(df["folder"].iloc[0]) / "env.json"  # one run computed in bf16, as dtype "auto" is on a GPU
     env.write_text(json.dumps({**json.loads(env.read_text()), "dtype": "bfloat16"}))
     with pytest.raises(wb.ConfigError, match="seq: its stored runs computed in bfloat16, float32, and on this machine "
                                              "dtype='auto' is float32"):
         report.run(["seq"], "serial", path, progress=False, root=tmp_path / "store")
     fig = report.figure(seq, report.table(seq, tmp_path / "store"))  # the bars the report's figure draws
-    assert list(fig.data[0].x) == ["long", "short"] and fig.data[-1].name == "score"
+    assert list(fig.data[0].x) == ["long", "long before", "short", "short before"] and fig.data[-1].name == "score"
     claims["claims"]["once"]["seeds"] = [0, 1, 2]  # a seed not run yet is counted as missing
     path.write_text(json.dumps(claims))
     assert "4 of 6 runs stored; arms still short of 3 seed(s): `long`; `short`." in report.render(path, tmp_path / "store")
@@ -82,6 +117,9 @@ def test_a_bad_claims_file_names_the_claim_and_the_field(tmp_path):
         report.read(path)
     path.write_text(path.read_text().replace("direction: up", "direction: higher, colour: red"))
     with pytest.raises(wb.ConfigError, match=r"claim 'c' has unknown field\(s\) \['colour'\]"):
+        report.read(path)
+    path.write_text(path.read_text().replace("colour: red", "margin: -0.02"))
+    with pytest.raises(wb.ConfigError, match=r"claim 'c': margin=-0.02, give a non-negative number"):
         report.read(path)
 
 

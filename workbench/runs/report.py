@@ -43,6 +43,7 @@ class Runs:
     score: list[str]  # a run's score: the mean of these metrics
     direction: str  # "higher" or "lower": which way is better (claims: which way the paper says the arm differs)
     chunk_size: int | None = None  # a lifelong sequence in chunks of this size (None: one run per point and seed)
+    before: bool = False  # sequences: each run's stage 0 (the unedited model's probes) is also an arm, "<label> before"
 
     def runs(self, chosen: dict | None = None) -> list[tuple[str, int, RunSpec | None]]:
         """(label, seed, spec) of every run, as `sweep.seeded` places seeds. A point ``calibrated: X``
@@ -64,6 +65,15 @@ class Runs:
             out += [(label, p["seed"], self.base.replace(**p)) for p in seeded([point], self.seeds, self.base)]
         return out
 
+    def labels(self, chosen: dict | None = None) -> list[str]:
+        """The arms' labels in order, with each "<label> before" after its arm when `before` is set."""
+        labels = list(dict.fromkeys(label for label, _, _ in self.runs(chosen)))
+        return [x for label in labels for x in ([label, f"{label} before"] if self.shows_before else [label])]
+
+    @property
+    def shows_before(self) -> bool:
+        return self.before and self.chunk_size is not None
+
     def folder(self, root: Path, spec: RunSpec) -> Path:
         name = spec.hash() if self.chunk_size is None else f"{spec.hash()}-chunk{self.chunk_size}"
         return root / self.experiment / name
@@ -77,6 +87,7 @@ class Claim(Runs):
     says: str = ""  # the paper's words and number
     arm: str = ""  # the label of the arm the paper favours
     others: list[str] = field(default_factory=list)  # the labels it is compared with
+    margin: float | None = None  # a claim of no loss: the arm is at most this much worse (verdicts.py), fixed before the runs
     metrics: list[str] = field(default_factory=list)  # the arms table's columns
     setting: str = ""
     differs: str = ""
@@ -101,7 +112,7 @@ class Calibration(Runs):
 
     def choose(self, root: Path = STORE) -> dict | None:
         """The chosen grid point's values (with ``preset``), or None until every run is stored."""
-        df = table(self, root)
+        df = stored_runs(table(self, root))
         if len(df) < len(self.runs()):
             return None
         means = df.groupby("label", sort=False)["score"].mean()
@@ -208,6 +219,9 @@ def read(path=CLAIMS) -> Plan:
                 raise ConfigError(f"{what} has unknown field(s) {unknown}; valid: {sorted(known)}")
             if c.get("direction", "higher") not in ("higher", "lower"):
                 raise ConfigError(f"{what}: direction={c['direction']!r}, give 'higher' or 'lower'")
+            margin = c.get("margin")
+            if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
+                raise ConfigError(f"{what}: margin={margin!r}, give a non-negative number in the score's units")
             c = dict(c, base=RunSpec.from_dict(c["base"]))
             c.setdefault("direction", "higher")
             if cls is Claim:
@@ -232,12 +246,21 @@ def table(item: Runs, root: Path = STORE, chosen: dict | None = None) -> pd.Data
             metrics = json.loads(path.read_text())
             if "s_per_edit" not in metrics and metrics.get("n_edits"):  # a sequence: its last stage's totals
                 metrics["s_per_edit"] = metrics["edit_s"] / metrics["n_edits"]
-            rows.append({"label": label, "seed": seed, **metrics, "folder": str(path.parent)})
-    df = pd.DataFrame(rows, columns=["label", "seed"] if not rows else None)
+            rows.append({"label": label, "seed": seed, **metrics, "folder": str(path.parent), "before": False})
+            if item.shows_before:  # stage 0: the probes (capability) of the unedited model, before the first chunk
+                first = json.loads((path.parent / "stages.jsonl").read_text().splitlines()[0])
+                rows.append({"label": f"{label} before", "seed": seed, **first, "folder": str(path.parent),
+                             "before": True})
+    df = pd.DataFrame(rows, columns=["label", "seed", "before"] if not rows else None)
     if len(df):
         have = [m for m in item.score if m in df]
         df["score"] = df[have].mean(axis=1, skipna=False) if len(have) == len(item.score) else math.nan
     return df
+
+
+def stored_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """`table`'s rows of runs, without the stage-0 ("before") arms read from them."""
+    return df[~df["before"].astype(bool)] if len(df) else df
 
 
 def comparisons(claim: Claim, df: pd.DataFrame) -> list[tuple[str, Paired, str]]:
@@ -247,7 +270,7 @@ def comparisons(claim: Claim, df: pd.DataFrame) -> list[tuple[str, Paired, str]]
     out = []
     for other in claim.others:
         p = paired(df, "label", claim.arm, other, "score")
-        out.append((other, p, verdict(p, claim.direction)))
+        out.append((other, p, verdict(p, claim.direction, claim.margin)))
     return out
 
 
@@ -279,7 +302,7 @@ def arms_table(item: Runs, df: pd.DataFrame, columns: list[str], chosen: dict | 
     count and seconds per edit; the arm labelled `mark` in bold (a calibration's choice)."""
     from .stats import over_seeds
 
-    labels = list(dict.fromkeys(label for label, _, _ in item.runs(chosen)))
+    labels = item.labels(chosen)
     cols = [*columns, "score"]
     head = "| arm | seeds | " + " | ".join(cols) + " | s / edit |\n" + "|---" * (len(cols) + 3) + "|\n"
     stats = over_seeds(df, "label", [*cols, "s_per_edit"]) if len(df) else pd.DataFrame(columns=["label"])
@@ -349,7 +372,7 @@ def where(folder) -> str:
 
 
 def _runs_line(item: Runs, df: pd.DataFrame, need: int) -> str:
-    b = item.base
+    df, b = stored_runs(df), item.base
     held = f", without the requests of `{b.exclude}`" if b.exclude else ""
     places = pd.Series([where(f) for f in df["folder"]]).value_counts() if len(df) else pd.Series(dtype=int)
     on = "; ".join(f"{n} on {p}" for p, n in places.items())
@@ -361,6 +384,7 @@ def _runs_line(item: Runs, df: pd.DataFrame, need: int) -> str:
 
 def _missing(item: Runs, df: pd.DataFrame, chosen: dict) -> str | None:
     runs = item.runs(chosen)
+    df = stored_runs(df)
     if len(df) >= len(runs):
         return None
     stored = {(r.label, r.seed) for r in df.itertuples()} if len(df) else set()
@@ -416,7 +440,9 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
             + _runs_line(claim, df, len(claim.runs(chosen)))
             + f"Each arm: mean ± 95 % half-width over its seeds. The score is the mean of {score} per run.\n\n"
             + arms_table(claim, df, claim.metrics, chosen) + "\n" + _figure_line(claim, Path(out))
-            + f"\n**Differences and verdicts** (paper's direction: the arm's score is {claim.direction}):\n\n"
+            + f"\n**Differences and verdicts** (paper's direction: the arm's score is {claim.direction}"
+            + (f"; a claim of no loss, margin {claim.margin:g}: the arm at most that much worse" if claim.margin is not None
+               else "") + "):\n\n"
             + "| comparison | difference of the score | verdict |\n|---|---|---|\n" + diffs + "\n\n"
             + (f"**What differs from the paper.** {claim.differs.strip()}\n\n" if claim.differs else "")
             + (f"**Regenerate.** `{claim.regenerate.strip()}`\n" if claim.regenerate else ""))

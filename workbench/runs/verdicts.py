@@ -10,6 +10,13 @@ seed:
    **not reproduced** when the interval excludes zero on the other side; **inconclusive**
    otherwise, and always with fewer than two paired seeds (no interval).
 
+A claim of *no loss* (LocFT-BF: capability kept "without degradation", "<2 %") cannot be shown by
+an interval that merely fails to exclude zero: absence of evidence is not evidence of absence. It
+is a non-inferiority claim with a margin m fixed before the runs (from the paper where it gives
+one): **reproduced** when the whole interval lies above -m in the paper's direction (the arm is at
+most m worse, at 95 %), **not reproduced** when the whole interval lies below -m, **inconclusive**
+otherwise.
+
 `RULES` is that text, printed at the top of the report; `paired` and `verdict` apply it, nothing
 else decides a verdict.
 """
@@ -27,7 +34,9 @@ RULES = (
     "the n paired seeds. **reproduced**: the mean is in the paper's direction and the interval excludes zero. "
     "**not reproduced**: the interval excludes zero on the other side. **inconclusive**: otherwise, and "
     "whenever fewer than two seeds are paired. These rules were written before the runs; the renderer "
-    "applies them, no verdict is typed by hand.")
+    "applies them, no verdict is typed by hand. A claim of no loss names a margin m before its runs "
+    "(non-inferiority): **reproduced** when the whole interval lies above −m in the paper's direction (the arm "
+    "is at most m worse), **not reproduced** when it lies wholly below −m, **inconclusive** otherwise.")
 
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
@@ -72,17 +81,21 @@ def paired(df: pd.DataFrame, axis: str, arm, other, metric: str, pair: str = "se
     return Paired(n, mean, stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n), tuple(d))
 
 
-def verdict(p: Paired, direction: str) -> str:
-    """The rule of the module docstring: `direction` is the paper's, ``"higher"`` (the arm's metric is
-    larger) or ``"lower"``."""
+def verdict(p: Paired, direction: str, margin: float | None = None) -> str:
+    """The rules of the module docstring: `direction` is the paper's, ``"higher"`` (the arm's metric is
+    larger) or ``"lower"``; a `margin` makes it a claim of no loss (non-inferiority by at most
+    `margin`, in the metric's units) instead of a claim of a difference."""
     if direction not in ("higher", "lower"):
         raise ValueError(f"direction={direction!r}: 'higher' or 'lower'")
+    if margin is not None and not margin >= 0:
+        raise ValueError(f"margin={margin!r}: a non-negative number in the metric's units")
     if p.n < 2 or math.isnan(p.half):
         return "inconclusive"
     sign = 1 if direction == "higher" else -1
     lo, hi = sorted((sign * p.lo, sign * p.hi))  # in the paper's direction: positive supports it
-    if lo > 0:
+    bound = 0.0 if margin is None else -margin  # a difference must clear zero; no loss, only -margin
+    if lo > bound:
         return "reproduced"
-    if hi < 0:
+    if hi < bound:
         return "not reproduced"
     return "inconclusive"
