@@ -18,6 +18,8 @@ SCRIPTS = [
     ["parallel_speed.py", "--k", "8", "--preset", "ft-m", "--benchmark", "zsre"],
     ["speedups.py", "--n", "100"],
     ["value_speed.py", "--n", "8", "--batches", "8"],
+    ["stats_speed.py", "--tokens", "20000"],
+    ["mmlu_speed.py", "--n", "57"],
     ["compile_speed.py", "--n", "100", "--epochs", "3"],
     ["sweep_speed.py"],
     ["capability.py", "--n-edits", "100"],

@@ -211,6 +211,20 @@ def test_anyedit_chunks_the_answer_in_order():
     assert chunks(10, 4) == [(0, 4), (4, 8), (8, 10)] and chunks(3, 40) == [(0, 3)]
 
 
+def test_statistics_of_several_layers_from_one_pass_equal_a_pass_per_layer(tiny, tok, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "a"))
+    together = locate.second_moments(tiny, tok, [3, 1], "mmlu", 400, progress=False)
+    assert sorted(together) == [1, 3]
+    locate._STATS.clear()  # nothing in memory, a fresh disk cache: each layer from its own pass
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "b"))
+    for layer in (1, 3):
+        assert torch.equal(locate.second_moment(tiny, tok, layer, "mmlu", 400, progress=False), together[layer])
+    assert not torch.equal(together[1], together[3])
+    locate._STATS.clear()  # from disk, with one layer more: only that one is computed
+    both = locate.second_moments(tiny, tok, [1, 2, 3], "mmlu", 400, progress=False)
+    assert torch.equal(both[1], together[1]) and len(list((tmp_path / "b" / "stats").glob("*.pt"))) == 3
+
+
 def test_statistics_are_cached_and_keyed_by_the_weights_that_feed_them(tiny, tok):
     c = locate.second_moment(tiny, tok, 2, "mmlu", 500, progress=False)
     assert locate.second_moment(tiny, tok, 2, "mmlu", 500, progress=False) is c

@@ -97,6 +97,8 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
     assert p.diffs == tuple(pytest.approx(st[-1]["capability.mmlu_acc"] - st[0]["capability.mmlu_acc"])
                             for st in firsts.values()) and firsts[0][0]["n_edits"] == 0
     assert f"| capability kept | it does | vs long before: {report._diff(p)} | **{verdict(p, 'higher', 0.25)}** |" in md
+    mean_first = (firsts[0][0]["capability.mmlu_acc"] + firsts[1][0]["capability.mmlu_acc"]) / 2
+    assert f"| long | capability.mmlu_acc | {report._num(mean_first)} |" in md  # every stage, from stages.jsonl
     env = report.Path(df["folder"].iloc[0]) / "env.json"  # one run computed in bf16, as dtype "auto" is on a GPU
     env.write_text(json.dumps({**json.loads(env.read_text()), "dtype": "bfloat16"}))
     with pytest.raises(wb.ConfigError, match="seq: its stored runs computed in bfloat16, float32, and on this machine "

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import workbench as wb
-from workbench import data, locality, metrics, prompts
+from workbench import data, locality, metrics, prompts, scoring
 from workbench.prompts import IGNORE, encode
 from workbench.models import spec, state_hash
 from workbench.methods.ft import example_losses
@@ -198,3 +198,39 @@ def test_uke_table_puts_the_lineage_first_and_labels_ours(tiny, tok, facts):
     assert list(table.index) == ["Ori", "Para"]
     assert list(table.columns)[:2] == ["BERT Score (cosine)", "ROUGE-L (recall)"]
     assert {"ours: BERTScore F1", "ours: ROUGE-L F1"} <= set(table.columns)
+
+
+# ------------------------------------------------------------------------------- capability
+def one_pass_per_pair(model, tok, prompt, continuation, template):
+    """The mean log-probability of a continuation from one unpadded pass over prompt + continuation."""
+    p = prompts.prompt_ids(tok, prompt, template)
+    c = prompts.target_ids(tok, continuation, template)[:-1]  # the closing EOS is not scored
+    logp = torch.log_softmax(model(input_ids=torch.tensor([p + c])).logits[0].float(), -1)
+    return torch.stack([logp[len(p) - 1 + j, t] for j, t in enumerate(c)]).mean().item()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "gpt2"])
+def test_choices_scored_against_their_shared_prompt_equal_one_pass_per_pair(tok, family):
+    """`mean_logprobs` runs a prompt shared by several continuations once and its continuations
+    against its cache: the same numbers as a pass per pair, for prompts of different lengths (left
+    padding), continuations of different lengths (right padding) and of one token, in every family
+    (Qwen2 with a sliding window shorter than the rows)."""
+    from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, Qwen2Config
+
+    small = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    config = {"llama": lambda: LlamaConfig(**small),
+              "qwen2": lambda: Qwen2Config(**small, use_sliding_window=True, sliding_window=6, max_window_layers=1),
+              "gemma": lambda: GemmaConfig(**small, head_dim=8),
+              "gpt2": lambda: GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=3, n_head=4, n_positions=128)}[family]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config()).eval()
+    questions = ["What is the boiling point of water at sea level in degrees?", "Pick one.",
+                 "Which planet is known as the red planet of the solar system, seen from Earth?"]
+    choices = ["100", "It boils at ninety-nine and a half degrees", "Mars", "B"]
+    ps = [q for q in questions for _ in choices] + ["Pick one."]  # a repeated pair, apart from its group
+    cs = choices * len(questions) + ["Mars"]
+    for template in (False, True):
+        got = scoring.mean_logprobs(model, tok, ps, cs, chat_template=template, batch_size=2)
+        want = [one_pass_per_pair(model, tok, p, c, template) for p, c in zip(ps, cs)]
+        assert got == pytest.approx(want, abs=1e-5)

@@ -63,6 +63,14 @@ def input_device(model) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
+def cache_argument(model) -> str:
+    """The name under which `model`'s forward takes a key/value cache: transformers renamed
+    ``past_key_values`` to ``cache`` in 5.x; pass whichever this version's forward declares."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def model_dtype(model) -> torch.dtype:
     """The dtype the model computes in (its input embedding's)."""
     return model.get_input_embeddings().weight.dtype

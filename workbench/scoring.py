@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import Request, find
-from .models import input_device, spec
-from .prompts import IGNORE, Encoded, collate, encode, position_ids
+from .models import cache_argument, input_device, spec
+from .prompts import IGNORE, Encoded, collate, encode, position_ids, prompt_ids, target_ids
 
 
 def _forward(model, tok, examples: list[Encoded]):
@@ -69,18 +69,74 @@ def token_predictions(model, tok, prompts: list[str], targets: list[str], chat_t
 
 def mean_logprobs(model, tok, prompts: list[str], continuations: list[str], chat_template: bool = False,
                   batch_size: int = 16) -> list[float]:
-    """Mean per-token log-probability of each continuation given its prompt (its closing EOS excluded)."""
-    def run(chunk):
-        exs = []
-        for p, c in chunk:
-            e = encode(tok, p, c, "target", chat_template)
-            exs.append(Encoded(e.input_ids[:-1], e.labels[:-1], e.n_prompt, e.truncated))  # drop EOS/EOT
-        logits, gold = _forward(model, tok, exs)
-        lp = torch.log_softmax(logits, -1).gather(-1, gold.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        has = gold != IGNORE
-        return ((lp * has).sum(1) / has.sum(1).clamp(min=1)).tolist()
+    """Mean per-token log-probability of each continuation given its prompt (its closing EOS excluded).
 
-    return _batched(model, list(zip(prompts, continuations, strict=True)), batch_size, run)
+    Each distinct prompt runs once, and its keys and values at every layer are the cache its
+    continuations run against: MMLU's four choices share one question, which is most of the tokens,
+    so the probe costs about a quarter of one full pass per pair. The head runs only where a
+    continuation token is predicted. Prompts are sorted by length (little padding) and `batch_size`
+    of them run at once. Equal to one full pass per pair to float rounding (`tests/test_scoring.py`)."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, []).append(i)
+    if len(continuations) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts and {len(continuations)} continuations: give one per prompt")
+    encoded = {p: prompt_ids(tok, p, chat_template) for p in groups}
+    order = sorted(groups, key=lambda p: len(encoded[p]))
+    out = [0.0] * len(prompts)
+
+    def run(chunk):
+        rows = [(j, i) for j, p in enumerate(chunk) for i in groups[p]]
+        conts = [target_ids(tok, continuations[i], chat_template)[:-1] for _, i in rows]  # drop EOS/EOT
+        for (_, i), lp in zip(rows, _continuation_logprobs(model, tok, [encoded[p] for p in chunk],
+                                                            [j for j, _ in rows], conts)):
+            out[i] = lp
+        return []
+
+    _batched(model, order, batch_size, run)
+    return out
+
+
+def _continuation_logprobs(model, tok, prompts: list[list[int]], owner: list[int], conts: list[list[int]]) -> list[float]:
+    """Mean log-probability of each token list `conts[r]` after prompt `prompts[owner[r]]`: the prompts
+    run once (left-padded, with the cache), the continuations once against their prompt's keys and
+    values (right-padded: their padding comes after every real token, so it changes none of them)."""
+    from transformers import DynamicCache
+
+    device, pad = input_device(model), spec(tok).pad_id
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for j, p in enumerate(prompts):
+        ids[j, width - len(p):], mask[j, width - len(p):] = torch.tensor(p), 1
+    ids, mask = ids.to(device), mask.to(device)
+    past = DynamicCache()  # every layer keeps every key (a sliding window is the mask's business)
+    name = cache_argument(model)
+    first = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
+                  logits_to_keep=1, **{name: past}).logits[:, -1].float().log_softmax(-1)  # predicts token 1
+    kv = [(layer.keys, layer.values) for layer in past.layers]
+    n = torch.tensor([len(c) for c in conts], device=device)
+    lp = first[torch.tensor(owner, device=device)].gather(
+        -1, torch.tensor([c[0] if c else 0 for c in conts], device=device)[:, None])[:, 0] * (n > 0)
+    # tokens 2.. are predicted from the continuation's own positions: rows sorted by length and run in
+    # groups as wide as the prompts' batch, so a long choice does not pad every row to its length
+    by_length = sorted((r for r, c in enumerate(conts) if len(c) > 1), key=lambda r: len(conts[r]))
+    for start in range(0, len(by_length), len(prompts)):
+        group = by_length[start:start + len(prompts)]
+        rows = torch.tensor([owner[r] for r in group], device=device)
+        longest = len(conts[group[-1]])
+        cont = torch.full((len(group), longest), pad, dtype=torch.long)
+        for k, r in enumerate(group):
+            cont[k, :len(conts[r])] = torch.tensor(conts[r])
+        cont = cont.to(device)
+        has = torch.arange(longest, device=device)[None, :] < n[group][:, None]
+        pos = mask.sum(1)[rows][:, None] + torch.arange(longest, device=device)[None, :]
+        logits = model(input_ids=cont, attention_mask=torch.cat([mask[rows], has.long()], 1), position_ids=pos,
+                       use_cache=True, **{name: DynamicCache(ddp_cache_data=[(k[rows], v[rows]) for k, v in kv])}
+                       ).logits[:, :-1].float()
+        later = logits.log_softmax(-1).gather(-1, cont[:, 1:, None])[..., 0]
+        lp[group] = lp[group] + (later * has[:, 1:]).sum(1)
+    return (lp / n.clamp(min=1)).tolist()
 
 
 def mmlu_prompt(req: Request) -> str:

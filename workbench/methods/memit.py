@@ -46,8 +46,8 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
     layers = locate.layers_of(model, cfg)
     sites = [locate.site(model, l) for l in layers]
     top = locate.decoder_layer(model, layers[-1])
-    stats = {s.layer: locate.second_moment(model, tok, s.layer, cfg.mom2_corpus, cfg.mom2_tokens, progress=progress)
-             for s in sites} if cfg.mom2_tokens else {}
+    stats = locate.second_moments(model, tok, [s.layer for s in sites], cfg.mom2_corpus, cfg.mom2_tokens,
+                                  progress=progress) if cfg.mom2_tokens else {}
     prefixes = locate.context_prefixes(model, tok, cfg.n_prefixes, cfg.prefix_tokens, cfg.seed)
     rows = [locate.rows_for(tok, r, prefixes, cfg) for r in requests]
     originals = {f"{s.name}.weight": s.weight.detach().clone() for s in sites}

@@ -180,8 +180,8 @@ def memit_write(model, tok, sites, top, seq: Encoded, positions: list[int], delt
                 progress: bool) -> None:
     """AnyEdit on MEMIT: each chunk's target written by MEMIT's solve, the keys of the sequence's
     other tokens preserved (K_p K_pᵀ inside the inverse)."""
-    stats = {s.layer: locate.second_moment(model, tok, s.layer, cfg.mom2_corpus, cfg.mom2_tokens, progress=progress)
-             for s in sites} if cfg.mom2_tokens else {}
+    stats = locate.second_moments(model, tok, [s.layer for s in sites], cfg.mom2_corpus, cfg.mom2_tokens,
+                                  progress=progress) if cfg.mom2_tokens else {}
     batch = collate([seq], spec(tok).pad_id)
     n = len(seq.input_ids)
     rows, pos = torch.zeros(len(positions), dtype=torch.long), torch.tensor(positions)

@@ -326,6 +326,25 @@ def arms_table(item: Runs, df: pd.DataFrame, columns: list[str], chosen: dict | 
     return head + "\n".join(lines) + "\n"
 
 
+def stages_table(item: Runs, df: pd.DataFrame, columns: list[str]) -> str:
+    """A sequence claim's metrics after every chunk: per arm and metric, the mean over its stored seeds
+    at each number of edits so far (0: the unedited model, where a metric was measured before the
+    first chunk). Empty for claims of single runs and before any run is stored."""
+    df = stored_runs(df)
+    if item.chunk_size is None or not len(df):
+        return ""
+    stages = pd.concat([pd.read_json(Path(f) / "stages.jsonl", lines=True).assign(label=label)
+                        for label, f in zip(df["label"], df["folder"])], ignore_index=True)
+    have = [m for m in columns if m in stages and stages[m].notna().any()]
+    means = stages.groupby(["label", "n_edits"], sort=False)[have].mean()
+    counts = sorted(stages["n_edits"].unique())
+    head = ("| arm | metric | " + " | ".join(str(n) for n in counts) + " |\n" + "|---" * (len(counts) + 2) + "|\n")
+    rows = [f"| {label} | {m} | " + " | ".join(_num(means[m].get((label, n), math.nan)) for n in counts) + " |"
+            for label in dict.fromkeys(df["label"]) for m in have]
+    return ("**After every chunk** (mean over the stored seeds; columns: edits so far, 0 the unedited model):\n\n"
+            + head + "\n".join(rows) + "\n\n")
+
+
 FIGURES = "reproduction-2"  # beside the report: <claim>.png, written by `write` where kaleido can render
 
 
@@ -439,7 +458,8 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
             + (f"**Setting.** {claim.setting.strip()}\n\n" if claim.setting else "")
             + _runs_line(claim, df, len(claim.runs(chosen)))
             + f"Each arm: mean ± 95 % half-width over its seeds. The score is the mean of {score} per run.\n\n"
-            + arms_table(claim, df, claim.metrics, chosen) + "\n" + _figure_line(claim, Path(out))
+            + arms_table(claim, df, claim.metrics, chosen) + "\n" + stages_table(claim, df, claim.metrics)
+            + _figure_line(claim, Path(out))
             + f"\n**Differences and verdicts** (paper's direction: the arm's score is {claim.direction}"
             + (f"; a claim of no loss, margin {claim.margin:g}: the arm at most that much worse" if claim.margin is not None
                else "") + "):\n\n"
