@@ -140,6 +140,8 @@ def test_a_calibration_chooses_by_its_rule_before_the_claim_that_uses_it_runs(tm
     path = tmp_path / "claims.yaml"
     path.write_text(json.dumps(plan))
     assert "waiting for the calibration of lr" in report.render(path, tmp_path / "store")
+    with pytest.raises(wb.ConfigError, match="calibration 'lr' is not finished"):
+        wb.runs.calibrated("lr", path, tmp_path / "store")
     report.run(["c"], "serial", path, progress=False, root=tmp_path / "store")  # runs the calibration first
     p = report.read(path)
     cal, claim = p.calibrations[0], p.claims[0]
@@ -147,6 +149,9 @@ def test_a_calibration_chooses_by_its_rule_before_the_claim_that_uses_it_runs(tm
     best = df.sort_values("score", ascending=False, kind="stable")["label"].iloc[0]  # the rule, applied by hand
     lr = float(best.split(",")[0].split("=")[1])
     assert p.chosen(tmp_path / "store")["lr"] == {"preset": "ft-m", "lr": lr, "layers": [2]}
+    assert wb.runs.calibrated("lr", path, tmp_path / "store") == {"preset": "ft-m", "lr": lr, "layers": [2]}
+    with pytest.raises(wb.ConfigError, match="calibration='nope' is not valid; choose one of: 'lr'"):
+        wb.runs.calibrated("nope", path, tmp_path / "store")
     runs = dict(((label, s), spec) for label, s, spec in claim.runs(p.chosen(tmp_path / "store")))
     assert runs[("tuned", 1)].edit.lr == lr and runs[("tuned", 1)].offset == 2
     assert len(report.table(claim, tmp_path / "store", p.chosen(tmp_path / "store"))) == 4

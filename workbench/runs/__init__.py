@@ -7,18 +7,22 @@
 * `export.py`: a stored run in EasyEdit's per-request result layout;
 * `executors.py`: serial, ``local:N`` worker processes, or a SLURM job array through submitit;
 * `stats.py`: `over_seeds`, means and Student-t intervals;
-* `notebooks.py`: `record` / `read` a notebook's metrics, `run_notebook`, `sweep_notebook`.
+* `notebooks.py`: `record` / `read` a notebook's metrics, `run_notebook`, `sweep_notebook`;
+* `report.py`: the reproduction report from ``docs/claims.yaml`` and the store; `calibrated` gives a
+  calibration's chosen values;
+* `verdicts.py`: the verdict rules.
 
 Everything is re-exported here: ``wb.runs.sweep(...)``, ``wb.runs.RunSpec``, ...
 """
 from .executors import SweepError
 from .export import export_easyedit
 from .notebooks import MIME, findings, flatten, markdown_table, read, record, run_notebook, sweep_notebook
+from .report import calibrated
 from .spec import ADDED_LATER, LONG_FORM, RunSpec
 from .stats import over_seeds
 from .store import check_writable, git_sha, load, plain, results_root, run_folder
 from .sweep import by_chunk, execute, grid_points, lifelong, model_for, requests_for, seeded, sweep
 
-__all__ = ["SweepError", "export_easyedit", "MIME", "findings", "flatten", "markdown_table", "read", "record", "run_notebook", "sweep_notebook", "ADDED_LATER", "LONG_FORM",
+__all__ = ["calibrated", "SweepError", "export_easyedit", "MIME", "findings", "flatten", "markdown_table", "read", "record", "run_notebook", "sweep_notebook", "ADDED_LATER", "LONG_FORM",
            "RunSpec", "over_seeds", "check_writable", "git_sha", "load", "plain", "results_root", "run_folder",
            "by_chunk", "execute", "grid_points", "lifelong", "model_for", "requests_for", "seeded", "sweep"]

@@ -136,6 +136,19 @@ class Plan:
         return {c.name: c.choose(root) for c in self.calibrations}
 
 
+def calibrated(name: str, claims_path=CLAIMS, root: Path = STORE) -> dict:
+    """The grid point calibration `name` of the claims file chose (its preset and chosen values), read
+    from the store: a notebook passes it to `RunSpec.replace` to run a method as the claims run it."""
+    cals = {c.name: c for c in read(claims_path).calibrations}
+    if name not in cals:
+        raise ConfigError.bad_choice("calibration", name, sorted(cals))
+    point = cals[name].choose(root)
+    if point is None:
+        raise ConfigError(f"calibration {name!r} is not finished in {root}: run `workbench report --run {name}` "
+                          f"(or pass the preset's own values)")
+    return point
+
+
 def tasks(item: Runs, root: Path = STORE, chosen: dict | None = None) -> list:
     """A claim's or calibration's runs as executor tasks (`executors.Task`), seed-major, so that a
     campaign cut short leaves every arm with the same seeds; sequences resume from their
