@@ -103,12 +103,8 @@ def _continuation_logprobs(model, tok, prompts: list[list[int]], owner: list[int
     from transformers import DynamicCache
 
     device, pad = input_device(model), spec(tok).pad_id
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for j, p in enumerate(prompts):
-        ids[j, width - len(p):], mask[j, width - len(p):] = torch.tensor(p), 1
-    ids, mask = ids.to(device), mask.to(device)
+    b = collate([Encoded(p, [IGNORE] * len(p), len(p), False) for p in prompts], pad)  # left-padded
+    ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
     past = DynamicCache()  # every layer keeps every key (a sliding window is the mask's business)
     name = cache_argument(model)
     first = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,

@@ -293,27 +293,50 @@ def _to(batch: dict, device) -> dict:
 def capture(model, module: nn.Module, batch: dict, output: bool, grad: bool = False) -> torch.Tensor:
     """`module`'s input (``output=False``) or output on `batch` ([B, T, ·], with autograd when
     `grad`), from one forward pass that stops there: the layers above never run."""
+    if not output:
+        return capture_inputs(model, [module], batch, grad)[0]
     captured = {}
-
-    def before(mod, args):
-        captured["x"] = args[0]
-        raise _Stop
 
     def after(mod, args, out):
         captured["x"] = out[0] if isinstance(out, tuple) else out
         raise _Stop
 
-    b = _to(batch, input_device(model))
-    handle = module.register_forward_hook(after) if output else module.register_forward_pre_hook(before)
+    handle = module.register_forward_hook(after)
+    try:
+        _run_until_stop(model, _to(batch, input_device(model)), grad)
+    finally:
+        handle.remove()
+    return captured["x"]
+
+
+def capture_inputs(model, modules: list[nn.Module], batch: dict, grad: bool = False) -> list[torch.Tensor]:
+    """The inputs of `modules` (in the order the forward pass reaches them) on `batch`, from one
+    forward pass that stops at the last of them."""
+    captured: dict[int, torch.Tensor] = {}
+
+    def hook(j):
+        def before(mod, args):
+            captured[j] = args[0]
+            if len(captured) == len(modules):
+                raise _Stop  # every input is in: nothing above is needed
+        return before
+
+    handles = [m.register_forward_pre_hook(hook(j)) for j, m in enumerate(modules)]
+    try:
+        _run_until_stop(model, _to(batch, input_device(model)), grad)
+    finally:
+        for h in handles:
+            h.remove()
+    return [captured[j] for j in range(len(modules))]
+
+
+def _run_until_stop(model, b: dict, grad: bool) -> None:
     try:
         with torch.set_grad_enabled(grad):
             model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                   position_ids=position_ids(b["attention_mask"]), use_cache=False)
     except _Stop:
         pass
-    finally:
-        handle.remove()
-    return captured["x"]
 
 
 def keys(model, s: Site, batch: dict, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -690,22 +713,12 @@ def second_moments(model, tok, layers: list[int], corpus: str = "mmlu", n_tokens
 def _accumulate(model, tok, sites: list, texts, corpus_id: str, n_tokens: int, batch_size: int, max_length: int,
                 progress: bool) -> list[tuple]:
     """(site, C, tokens) for each of `sites` (in layer order), from one pass per batch of the corpus."""
+    totals = []
     for s in sites:
         d_in = s.weight.shape[0] if s.conv1d else s.weight.shape[1]
         resources.check(2 * d_in * d_in * 8, "cpu", f"the second-moment statistics of layer {s.layer} "
                         f"({d_in} x {d_in})", "Use a smaller model or fewer layers.")
-    totals = [torch.zeros((s.weight.shape[0] if s.conv1d else s.weight.shape[1],) * 2, dtype=torch.float64)
-              for s in sites]
-    captured: dict[int, torch.Tensor] = {}
-
-    def hook(j):
-        def before(mod, args):
-            captured[j] = args[0]
-            if j == len(sites) - 1:
-                raise _Stop  # the highest layer's input is in: nothing above it is needed
-        return before
-
-    handles = [s.module.register_forward_pre_hook(hook(j)) for j, s in enumerate(sites)]
+        totals.append(torch.zeros(d_in, d_in, dtype=torch.float64))
     count = 0
     rng = random.Random(f"stats-{corpus_id}")
     order = list(range(len(texts)))
@@ -714,27 +727,18 @@ def _accumulate(model, tok, sites: list, texts, corpus_id: str, n_tokens: int, b
     layers = ", ".join(str(s.layer) for s in sites)
     bar = tqdm(total=n_tokens, desc=f"E[kk^T] layer{'s' if len(sites) > 1 else ''} {layers}", disable=not progress,
                leave=False)
-    try:
-        i = 0
-        while count < n_tokens and i < len(order):
-            enc = [tok(texts[j], truncation=True, max_length=max_length)["input_ids"] for j in order[i:i + batch_size]]
-            i += batch_size
-            b = _to(collate([Encoded(e, [IGNORE] * len(e), len(e), False) for e in enc], pad), input_device(model))
-            try:
-                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                      position_ids=position_ids(b["attention_mask"]), use_cache=False)
-            except _Stop:
-                pass
-            real = b["attention_mask"].bool()
-            for j, total in enumerate(totals):
-                flat = captured[j][real.to(captured[j].device)].double().cpu()  # every real token once
-                total += flat.T @ flat
-            count += int(real.sum())
-            bar.update(int(real.sum()))
-    finally:
-        for h in handles:
-            h.remove()
-        bar.close()
+    i = 0
+    while count < n_tokens and i < len(order):
+        enc = [tok(texts[j], truncation=True, max_length=max_length)["input_ids"] for j in order[i:i + batch_size]]
+        i += batch_size
+        batch = collate([Encoded(e, [IGNORE] * len(e), len(e), False) for e in enc], pad)
+        real = batch["attention_mask"].bool()
+        for k, total in zip(capture_inputs(model, [s.module for s in sites], batch), totals):
+            flat = k[real.to(k.device)].double().cpu()  # every real token once
+            total += flat.T @ flat
+        count += int(real.sum())
+        bar.update(int(real.sum()))
+    bar.close()
     return [(s, (total / max(count, 1)).float(), count) for s, total in zip(sites, totals)]
 
 
