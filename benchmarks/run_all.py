@@ -19,6 +19,7 @@ SCRIPTS = [
     ["speedups.py", "--n", "100"],
     ["value_speed.py", "--n", "8", "--batches", "8"],
     ["stats_speed.py", "--tokens", "20000"],
+    ["stop_speed.py", "--n", "128"],
     ["mmlu_speed.py", "--n", "57"],
     ["compile_speed.py", "--n", "100", "--epochs", "3"],
     ["sweep_speed.py"],

@@ -132,9 +132,11 @@ _PRE: dict[str, PreEdit] = {}
 
 def pre_edit(model, tok, requests, eval_cfg: EvalConfig = UKE, cache: bool = True) -> PreEdit:
     """Compute (or fetch from the memory / disk cache) the unedited model's outputs on every probe
-    prompt of `requests` in `eval_cfg.splits` (and always their locality prompts)."""
+    prompt of `requests` in `eval_cfg.splits`. Only those splits: locality prompts are the longest to
+    decode (the unedited model's answer runs to the token limit), so a config without ``"loc"`` skips
+    them; evaluating locality later needs a `pre` computed with ``"loc"`` in the splits."""
     requests = data.as_requests(requests)
-    prompts = sorted(set(probes(requests, (*eval_cfg.splits, "loc")).prompt))
+    prompts = sorted(set(probes(requests, eval_cfg.splits).prompt))
     fp = fingerprint(model)
     key = json.dumps([fp, eval_cfg.decoding(), prompts], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
@@ -233,7 +235,8 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
                                  "model, tok, requests, eval_cfg) before editing and pass pre=pre")
         missing = set(table.prompt[table.split == "loc"]) - set(pre.generations)
         if missing:
-            raise WorkbenchError(f"{len(missing)} locality prompts are not in `pre`; compute it on these requests")
+            raise WorkbenchError(f"{len(missing)} locality prompts are not in `pre`; compute it on these requests "
+                                 "with an eval config whose splits include 'loc'")
         is_loc = table.split == "loc"
         table.loc[is_loc, "reference"] = table.prompt[is_loc].map(pre.generations)
     if pre is not None:  # the answer before the edit, where the unedited model was asked this prompt

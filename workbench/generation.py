@@ -2,8 +2,12 @@
 
 Prompts are rendered exactly as at edit time (`prompts.prompt_ids`), sorted by length so each batch
 carries little padding, left-padded, and decoded greedily with the KV cache. Generation stops at
-EOS or the family's end-of-turn token; the text is then cut at the first of the given stop strings
-(LocFT-BF's protocol stops at "." and newline).
+EOS, the family's end-of-turn token or, row by row, a stop string (transformers' `stop_strings`: a
+row that has ended one is padded and the batch ends when every row has); the text is then cut at the
+first of the given stop strings (LocFT-BF's protocol stops at "." and newline). Stopping is what
+makes short-answer scoring cheap: without it every batch ran to `max_new_tokens` to cut its text
+afterwards, and the cut text is the same either way (greedy rows are independent, and a row stops
+only once a stop string is in its text).
 """
 from __future__ import annotations
 
@@ -44,7 +48,8 @@ def generate(model, tok, prompts: list[str], chat_template: bool = True, max_new
                 mask[row, width - len(encoded[i]):] = 1
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                  max_new_tokens=max_new_tokens, eos_token_id=sorted({s.eos_id, s.eot_id}),
-                                 pad_token_id=s.pad_id, temperature=None, top_p=None, top_k=None)
+                                 pad_token_id=s.pad_id, temperature=None, top_p=None, top_k=None,
+                                 **({"stop_strings": list(stop), "tokenizer": tok} if stop else {}))
             for row, i in enumerate(idx):
                 out[i] = cut(tok.decode(gen[row, width:], skip_special_tokens=True), stop)
     finally:
