@@ -31,7 +31,7 @@ from workbench import scoring
 from workbench.prompts import Encoded, encode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from table import speedups  # noqa: E402
+from table import add_device, default_model, speedups  # noqa: E402
 
 
 def one_pass_per_pair(model, tok, prompts, conts, batch_size=16) -> list[float]:
@@ -51,10 +51,9 @@ def one_pass_per_pair(model, tok, prompts, conts, batch_size=16) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=57)
-    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    add_device(ap)
     args = ap.parse_args()
-    model, tok = wb.load("smollm2-135m-instruct", device=None if args.device == "auto" else args.device,
-                         dtype=torch.float32)
+    model, tok = default_model(args.device)
     items = wb.data.load("mmlu-probe", n=args.n)
     prompts = [scoring.mmlu_prompt(r) for r in items for _ in r.choices]
     conts = [c for r in items for c in r.choices]

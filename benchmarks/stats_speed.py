@@ -27,21 +27,19 @@ from pathlib import Path
 
 import torch
 
-import workbench as wb
 from workbench.methods import locate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from table import speedups  # noqa: E402
+from table import add_device, default_model, speedups  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=20_000)
     ap.add_argument("--layers", type=int, nargs="+", default=[4, 5, 6, 7, 8])
-    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    add_device(ap)
     args = ap.parse_args()
-    model, tok = wb.load("smollm2-135m-instruct", device=None if args.device == "auto" else args.device,
-                         dtype=torch.float32)
+    model, tok = default_model(args.device)
     out, results = [], []
     for name in ("a pass per layer", "one pass"):
         with tempfile.TemporaryDirectory() as tmp:

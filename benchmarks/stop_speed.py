@@ -29,16 +29,15 @@ import workbench as wb
 from workbench.generation import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from table import speedups  # noqa: E402
+from table import add_device, default_model, speedups  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=128)
-    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    add_device(ap)
     args = ap.parse_args()
-    model, tok = wb.load("smollm2-135m-instruct", device=None if args.device == "auto" else args.device,
-                         dtype=torch.float32)
+    model, tok = default_model(args.device)
     cfg = wb.EvalConfig.preset("locft")
     prompts = []
     for r in wb.data.load("zsre"):

@@ -1,7 +1,24 @@
-"""The table every ratio benchmark ends with: one row per setting, the speed-up over the first row."""
+"""What the ratio benchmarks share: the ``--device`` option and the fp32 default model they load, and
+the table every one ends with (one row per setting, the speed-up over the first row)."""
 from __future__ import annotations
 
+import argparse
+
 import pandas as pd
+
+
+def add_device(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+
+
+def default_model(device: str):
+    """SmolLM2-135M-Instruct in fp32 on `device` (``auto``: CUDA when present): fp32 everywhere, so
+    that the rows of a benchmark agree to rounding."""
+    import torch
+
+    import workbench as wb
+
+    return wb.load("smollm2-135m-instruct", device=None if device == "auto" else device, dtype=torch.float32)
 
 
 def speedups(rows: list[dict], title: str, digits: int = 3) -> pd.DataFrame:

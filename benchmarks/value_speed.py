@@ -33,7 +33,7 @@ import workbench as wb
 from workbench.methods import locate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from table import speedups  # noqa: E402
+from table import add_device, default_model, speedups  # noqa: E402
 
 
 def main() -> None:
@@ -42,10 +42,9 @@ def main() -> None:
     ap.add_argument("--preset", default="memit")
     ap.add_argument("--benchmark", default="zsre")
     ap.add_argument("--batches", type=int, nargs="+", default=[4, 16])
-    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    add_device(ap)
     args = ap.parse_args()
-    model, tok = wb.load("smollm2-135m-instruct", device=None if args.device == "auto" else args.device,
-                         dtype=torch.float32)  # fp32 everywhere: the rows must agree to rounding
+    model, tok = default_model(args.device)
     reqs = wb.data.load(args.benchmark, n=args.n)
     cfg = wb.config.preset(args.preset)
     layers = locate.layers_of(model, cfg)
