@@ -132,9 +132,9 @@ _PRE: dict[str, PreEdit] = {}
 
 def pre_edit(model, tok, requests, eval_cfg: EvalConfig = UKE, cache: bool = True) -> PreEdit:
     """Compute (or fetch from the memory / disk cache) the unedited model's outputs on every probe
-    prompt of `requests` in `eval_cfg.splits`. Only those splits: locality prompts are the longest to
-    decode (the unedited model's answer runs to the token limit), so a config without ``"loc"`` skips
-    them; evaluating locality later needs a `pre` computed with ``"loc"`` in the splits."""
+    prompt of `requests` in `eval_cfg.splits`. Only those splits: a config without ``"loc"`` skips the
+    locality prompts (a third of a ZsRE request's prompts); evaluating locality later needs a `pre`
+    computed with ``"loc"`` in the splits."""
     requests = data.as_requests(requests)
     prompts = sorted(set(probes(requests, eval_cfg.splits).prompt))
     fp = fingerprint(model)
