@@ -91,6 +91,40 @@ def matmul_peak(n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 / best
 
 
+class _Clock:
+    """Wall time spent inside modules' forward calls (pre/post hooks; CPU ops are synchronous)."""
+
+    def __init__(self, modules: dict):
+        self.seconds = dict.fromkeys(modules, 0.0)
+        self._start, self._handles = {}, []
+        for name, m in modules.items():
+            self._handles.append(m.register_forward_pre_hook(lambda _m, _a, n=name: self._start.__setitem__(n, time.perf_counter())))
+            self._handles.append(m.register_forward_hook(lambda _m, _a, _o, n=name: self._tick(n)))
+
+    def _tick(self, name: str) -> None:
+        self.seconds[name] += time.perf_counter() - self._start.pop(name)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def deeper_prefix_bound(model, tok, requests, cfg) -> tuple[float, float, float]:
+    """What a deeper prefix (caching layer L's attention output and down_proj's input, issue 20 item 1)
+    could save at most: the training-time forward of layer L outside its down_proj, which that cache
+    would skip (nothing below down_proj requires grad, so layer L has no backward outside it either).
+    Returns (seconds in layer L outside down_proj, the edit's total seconds, steps)."""
+    layer = model.get_submodule(f"model.layers.{cfg.layers[0]}")
+    clock = _Clock({"layer": layer, "down": layer.mlp.down_proj})
+    try:
+        r = wb.edit(model, tok, requests, cfg, progress=False)
+    finally:
+        clock.remove()
+    r.revert()
+    # The cache fill stops at layer L's input (prefix._Stop fires before L runs), so every timed call is a step's.
+    return clock.seconds["layer"] - clock.seconds["down"], r.timings["total_s"], r.steps
+
+
 def throughput(args) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -130,6 +164,10 @@ def throughput(args) -> None:
           f"(optimiser restricted, requires_grad left on: {t_unfrozen / t_ours:.2f}x ours)")
     print(f"  max |weight difference| ours vs plain after training: {diff:.2e}")
     print(f"  speed-up vs plain loop: {t_plain / t_ours:.2f}x   (prefix cache alone: {t_uncached / t_ours:.2f}x)")
+    saved, total, _ = deeper_prefix_bound(model, tok, requests, cfg)
+    print(f"  deeper prefix bound: layer {cfg.layers[0]}'s forward outside down_proj takes {saved:.2f} s of an "
+          f"edit's {total:.1f} s ({saved / total:.1%}): the most caching its attention and down_proj's input "
+          f"could save (at most {total / (total - saved):.3f}x)")
     print(f"  achieved {flops / t_ours / 1e9:.1f} GFLOP/s ({flops / 1e9:.0f} GFLOP counted) vs fp32 matmul peak "
           f"{peak / 1e9:.1f} GFLOP/s: {flops / t_ours / peak:.0%} of peak")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .models import input_device, spec
-from .prompts import prompt_ids
+from .prompts import left_pad, prompt_ids
 
 
 @torch.no_grad()
@@ -40,12 +40,9 @@ def generate(model, tok, prompts: list[str], chat_template: bool = True, max_new
     try:
         for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="generate", leave=False):
             idx = order[start:start + batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), s.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(idx):
-                ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                mask[row, width - len(encoded[i]):] = 1
+            ids = left_pad([encoded[i] for i in idx], s.pad_id)
+            mask = left_pad([[1] * len(encoded[i]) for i in idx], 0)
+            width = ids.shape[1]
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                  max_new_tokens=max_new_tokens, eos_token_id=sorted({s.eos_id, s.eot_id}),
                                  pad_token_id=s.pad_id, temperature=None, top_p=None, top_k=None,

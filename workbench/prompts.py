@@ -98,20 +98,23 @@ def encode(tok, prompt: str, target: str, loss_scope: str = "target", chat_templ
     return Encoded(ids, labels, len(p), truncated, bag=loss_scope == "prompt_last")
 
 
+def left_pad(rows: list[list[int]], fill: int) -> torch.Tensor:
+    """Rows of token ids as one [B, T] tensor, each right-aligned and `fill` to its left: decoder-only
+    models continue from the last position, so every row's real tokens must end at the same column."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), fill, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
 def collate(examples: list[Encoded], pad_id: int):
     """Left-pad examples into tensors ``input_ids, attention_mask, labels`` of shape [B, T] and
     ``bag`` [B] (loss scope prompt_last)."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, width - n:] = torch.tensor(e.input_ids)
-        mask[i, width - n:] = 1
-        labels[i, width - n:] = torch.tensor(e.labels)
-    bag = torch.tensor([e.bag for e in examples], dtype=torch.bool)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "bag": bag}
+    return {"input_ids": left_pad([e.input_ids for e in examples], pad_id),
+            "attention_mask": left_pad([[1] * len(e.input_ids) for e in examples], 0),
+            "labels": left_pad([e.labels for e in examples], IGNORE),
+            "bag": torch.tensor([e.bag for e in examples], dtype=torch.bool)}
 
 
 def warn_truncated(count: int, max_length: int) -> None:
