@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 import workbench as wb
 from workbench import data, prompts
-from workbench.components import resolve
+from workbench.components import family_table, resolve
 from workbench.models import input_device, spec
 from workbench.methods.ft import _optimizer
 from workbench.prompts import position_ids
@@ -109,12 +109,12 @@ class _Clock:
             h.remove()
 
 
-def deeper_prefix_bound(model, tok, requests, cfg) -> tuple[float, float, float]:
+def deeper_prefix_bound(model, tok, requests, cfg) -> tuple[float, float]:
     """What a deeper prefix (caching layer L's attention output and down_proj's input, issue 20 item 1)
     could save at most: the training-time forward of layer L outside its down_proj, which that cache
     would skip (nothing below down_proj requires grad, so layer L has no backward outside it either).
-    Returns (seconds in layer L outside down_proj, the edit's total seconds, steps)."""
-    layer = model.get_submodule(f"model.layers.{cfg.layers[0]}")
+    Returns (seconds in layer L outside down_proj, the edit's total seconds)."""
+    layer = model.get_submodule(family_table(model)["layers"])[cfg.layers[0]]
     clock = _Clock({"layer": layer, "down": layer.mlp.down_proj})
     try:
         r = wb.edit(model, tok, requests, cfg, progress=False)
@@ -122,7 +122,7 @@ def deeper_prefix_bound(model, tok, requests, cfg) -> tuple[float, float, float]
         clock.remove()
     r.revert()
     # The cache fill stops at layer L's input (prefix._Stop fires before L runs), so every timed call is a step's.
-    return clock.seconds["layer"] - clock.seconds["down"], r.timings["total_s"], r.steps
+    return clock.seconds["layer"] - clock.seconds["down"], r.timings["total_s"]
 
 
 def throughput(args) -> None:
@@ -164,7 +164,7 @@ def throughput(args) -> None:
           f"(optimiser restricted, requires_grad left on: {t_unfrozen / t_ours:.2f}x ours)")
     print(f"  max |weight difference| ours vs plain after training: {diff:.2e}")
     print(f"  speed-up vs plain loop: {t_plain / t_ours:.2f}x   (prefix cache alone: {t_uncached / t_ours:.2f}x)")
-    saved, total, _ = deeper_prefix_bound(model, tok, requests, cfg)
+    saved, total = deeper_prefix_bound(model, tok, requests, cfg)
     print(f"  deeper prefix bound: layer {cfg.layers[0]}'s forward outside down_proj takes {saved:.2f} s of an "
           f"edit's {total:.1f} s ({saved / total:.1%}): the most caching its attention and down_proj's input "
           f"could save (at most {total / (total - saved):.3f}x)")
