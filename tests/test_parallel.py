@@ -1,5 +1,7 @@
 """`edit_each`: K single edits trained at once give the per-edit results of K separate `wb.edit` calls
 (weights to 1e-5, same step counts), leave the model unchanged until applied, and revert bitwise."""
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config
@@ -114,3 +116,28 @@ def test_runs_fall_back_to_one_edit_each_when_edit_each_cannot_batch(tiny, tok):
     assert batchable(tiny, CFG) and batchable(tiny, CFG.replace(components=("mlp",)))  # its three matrices
     assert not batchable(tiny, CFG.replace(components=("block",)))  # the norms are not matrices
     assert not batchable(tiny, CFG.replace(method="lora"))
+
+
+def test_score_each_gives_the_scores_of_applying_each_edit_in_turn(tiny, tok, facts):
+    from workbench.methods.parallel import score_each
+
+    ecfg = wb.EvalConfig(splits=("ori", "para", "loc"), max_new_tokens=6, batch_size=5)
+    requests = facts[:4]
+    pre = wb.pre_edit(tiny, tok, requests, ecfg, cache=False)
+    results = wb.edit_each(tiny, tok, requests, CFG, progress=False)
+    before = wb.models.state_hash(tiny)
+    together = score_each(tiny, tok, requests, results, ecfg, pre).per_probe
+    assert wb.models.state_hash(tiny) == before and all(r.reverted for r in results)  # still pending
+    rounds = []
+    for r, res in zip(requests, results):
+        res.apply()
+        rounds.append(wb.evaluate(tiny, tok, [r], ecfg, pre=pre).per_probe)
+        res.revert()
+    alone = pd.concat(rounds, ignore_index=True)
+    assert list(together.generation) == list(alone.generation)
+    assert together.generation.nunique() > 1  # the edits do differ: a routing mistake would show
+    for column in ("sentence_cosine", "rougeL_recall", "token_acc"):
+        np.testing.assert_allclose(together[column], alone[column], atol=1e-5)
+    with pytest.raises(WorkbenchError, match="pending"):
+        score_each(tiny, tok, requests[:1], [results[0].apply()], ecfg, pre)
+    results[0].revert()

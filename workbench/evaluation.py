@@ -214,17 +214,29 @@ def _perplexity_passages(source: str, n: int) -> tuple[str, ...]:
 
 
 def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | None = None,
-             progress: bool = False) -> EvalReport:
+             progress: bool = False, route=None) -> EvalReport:
     """Score `model` on `requests` (see the module docstring).
 
     Args:
         pre: `pre_edit(...)` of the unedited model; required when ``"loc"`` is in the splits and the
             requests have locality items.
+        route: score each request as if it alone were edited (single editing, several edits at once):
+            called before every batch with the position in `requests` of each row's request, so that
+            the model computes that row with that request's edit (`parallel.score_each`). A prompt
+            asked for two requests is then asked twice, and locality probes are checked against their
+            own request only.
     """
     requests = data.as_requests(requests)
     cfg = eval_cfg
     table = probes(requests, cfg.splits)
-    leaked = data.contaminated(requests) if "loc" in cfg.splits else 0
+    if route is not None and (cfg.capability or len({r.id for r in requests}) < len(requests)):
+        raise ConfigError("evaluate(route=...) scores each request under its own edit: it needs distinct request "
+                          "ids and no capability (capability belongs to one model, score it after apply())")
+    owner = table.request.map({r.id: i for i, r in enumerate(requests)}).tolist()  # row -> position of its request
+    if "loc" not in cfg.splits:
+        leaked = 0
+    else:
+        leaked = sum(data.contaminated([r]) for r in requests) if route else data.contaminated(requests)
     if leaked:
         warnings.warn(f"{leaked} locality probe(s) are questions of requests edited in this set: their locality "
                       "measures another edit (wb.locality sets exclude the edit set; check your own locality items)",
@@ -243,10 +255,13 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
         table["before"] = table.prompt.map(pre.generations)
     generation_metrics = [m for m in cfg.metrics if m != "token_acc"]
     if generation_metrics and len(table):
-        unique = list(dict.fromkeys(table.prompt))
-        gens = dict(zip(unique, generate(model, tok, unique, cfg.chat_template, cfg.max_new_tokens, cfg.stop,
-                                         cfg.batch_size, progress)))
-        table["generation"] = table.prompt.map(gens)
+        # one generation per distinct prompt (per request and prompt when each request has its own edit)
+        keys = list(zip(owner if route else [0] * len(table), table.prompt))
+        unique = list(dict.fromkeys(keys))
+        texts = generate(model, tok, [p for _, p in unique], cfg.chat_template, cfg.max_new_tokens, cfg.stop,
+                         cfg.batch_size, progress, on_batch=_routed(route, [o for o, _ in unique]))
+        gens = dict(zip(unique, texts))
+        table["generation"] = [gens[k] for k in keys]
     preds, refs = list(table.get("generation", [])), list(table.reference)
     protocols = protocols_for(cfg)
     if "sentence_cosine" in cfg.metrics:
@@ -264,12 +279,14 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
     if "token_acc" in cfg.metrics and len(table):
         not_loc = table.split != "loc"
         acc = scoring.token_accuracy(model, tok, list(table.prompt[not_loc]), list(table.reference[not_loc]),
-                                     cfg.chat_template, cfg.batch_size)
+                                     cfg.chat_template, cfg.batch_size,
+                                     on_batch=_routed(route, [o for o, keep in zip(owner, not_loc) if keep]))
         table.loc[not_loc, "token_acc"] = acc
         if (~not_loc).any():  # locality: agreement of argmax tokens with the unedited model's
             loc_prompts = list(table.prompt[~not_loc])
             post = scoring.token_predictions(model, tok, loc_prompts, [pre.generations[p] or " " for p in loc_prompts],
-                                             cfg.chat_template, cfg.batch_size)
+                                             cfg.chat_template, cfg.batch_size,
+                                             on_batch=_routed(route, [o for o, keep in zip(owner, not_loc) if not keep]))
             table.loc[~not_loc, "token_acc"] = [
                 sum(a == b for a, b in zip(pp, pre.token_preds[p])) / max(len(pp), 1) for p, pp in zip(loc_prompts, post)]
 
@@ -298,6 +315,13 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
                   "model": str(getattr(model, "name_or_path", "")), "versions": versions(),
                   "capability_protocols": {k: protocols[k] for k in capability}}
     return EvalReport(table, summary, capability, provenance)
+
+
+def _routed(route, owners: list[int]):
+    """A batch callback for the scorers: the positions of a batch's items -> `route` with their requests."""
+    if route is None:
+        return None
+    return lambda positions: route([owners[i] for i in positions])
 
 
 def protocols_for(cfg: EvalConfig) -> dict[str, str]:

@@ -19,7 +19,7 @@ from .prompts import left_pad, prompt_ids
 
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], chat_template: bool = True, max_new_tokens: int = 64,
-             stop: tuple[str, ...] = (), batch_size: int = 32, progress: bool = False) -> list[str]:
+             stop: tuple[str, ...] = (), batch_size: int = 32, progress: bool = False, on_batch=None) -> list[str]:
     """Greedy continuations of `prompts`, in their order.
 
     Args:
@@ -27,6 +27,8 @@ def generate(model, tok, prompts: list[str], chat_template: bool = True, max_new
         max_new_tokens: most tokens generated per prompt.
         stop: cut each text at the first occurrence of any of these strings.
         batch_size: prompts per forward pass.
+        on_batch: called with the positions (in `prompts`) of each batch's rows before it runs
+            (`parallel.score_each` routes each row to its own edit's weights with it).
     """
     from tqdm.auto import tqdm
 
@@ -40,6 +42,8 @@ def generate(model, tok, prompts: list[str], chat_template: bool = True, max_new
     try:
         for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="generate", leave=False):
             idx = order[start:start + batch_size]
+            if on_batch is not None:
+                on_batch(idx)
             ids = left_pad([encoded[i] for i in idx], s.pad_id)
             mask = left_pad([[1] * len(encoded[i]) for i in idx], 0)
             width = ids.shape[1]

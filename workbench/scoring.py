@@ -31,13 +31,15 @@ def _forward(model, tok, examples: list[Encoded]):
     return logits[:, :-1].float(), b["labels"][:, 1:]
 
 
-def _batched(model, items, batch_size, fn):
+def _batched(model, items, batch_size, fn, on_batch=None):
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             out = []
             for start in range(0, len(items), batch_size):
+                if on_batch is not None:  # the rows' positions in `items` (see generation.generate)
+                    on_batch(list(range(start, min(start + batch_size, len(items)))))
                 out += fn(items[start:start + batch_size])
             return out
     finally:
@@ -45,7 +47,7 @@ def _batched(model, items, batch_size, fn):
 
 
 def token_accuracy(model, tok, prompts: list[str], targets: list[str], chat_template: bool = True,
-                   batch_size: int = 32) -> list[float]:
+                   batch_size: int = 32, on_batch=None) -> list[float]:
     """Teacher-forced accuracy of each target given its prompt: the fraction of target tokens
     (end-of-turn included) that are the model's argmax. One value per pair."""
     def run(chunk):
@@ -53,18 +55,18 @@ def token_accuracy(model, tok, prompts: list[str], targets: list[str], chat_temp
         has = gold != IGNORE
         return ((logits.argmax(-1) == gold) & has).sum(1).div(has.sum(1).clamp(min=1)).tolist()
 
-    return _batched(model, list(zip(prompts, targets, strict=True)), batch_size, run)
+    return _batched(model, list(zip(prompts, targets, strict=True)), batch_size, run, on_batch)
 
 
 def token_predictions(model, tok, prompts: list[str], targets: list[str], chat_template: bool = True,
-                      batch_size: int = 32) -> list[list[int]]:
+                      batch_size: int = 32, on_batch=None) -> list[list[int]]:
     """The argmax token at every target position (teacher-forced): locality compares these pre/post."""
     def run(chunk):
         logits, gold = _forward(model, tok, [encode(tok, p, t, "target", chat_template) for p, t in chunk])
         pred = logits.argmax(-1)
         return [pred[i][gold[i] != IGNORE].tolist() for i in range(len(chunk))]
 
-    return _batched(model, list(zip(prompts, targets, strict=True)), batch_size, run)
+    return _batched(model, list(zip(prompts, targets, strict=True)), batch_size, run, on_batch)
 
 
 def mean_logprobs(model, tok, prompts: list[str], continuations: list[str], chat_template: bool = False,

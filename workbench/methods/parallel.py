@@ -24,7 +24,8 @@ weights and losses to 1e-5).
 
 The model is unchanged when `edit_each` returns: each `EditResult` is *pending*. ``apply()`` writes
 its weights into the model and ``revert()`` takes them out (bitwise), so a single-editing loop is
-``for res in results: res.apply(); score(); res.revert()``. Method ``ft`` only, on Linear (or
+``for res in results: res.apply(); score(); res.revert()``, or `score_each` scores all K at once
+with the same routing of rows to copies. Method ``ft`` only, on Linear (or
 GPT-2 Conv1D) weights: adapters and the locate-and-edit methods keep their own loops.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch.nn as nn
 from .. import placement, prompts, resources, threads
 from ..components import num_layers, resolve
 from ..config import EditConfig
-from ..errors import ConfigError, EditError
+from ..errors import ConfigError, EditError, WorkbenchError
 from ..models import input_device, spec
 from . import prefix
 from .ft import _optimizer, _selected_parameters, constrain, example_losses
@@ -58,11 +59,27 @@ class _Stacked:
         self.conv1d = type(module).__name__ == "Conv1D"  # GPT-2 stores W as [in, out]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(set(self.rows)) < len(self.rows):
+            return self._grouped(x)
         w = torch.stack([self.copies[k]["weight"] for k in self.rows])  # [B, out, in] (Conv1D: [B, in, out])
         y = torch.bmm(x.to(w.dtype), w if self.conv1d else w.transpose(1, 2))
         if "bias" in self.copies[0]:
             y = y + torch.stack([self.copies[k]["bias"] for k in self.rows])[:, None, :]
         return y.to(x.dtype)  # a low-precision model gets its dtype back, as `weights.float32_master` does
+
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """Scoring: several rows (an edit's probes) share an edit, so one product per edit present
+        rather than a stacked copy of the weights per row."""
+        owner = torch.tensor(self.rows, device=x.device)
+        y = None
+        for k in dict.fromkeys(self.rows):
+            idx = (owner == k).nonzero().squeeze(1)
+            w, b = self.copies[k]["weight"], self.copies[k].get("bias")
+            part = nn.functional.linear(x[idx].to(w.dtype), w.T if self.conv1d else w, b)
+            if y is None:
+                y = part.new_empty(*x.shape[:-1], part.shape[-1])
+            y[idx] = part
+        return y.to(x.dtype)
 
     def install(self) -> None:
         self.module.forward = self.forward
@@ -120,6 +137,39 @@ def edit_each(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: 
     return [EditResult(model, cfg, [r.id], originals, pd.DataFrame(log), dict(timings), n_trainable, int(e.truncated),
                        cache_note, reverted=True, pending={n: c[n].detach() for n in params})
             for r, e, c, log in zip(requests, examples, copies, logs)]
+
+
+def score_each(model: nn.Module, tok, requests: list, results: list[EditResult], eval_cfg, pre=None):
+    """Score `edit_each`'s pending results at once: request k's probes run with edit k's weights.
+
+    The model is left as it is (each result stays pending); the trained modules compute every row
+    with the weights of the edit its request owns (`_Stacked`, one product per edit in the batch),
+    so K edits' probes share the generation and teacher-forced batches that K separate
+    ``apply(); evaluate(); revert()`` rounds would run one by one. The report is that of those K
+    rounds, concatenated (per-probe scores to float rounding: batches mix other prompts, so their
+    padding differs; tests/test_parallel.py). Capability is per model: score it after ``apply()``.
+    """
+    from ..evaluation import evaluate
+
+    if len(results) != len(requests) or any(r.pending is None or not r.reverted for r in results):
+        raise WorkbenchError("score_each takes edit_each's pending (not applied) results, one per request")
+    names = list(results[0].pending)
+    owners = {n.rsplit(".", 1)[0] for n in names}
+    stacked = [_Stacked(model.get_submodule(owner),
+                        [{n.rsplit(".", 1)[1]: r.pending[n] for n in names if n.rsplit(".", 1)[0] == owner}
+                         for r in results]) for owner in owners]
+
+    def route(rows: list[int]) -> None:
+        for s in stacked:
+            s.rows = rows
+
+    try:
+        for s in stacked:
+            s.install()
+        return evaluate(model, tok, requests, eval_cfg, pre=pre, route=route)
+    finally:
+        for s in stacked:
+            s.remove()
 
 
 def _selection(model, cfg: EditConfig):

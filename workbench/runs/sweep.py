@@ -24,7 +24,7 @@ from .. import data, locality, threads, train
 from ..config import EditConfig
 from ..errors import ConfigError
 from ..evaluation import EvalReport, evaluate, pre_edit, protocols_for, save_report, summarize, versions
-from ..methods.parallel import batchable
+from ..methods.parallel import batchable, score_each
 from ..methods.result import resume, snapshot
 from ..metrics import scorer_versions
 from ..models import fingerprint, input_device, load_for, model_dtype, revision
@@ -147,9 +147,14 @@ def _execute(spec: RunSpec, experiment: str, progress: bool) -> dict:
         with tqdm(total=len(reqs), desc="single edits", disable=not progress, leave=False) as bar:
             for start in range(0, len(reqs), k):
                 group = reqs[start:start + k]
-                done = train.edit_each(model, tok, group, cfg, progress=False) if k > 1 else None
-                for i, r in enumerate(group):
-                    res = done[i].apply() if done else train.edit(model, tok, [r], cfg, progress=False)
+                if k > 1:  # trained at once and scored at once, each request with its own edit
+                    done = train.edit_each(model, tok, group, cfg, progress=False)
+                    tables.append(score_each(model, tok, group, done, ecfg.replace(capability=()), pre).per_probe)
+                    results += done
+                    bar.update(len(group))
+                    continue
+                for r in group:
+                    res = train.edit(model, tok, [r], cfg, progress=False)
                     try:
                         tables.append(evaluate(model, tok, [r], ecfg.replace(capability=()), pre=pre).per_probe)
                     finally:
