@@ -122,7 +122,7 @@ class EditConfig:
     # value) layer (prefix.py) and, for locate-and-edit values, every position before the key token (locate.Before)
     prefix_cache: bool = True
     prefix_cache_dtype: Literal["auto", "bfloat16"] = "auto"  # the cache's storage: "auto" = the model's dtype
-    parallel_edits: int = 1  # single editing (`edit_each`, runs' protocol "single"): requests trained at once, each alone
+    parallel_edits: int = 1  # single editing (`edit_each`, runs' protocol "single"): requests trained, then scored (`score_each`), at once, each alone
     value_batch: int = 16  # locate-and-edit: requests whose values (δ) are optimised in one batch, each alone (locate.optimize_deltas)
     # --- reproducibility
     seed: int = 0  # shuffling, adapter init and dropout
