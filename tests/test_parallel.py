@@ -119,14 +119,12 @@ def test_runs_fall_back_to_one_edit_each_when_edit_each_cannot_batch(tiny, tok):
 
 
 def test_score_each_gives_the_scores_of_applying_each_edit_in_turn(tiny, tok, facts):
-    from workbench.methods.parallel import score_each
-
     ecfg = wb.EvalConfig(splits=("ori", "para", "loc"), max_new_tokens=6, batch_size=5)
     requests = facts[:4]
     pre = wb.pre_edit(tiny, tok, requests, ecfg, cache=False)
     results = wb.edit_each(tiny, tok, requests, CFG, progress=False)
     before = wb.models.state_hash(tiny)
-    together = score_each(tiny, tok, requests, results, ecfg, pre).per_probe
+    together = wb.score_each(tiny, tok, requests, results, ecfg, pre).per_probe
     assert wb.models.state_hash(tiny) == before and all(r.reverted for r in results)  # still pending
     rounds = []
     for r, res in zip(requests, results):
@@ -139,5 +137,5 @@ def test_score_each_gives_the_scores_of_applying_each_edit_in_turn(tiny, tok, fa
     for column in ("sentence_cosine", "rougeL_recall", "token_acc"):
         np.testing.assert_allclose(together[column], alone[column], atol=1e-5)
     with pytest.raises(WorkbenchError, match="pending"):
-        score_each(tiny, tok, requests[:1], [results[0].apply()], ecfg, pre)
+        wb.score_each(tiny, tok, requests[:1], [results[0].apply()], ecfg, pre)
     results[0].revert()

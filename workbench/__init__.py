@@ -27,6 +27,7 @@ _NAMES = {
     "generate": "generation",
     "EditResult": "train", "apply_delta": "train", "edit": "train", "edit_each": "train",
     "EvalConfig": "evaluation", "EvalReport": "evaluation", "evaluate": "evaluation", "pre_edit": "evaluation",
+    "score_each": "evaluation",
 }
 _MODULES = ("cli", "components", "config", "data", "errors", "evaluation", "generation", "locality", "mechanism", "methods", "metrics",
             "models", "placement", "plots", "prompts", "resources", "runs", "scoring", "train", "widgets")

@@ -222,7 +222,7 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
             requests have locality items.
         route: score each request as if it alone were edited (single editing, several edits at once):
             called before every batch with the position in `requests` of each row's request, so that
-            the model computes that row with that request's edit (`parallel.score_each`). A prompt
+            the model computes that row with that request's edit (`score_each`). A prompt
             asked for two requests is then asked twice, and locality probes are checked against their
             own request only.
     """
@@ -315,6 +315,24 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
                   "model": str(getattr(model, "name_or_path", "")), "versions": versions(),
                   "capability_protocols": {k: protocols[k] for k in capability}}
     return EvalReport(table, summary, capability, provenance)
+
+
+def score_each(model, tok, requests, results, eval_cfg: EvalConfig = UKE, pre: PreEdit | None = None) -> EvalReport:
+    """Score `edit_each`'s pending results at once: request k's probes run with edit k's weights.
+
+    The K edits' probes share the generation and teacher-forced batches that K rounds of
+    ``apply(); evaluate(); revert()`` would run one by one (`parallel.routed` computes each row with
+    its own edit's weights), and the report is those rounds' reports concatenated: per-probe scores
+    to float rounding, since a batch now mixes other prompts and so its padding differs
+    (tests/test_parallel.py). The model is left as it was and every result stays pending.
+    Capability is per model: score it after ``apply()``.
+    """
+    from .methods.parallel import routed
+
+    if len(results) != len(requests):
+        raise WorkbenchError(f"score_each: {len(results)} results for {len(requests)} requests (one each)")
+    with routed(model, results) as route:
+        return evaluate(model, tok, requests, eval_cfg, pre=pre, route=route)
 
 
 def _routed(route, owners: list[int]):

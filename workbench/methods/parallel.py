@@ -24,14 +24,15 @@ weights and losses to 1e-5).
 
 The model is unchanged when `edit_each` returns: each `EditResult` is *pending*. ``apply()`` writes
 its weights into the model and ``revert()`` takes them out (bitwise), so a single-editing loop is
-``for res in results: res.apply(); score(); res.revert()``, or `score_each` scores all K at once
-with the same routing of rows to copies. Method ``ft`` only, on Linear (or
+``for res in results: res.apply(); score(); res.revert()``, or `evaluation.score_each` scores all K
+at once with the same routing of rows to copies (`routed`). Method ``ft`` only, on Linear (or
 GPT-2 Conv1D) weights: adapters and the locate-and-edit methods keep their own loops.
 """
 from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 
 import pandas as pd
 import torch
@@ -139,20 +140,15 @@ def edit_each(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: 
             for r, e, c, log in zip(requests, examples, copies, logs)]
 
 
-def score_each(model: nn.Module, tok, requests: list, results: list[EditResult], eval_cfg, pre=None):
-    """Score `edit_each`'s pending results at once: request k's probes run with edit k's weights.
-
-    The model is left as it is (each result stays pending); the trained modules compute every row
-    with the weights of the edit its request owns (`_Stacked`, one product per edit in the batch),
-    so K edits' probes share the generation and teacher-forced batches that K separate
-    ``apply(); evaluate(); revert()`` rounds would run one by one. The report is that of those K
-    rounds, concatenated (per-probe scores to float rounding: batches mix other prompts, so their
-    padding differs; tests/test_parallel.py). Capability is per model: score it after ``apply()``.
-    """
-    from ..evaluation import evaluate
-
-    if len(results) != len(requests) or any(r.pending is None or not r.reverted for r in results):
-        raise WorkbenchError("score_each takes edit_each's pending (not applied) results, one per request")
+@contextmanager
+def routed(model: nn.Module, results: list[EditResult]):
+    """Put K pending results (`edit_each`'s) into the model side by side, for scoring them at once
+    (`evaluation.score_each`): yields ``route(rows)``, which says whose edit each row of the next
+    batch is (an index into `results`); the trained modules then compute each row with that edit's
+    weights, one product per edit present in the batch. The model is as before on exit, and each
+    result stays pending."""
+    if any(r.pending is None or not r.reverted for r in results):
+        raise WorkbenchError("routed() takes edit_each's pending (not applied) results")
     names = list(results[0].pending)
     owners = {n.rsplit(".", 1)[0] for n in names}
     stacked = [_Stacked(model.get_submodule(owner),
@@ -166,7 +162,7 @@ def score_each(model: nn.Module, tok, requests: list, results: list[EditResult],
     try:
         for s in stacked:
             s.install()
-        return evaluate(model, tok, requests, eval_cfg, pre=pre, route=route)
+        yield route
     finally:
         for s in stacked:
             s.remove()

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from .. import data, locality, threads, train
 from ..config import EditConfig
 from ..errors import ConfigError
-from ..evaluation import EvalReport, evaluate, pre_edit, protocols_for, save_report, summarize, versions
-from ..methods.parallel import batchable, score_each
+from ..evaluation import EvalReport, evaluate, pre_edit, protocols_for, save_report, score_each, summarize, versions
+from ..methods.parallel import batchable
 from ..methods.result import resume, snapshot
 from ..metrics import scorer_versions
 from ..models import fingerprint, input_device, load_for, model_dtype, revision
