@@ -99,7 +99,7 @@ def edit_each(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: 
     examples = [prompts.encode(tok, r.prompt, r.target, cfg.loss_scope, cfg.chat_template, cfg.max_length)
                 for r in requests]
     prompts.warn_truncated(sum(e.truncated for e in examples), cfg.max_length)
-    targets, params, masks, owners = _selection(model, cfg)
+    targets, params, masks, _ = _selection(model, cfg)
     placement.trainable_on_device(model, params)
     lowest = min(t.layer for t in targets)
     cache_note = prefix.plan(cfg, lowest, model, examples)
@@ -110,9 +110,7 @@ def edit_each(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: 
     originals = {n: p.detach().clone() for n, p in params.items()}
     # edit k's copies: float32 masters of the selected weights, named as in the model
     copies = [{n: nn.Parameter(p.detach().float().clone()) for n, p in params.items()} for _ in requests]
-    stacked = {owner: _Stacked(model.get_submodule(owner),
-                               [{n.rsplit(".", 1)[1]: c[n] for n in params if n.rsplit(".", 1)[0] == owner} for c in copies])
-               for owner in owners}
+    stacked = _stack(model, copies)
     logs: list[list[dict]] = [[] for _ in requests]
     cache = None
     with frozen_eval(model):
@@ -122,12 +120,12 @@ def edit_each(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: 
                 cache = prefix.PrefixCache(model, lowest, examples, spec(tok).pad_id, dtype=cfg.prefix_cache_dtype)
                 cache.install()
                 cache_note = cache.note(time.perf_counter() - t)
-            for s in stacked.values():
+            for s in stacked:
                 s.install()
             _train(model, cfg, examples, [r.id for r in requests], copies, stacked, masks, originals, cache, logs,
                    spec(tok).pad_id, progress)
         finally:
-            for s in stacked.values():
+            for s in stacked:
                 s.remove()
             if cache is not None:
                 cache.remove()
@@ -140,6 +138,15 @@ def edit_each(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: 
             for r, e, c, log in zip(requests, examples, copies, logs)]
 
 
+def _stack(model: nn.Module, copies: list[dict[str, torch.Tensor]]) -> list[_Stacked]:
+    """One `_Stacked` per module that owns a trained weight; `copies[k]` maps a weight's name in the
+    model (``model.layers.15.mlp.down_proj.weight``) to edit k's value of it."""
+    owners = {n.rsplit(".", 1)[0] for n in copies[0]}
+    return [_Stacked(model.get_submodule(owner),
+                     [{n.rsplit(".", 1)[1]: v for n, v in c.items() if n.rsplit(".", 1)[0] == owner} for c in copies])
+            for owner in sorted(owners)]
+
+
 @contextmanager
 def routed(model: nn.Module, results: list[EditResult]):
     """Put K pending results (`edit_each`'s) into the model side by side, for scoring them at once
@@ -149,11 +156,7 @@ def routed(model: nn.Module, results: list[EditResult]):
     result stays pending."""
     if any(r.pending is None or not r.reverted for r in results):
         raise WorkbenchError("routed() takes edit_each's pending (not applied) results")
-    names = list(results[0].pending)
-    owners = {n.rsplit(".", 1)[0] for n in names}
-    stacked = [_Stacked(model.get_submodule(owner),
-                        [{n.rsplit(".", 1)[1]: r.pending[n] for n in names if n.rsplit(".", 1)[0] == owner}
-                         for r in results]) for owner in owners]
+    stacked = _stack(model, [r.pending for r in results])
 
     def route(rows: list[int]) -> None:
         for s in stacked:
@@ -205,7 +208,7 @@ def _train(model, cfg, examples, ids, copies, stacked, masks, originals, cache, 
     for step in tqdm(range(steps), desc=f"edit_each ({len(examples)} edits)", disable=not progress, leave=False):
         threads.rebalance()
         optimizer.zero_grad(set_to_none=True)
-        for s in stacked.values():
+        for s in stacked:
             s.rows = active
         if cache is not None:
             cache.replay(active)
