@@ -88,7 +88,7 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
         assert p.n == 2
         md = report.render(path, tmp_path / "store")
         assert f"| {claim.title} | it does | vs short: {report._diff(p)} | **{verdict(p, 'higher')}** |" in md
-    assert "4 of 4 stored" in md and "- later" in md and "computed: 4 on cpu, float32" in md
+    assert "4 of 4 stored" in md and "- later" in md and "Still to run" not in md and "computed: 4 on cpu, float32" in md
     df = report.table(kept, tmp_path / "store")  # each sequence's stage 0 is an arm "<label> before"
     assert list(df.label) == ["long", "long before"] * 2 + ["short", "short before"] * 2 and "short before |" in md
     p = paired(df, "label", "long", "long before", "score")
@@ -108,7 +108,13 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
     assert list(fig.data[0].x) == ["long", "long before", "short", "short before"] and fig.data[-1].name == "score"
     claims["claims"]["once"]["seeds"] = [0, 1, 2]  # a seed not run yet is counted as missing
     path.write_text(json.dumps(claims))
-    assert "4 of 6 runs stored; arms still short of 3 seed(s): `long`; `short`." in report.render(path, tmp_path / "store")
+    md = report.render(path, tmp_path / "store")
+    assert "4 of 6 runs stored; arms still short of 3 seed(s): `long`; `short`." in md
+    assert "Still to run: 2 runs" in md
+    for name in ("seq", "kept"):  # the two claims read the same sequences: their missing runs count once
+        claims["claims"][name]["seeds"] = [0, 1, 2]
+    path.write_text(json.dumps(claims))
+    assert "Still to run: 4 runs" in report.render(path, tmp_path / "store")
 
 
 def test_a_bad_claims_file_names_the_claim_and_the_field(tmp_path):

@@ -414,6 +414,13 @@ def _runs_line(item: Runs, df: pd.DataFrame, need: int) -> str:
             + ".\n\n")
 
 
+def _owed(item: Runs, root: Path, chosen: dict) -> set:
+    """The runs of `item` not in the store yet: their folders (a run two claims share is one entry), or
+    (item, label, seed) for runs that wait for a calibration and have no spec yet."""
+    return {(item.name, label, seed) if spec is None else item.folder(root, spec) for label, seed, spec in item.runs(chosen)
+            if spec is None or not (item.folder(root, spec) / "metrics.json").exists()}
+
+
 def _missing(item: Runs, df: pd.DataFrame, chosen: dict) -> str | None:
     runs = item.runs(chosen)
     df = stored_runs(df)
@@ -440,6 +447,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
              "Calibrations: " + " ".join(Calibration.__doc__.split()) + "\n", "## Summary\n",
              "| # | claim | paper | ours: arm − strongest other, score (95 % interval) | verdict |\n|---|---|---|---|---|"]
     sections, missing, compute = [], [], {}  # run folder -> (edit_s, run_s): a run two claims read counts once
+    owed = set()  # runs still to do, each once
     if plan.calibrations:
         sections.append("## Calibration\n\nEach preset number that a claim uses from a calibration is chosen here, by "
                         "the rule above, on requests no claim edits.\n")
@@ -447,6 +455,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         df = table(cal, root)
         compute.update(_compute(df))
         missing.append(_missing(cal, df, chosen))
+        owed |= _owed(cal, root, chosen)
         pick = chosen[cal.name]
         label = None if pick is None else ", ".join(f"{k2}={v}" for k2, v in pick.items() if k2 != "preset")
         result = f"chosen: **{label}**" if pick else "not chosen yet (the grid is not finished)"
@@ -463,6 +472,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         judged = f"**{top[2]}**" if top else "**inconclusive** (not run yet)"
         parts.append(f"| {i} | {claim.title} | {claim.says} | {ours} | {judged} |")
         missing.append(_missing(claim, df, chosen))
+        owed |= _owed(claim, root, chosen)
         compute.update(_compute(df))
         diffs = "\n".join(f"| {claim.arm} − {o} | {_diff(p)} | {v} |" for o, p, v in comps)
         score = " and ".join(f"`{m}`" for m in claim.score)
@@ -483,7 +493,11 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
     timed = [w for _, w in compute.values() if not math.isnan(w)]
     parts.append(f"\nCompute behind this report: {len(compute)} runs; editing (seconds in `wb.edit`, as each run "
                  f"recorded it) {edit_s / 3600:.2f} h; whole runs, scoring included, {sum(timed) / 3600:.2f} h over the "
-                 f"{len(timed)} runs that recorded it.\n")
+                 f"{len(timed)} runs that recorded it."
+                 + (f" Still to run: {len(owed)} runs (at the stored runs' mean of {sum(timed) / len(timed) / 3600:.2f} h "
+                    f"each, roughly {len(owed) * sum(timed) / len(timed) / 3600:.0f} h more on the same machine; the "
+                    f"methods and protocols differ in cost, so this is a rough scale, not a plan)." if owed and timed
+                    else "") + "\n")
     parts += sections
     todo = [f"- {t.strip()}" for t in doc.get("todo", [])]
     parts.append("## What is still not done\n\n" + "\n".join([m for m in missing if m] + todo) + "\n")
