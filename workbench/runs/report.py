@@ -368,7 +368,8 @@ def figure(claim: Claim, df: pd.DataFrame):
 
     cols = [*claim.metrics, "score"]
     on = ", ".join(sorted({str(computed(f)["device"]).upper() for f in df["folder"]})) if len(df) else "not run"
-    return plots.bars(over_seeds(df, "label", cols), "label", cols, title=f"{claim.title} (SmolLM2-135M, {on})")
+    fig = plots.bars(over_seeds(df, "label", cols), "label", cols, title=f"{claim.title} (SmolLM2-135M, {on})")
+    return fig.update_layout(xaxis_title="arm (bars: mean over seeds ± 95 % half-width)")
 
 
 def _figure_line(claim: Claim, out: Path) -> str:
@@ -414,11 +415,13 @@ def _runs_line(item: Runs, df: pd.DataFrame, need: int) -> str:
             + ".\n\n")
 
 
-def _owed(item: Runs, root: Path, chosen: dict) -> set:
-    """The runs of `item` not in the store yet: their folders (a run two claims share is one entry), or
-    (item, label, seed) for runs that wait for a calibration and have no spec yet."""
-    return {(item.name, label, seed) if spec is None else item.folder(root, spec) for label, seed, spec in item.runs(chosen)
-            if spec is None or not (item.folder(root, spec) / "metrics.json").exists()}
+def _owed(item: Runs, df: pd.DataFrame, root: Path, chosen: dict) -> set:
+    """The runs of `item` that `table` (its `df`) did not find in the store: their folders (a run two
+    claims share is one entry), or (item, label, seed) for runs that wait for a calibration and have no
+    spec yet."""
+    stored = set(df["folder"]) if len(df) else set()
+    return {(item.name, label, seed) if spec is None else str(item.folder(root, spec))
+            for label, seed, spec in item.runs(chosen) if spec is None or str(item.folder(root, spec)) not in stored}
 
 
 def _missing(item: Runs, df: pd.DataFrame, chosen: dict) -> str | None:
@@ -455,7 +458,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         df = table(cal, root)
         compute.update(_compute(df))
         missing.append(_missing(cal, df, chosen))
-        owed |= _owed(cal, root, chosen)
+        owed |= _owed(cal, df, root, chosen)
         pick = chosen[cal.name]
         label = None if pick is None else ", ".join(f"{k2}={v}" for k2, v in pick.items() if k2 != "preset")
         result = f"chosen: **{label}**" if pick else "not chosen yet (the grid is not finished)"
@@ -472,7 +475,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         judged = f"**{top[2]}**" if top else "**inconclusive** (not run yet)"
         parts.append(f"| {i} | {claim.title} | {claim.says} | {ours} | {judged} |")
         missing.append(_missing(claim, df, chosen))
-        owed |= _owed(claim, root, chosen)
+        owed |= _owed(claim, df, root, chosen)
         compute.update(_compute(df))
         diffs = "\n".join(f"| {claim.arm} − {o} | {_diff(p)} | {v} |" for o, p, v in comps)
         score = " and ".join(f"`{m}`" for m in claim.score)
