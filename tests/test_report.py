@@ -109,7 +109,9 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
     claims["claims"]["once"]["seeds"] = [0, 1, 2]  # a seed not run yet is counted as missing
     path.write_text(json.dumps(claims))
     md = report.render(path, tmp_path / "store")
-    assert "4 of 6 runs stored; arms still short of 3 seed(s): `long`; `short`." in md
+    once = report.table(next(c for c in report.read(path).claims if c.name == "once"), tmp_path / "store")
+    assert (f"4 of 6 runs stored; arms still short of 3 seed(s): `long`; `short`. At its stored runs' mean of "
+            f"{once.run_s.mean() / 3600:.2f} h, roughly {2 * once.run_s.mean() / 3600:.1f} h more") in md
     assert "Still to run: 2 runs" in md
     for name in ("seq", "kept"):  # the two claims read the same sequences: their missing runs count once
         claims["claims"][name]["seeds"] = [0, 1, 2]

@@ -433,8 +433,11 @@ def _missing(item: Runs, df: pd.DataFrame, chosen: dict) -> str | None:
     lacking = list(dict.fromkeys(label for label, s, _ in runs if (label, s) not in stored))
     waiting = sorted({p["calibrated"] for p in item.points if "calibrated" in p and chosen.get(p["calibrated"]) is None})
     wait = f" (waiting for the calibration of {', '.join(waiting)})" if waiting else ""
+    timed = df["run_s"].dropna() if "run_s" in df else pd.Series(dtype=float)
+    cost = (f" At its stored runs' mean of {timed.mean() / 3600:.2f} h, roughly {(len(runs) - len(df)) * timed.mean() / 3600:.1f} h "
+            f"more on the same machine." if len(timed) else " No run of it is stored yet to time it.")
     return (f"- **{item.title}**: {len(df)} of {len(runs)} runs stored{wait}; arms still short of "
-            f"{len(item.seeds)} seed(s): {'; '.join(f'`{label}`' for label in lacking)}.")
+            f"{len(item.seeds)} seed(s): {'; '.join(f'`{label}`' for label in lacking)}.{cost}")
 
 
 def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
