@@ -524,14 +524,16 @@ def write(claims_path=CLAIMS, out=REPORT, root: Path = STORE) -> Path:
         if not len(df):
             png.unlink(missing_ok=True)
             continue
-        try:
-            import kaleido  # noqa: F401  (the `report` extra)
+        for attempt in (1, 2):  # a second try: on a loaded machine the browser now and then fails to start
+            try:
+                import kaleido  # noqa: F401  (the `report` extra)
 
-            png.parent.mkdir(parents=True, exist_ok=True)
-            figure(claim, df).write_image(png, width=1000, height=450, scale=2)
-        except Exception as e:  # no kaleido or no browser: the report links no figure for this claim
-            logging.getLogger("workbench").warning("no figure for %s: %s", claim.name, e)
-            png.unlink(missing_ok=True)
+                png.parent.mkdir(parents=True, exist_ok=True)
+                figure(claim, df).write_image(png, width=1000, height=450, scale=2)
+                break
+            except Exception as e:  # no kaleido or no browser: the report links no figure for this claim
+                logging.getLogger("workbench").warning("no figure for %s (try %d of 2): %r", claim.name, attempt, e)
+                png.unlink(missing_ok=True)
     tmp = out.with_name(out.name + ".part")
     tmp.write_text(render(claims_path, root, out))
     tmp.replace(out)
