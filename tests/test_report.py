@@ -112,11 +112,11 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
     once = report.table(next(c for c in report.read(path).claims if c.name == "once"), tmp_path / "store")
     assert (f"4 of 6 runs stored; arms still short of 3 seed(s): `long`; `short`. At its stored runs' mean of "
             f"{once.run_s.mean() / 3600:.2f} h, roughly {2 * once.run_s.mean() / 3600:.1f} h more") in md
-    assert "Still to run: 2 runs" in md
+    assert "Still to run: 2 runs. 2 of them belong to claims or calibrations with stored runs" in md
     for name in ("seq", "kept"):  # the two claims read the same sequences: their missing runs count once
         claims["claims"][name]["seeds"] = [0, 1, 2]
     path.write_text(json.dumps(claims))
-    assert "Still to run: 4 runs" in report.render(path, tmp_path / "store")
+    assert "Still to run: 4 runs. 4 of them belong" in report.render(path, tmp_path / "store")
 
 
 def test_a_bad_claims_file_names_the_claim_and_the_field(tmp_path):

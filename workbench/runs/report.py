@@ -415,17 +415,24 @@ def _runs_line(item: Runs, df: pd.DataFrame, need: int) -> str:
             + ".\n\n")
 
 
-def _owed(item: Runs, df: pd.DataFrame, root: Path, chosen: dict) -> set:
-    """The runs of `item` that `table` (its `df`) did not find in the store: their folders (a run two
-    claims share is one entry), or (item, label, seed) for runs that wait for a calibration and have no
-    spec yet."""
-    stored = set(df["folder"]) if len(df) else set()
-    return {(item.name, label, seed) if spec is None else str(item.folder(root, spec))
+def _mean_run_s(df: pd.DataFrame) -> float | None:
+    """The mean wall time of `table`'s stored runs that recorded one (None: no run to time the item by)."""
+    timed = stored_runs(df)["run_s"].dropna() if len(df) and "run_s" in df else pd.Series(dtype=float)
+    return float(timed.mean()) if len(timed) else None
+
+
+def _owed(item: Runs, df: pd.DataFrame, root: Path, chosen: dict) -> dict:
+    """The runs of `item` that `table` (its `df`) did not find in the store, each with a guess of its
+    seconds: the item's own stored runs' mean (None where it has none). A run is named by its folder
+    (a run two claims share is one entry) or, waiting for a calibration without a spec yet, by
+    (item, label, seed)."""
+    stored, guess = (set(df["folder"]) if len(df) else set()), _mean_run_s(df)
+    return {(item.name, label, seed) if spec is None else str(item.folder(root, spec)): guess
             for label, seed, spec in item.runs(chosen) if spec is None or str(item.folder(root, spec)) not in stored}
 
 
 def _missing(item: Runs, df: pd.DataFrame, chosen: dict) -> str | None:
-    runs = item.runs(chosen)
+    runs, mean_s = item.runs(chosen), _mean_run_s(df)
     df = stored_runs(df)
     if len(df) >= len(runs):
         return None
@@ -433,11 +440,28 @@ def _missing(item: Runs, df: pd.DataFrame, chosen: dict) -> str | None:
     lacking = list(dict.fromkeys(label for label, s, _ in runs if (label, s) not in stored))
     waiting = sorted({p["calibrated"] for p in item.points if "calibrated" in p and chosen.get(p["calibrated"]) is None})
     wait = f" (waiting for the calibration of {', '.join(waiting)})" if waiting else ""
-    timed = df["run_s"].dropna() if "run_s" in df else pd.Series(dtype=float)
-    cost = (f" At its stored runs' mean of {timed.mean() / 3600:.2f} h, roughly {(len(runs) - len(df)) * timed.mean() / 3600:.1f} h "
-            f"more on the same machine." if len(timed) else " No run of it is stored yet to time it.")
+    cost = (f" At its stored runs' mean of {mean_s / 3600:.2f} h, roughly {(len(runs) - len(df)) * mean_s / 3600:.1f} h "
+            f"more on the same machine." if mean_s else " No run of it is stored yet to time it.")
     return (f"- **{item.title}**: {len(df)} of {len(runs)} runs stored{wait}; arms still short of "
             f"{len(item.seeds)} seed(s): {'; '.join(f'`{label}`' for label in lacking)}.{cost}")
+
+
+def _owed_line(owed: dict) -> str:
+    """How much is still to run: the runs of items with stored runs at each item's own mean wall
+    time, the others counted but not timed (a 1,000-edit sequence costs many single-editing runs)."""
+    if not owed:
+        return ""
+    timed = [s for s in owed.values() if s is not None]
+    return (f" Still to run: {len(owed)} runs. {len(timed)} of them belong to claims or calibrations with stored runs: "
+            f"roughly {sum(timed) / 3600:.0f} h more on the same machine at each one's own mean run time. The other "
+            f"{len(owed) - len(timed)} have no stored run of their claim to time them by, so no guess is made for "
+            f"them (a sequence scores every edit so far and runs its capability probes after each chunk: one "
+            f"costs far more than a single-editing run).")
+
+
+def _merge(owed: dict, more: dict) -> dict:
+    """Owed runs of several items: a run two claims share is one entry, timed where either can time it."""
+    return owed | {k: owed.get(k) or v for k, v in more.items()}
 
 
 def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
@@ -453,7 +477,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
              "Calibrations: " + " ".join(Calibration.__doc__.split()) + "\n", "## Summary\n",
              "| # | claim | paper | ours: arm − strongest other, score (95 % interval) | verdict |\n|---|---|---|---|---|"]
     sections, missing, compute = [], [], {}  # run folder -> (edit_s, run_s): a run two claims read counts once
-    owed = set()  # runs still to do, each once
+    owed = {}  # runs still to do, each once -> a guess of its seconds (None: nothing to time it by)
     if plan.calibrations:
         sections.append("## Calibration\n\nEach preset number that a claim uses from a calibration is chosen here, by "
                         "the rule above, on requests no claim edits.\n")
@@ -461,7 +485,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         df = table(cal, root)
         compute.update(_compute(df))
         missing.append(_missing(cal, df, chosen))
-        owed |= _owed(cal, df, root, chosen)
+        owed = _merge(owed, _owed(cal, df, root, chosen))
         pick = chosen[cal.name]
         label = None if pick is None else ", ".join(f"{k2}={v}" for k2, v in pick.items() if k2 != "preset")
         result = f"chosen: **{label}**" if pick else "not chosen yet (the grid is not finished)"
@@ -478,7 +502,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         judged = f"**{top[2]}**" if top else "**inconclusive** (not run yet)"
         parts.append(f"| {i} | {claim.title} | {claim.says} | {ours} | {judged} |")
         missing.append(_missing(claim, df, chosen))
-        owed |= _owed(claim, df, root, chosen)
+        owed = _merge(owed, _owed(claim, df, root, chosen))
         compute.update(_compute(df))
         diffs = "\n".join(f"| {claim.arm} − {o} | {_diff(p)} | {v} |" for o, p, v in comps)
         score = " and ".join(f"`{m}`" for m in claim.score)
@@ -499,11 +523,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
     timed = [w for _, w in compute.values() if not math.isnan(w)]
     parts.append(f"\nCompute behind this report: {len(compute)} runs; editing (seconds in `wb.edit`, as each run "
                  f"recorded it) {edit_s / 3600:.2f} h; whole runs, scoring included, {sum(timed) / 3600:.2f} h over the "
-                 f"{len(timed)} runs that recorded it."
-                 + (f" Still to run: {len(owed)} runs (at the stored runs' mean of {sum(timed) / len(timed) / 3600:.2f} h "
-                    f"each, roughly {len(owed) * sum(timed) / len(timed) / 3600:.0f} h more on the same machine; the "
-                    f"methods and protocols differ in cost, so this is a rough scale, not a plan)." if owed and timed
-                    else "") + "\n")
+                 f"{len(timed)} runs that recorded it." + _owed_line(owed) + "\n")
     parts += sections
     todo = [f"- {t.strip()}" for t in doc.get("todo", [])]
     parts.append("## What is still not done\n\n" + "\n".join([m for m in missing if m] + todo) + "\n")
