@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 NAMES = {"ori": "Ori", "para": "Para", "loc": "Loc", "sub": "Sub", "rougeL_f1": "ROUGE-L F1 (ours)",
          "bertscore_f1": "BERTScore F1 (ours)", "sentence_cosine": "BERT Score (cosine)", "rougeL_recall": "ROUGE-L (recall)",
          "rouge1_recall": "ROUGE-1 (recall)", "rouge2_recall": "ROUGE-2 (recall)", "exact_match": "exact match",
-         "token_acc": "token acc."}
+         "token_acc": "token acc.", "capability": "capability:", "mmlu_acc": "MMLU acc."}
 
 
 def label(metric: str) -> str:

@@ -265,10 +265,13 @@ def table(item: Runs, root: Path = STORE, chosen: dict | None = None) -> pd.Data
                 rows.append({"label": f"{label} before", "seed": seed, **first, "folder": str(path.parent),
                              "before": True})
     df = pd.DataFrame(rows, columns=["label", "seed", "before"] if not rows else None)
-    if len(df):
-        have = [m for m in item.score if m in df]
-        df["score"] = df[have].mean(axis=1, skipna=False) if len(have) == len(item.score) else math.nan
-    return df
+    return _with_score(df, item) if len(df) else df
+
+
+def _with_score(df: pd.DataFrame, item: Runs) -> pd.DataFrame:
+    """`df` with ``score``: the mean of the item's score metrics per row (NaN where one is missing)."""
+    have = [m for m in item.score if m in df]
+    return df.assign(score=df[have].mean(axis=1, skipna=False) if len(have) == len(item.score) else math.nan)
 
 
 def stored_runs(df: pd.DataFrame) -> pd.DataFrame:
@@ -346,8 +349,7 @@ def stages_table(item: Runs, df: pd.DataFrame, columns: list[str]) -> str:
     df = stored_runs(df)
     if item.chunk_size is None or not len(df):
         return ""
-    stages = pd.concat([pd.read_json(Path(f) / "stages.jsonl", lines=True).assign(label=label)
-                        for label, f in zip(df["label"], df["folder"])], ignore_index=True)
+    stages = _stages(df)
     have = [m for m in columns if m in stages and stages[m].notna().any()]
     means = stages.groupby(["label", "n_edits"], sort=False)[have].mean()
     counts = sorted(stages["n_edits"].unique())
@@ -358,17 +360,34 @@ def stages_table(item: Runs, df: pd.DataFrame, columns: list[str]) -> str:
             + head + "\n".join(rows) + "\n\n")
 
 
+def _stages(df: pd.DataFrame) -> pd.DataFrame:
+    """Every stage of `table`'s stored sequences: one row per run and number of edits so far (0: the
+    unedited model), with the run's arm and seed."""
+    df = stored_runs(df)
+    return pd.concat([pd.read_json(Path(f) / "stages.jsonl", lines=True).assign(label=label, seed=seed)
+                      for label, seed, f in zip(df["label"], df["seed"], df["folder"])], ignore_index=True)
+
+
 FIGURES = "reproduction-2"  # beside the report: <claim>.png, written by `write` where kaleido can render
 
 
 def figure(claim: Claim, df: pd.DataFrame):
-    """The claim's arms as bars (the score and its metrics, mean ± 95 % half-width over seeds)."""
+    """The claim's arms as bars (the score and its metrics, mean ± 95 % half-width over seeds); a
+    sequence claim's as lines over the edits so far (the score and the capability probes, each stage
+    averaged over the seeds), where whether early edits survive later ones shows."""
     from .. import plots
     from .stats import over_seeds
 
-    cols = [*claim.metrics, "score"]
     on = ", ".join(sorted({str(computed(f)["device"]).upper() for f in df["folder"]})) if len(df) else "not run"
-    fig = plots.bars(over_seeds(df, "label", cols), "label", cols, title=f"{claim.title} (SmolLM2-135M, {on})")
+    title = f"{claim.title} (SmolLM2-135M, {on})"
+    if claim.chunk_size is not None and len(stored_runs(df)):
+        cols = ["score", *[m for m in claim.metrics if m.startswith("capability.")]]
+        stages = over_seeds(_with_score(_stages(df), claim), ["label", "n_edits"], cols)
+        fig = plots.lines(stages, "n_edits", cols, title=title, color="label")
+        return fig.update_layout(xaxis_title="edits so far (0: the unedited model); mean over seeds ± 95 % half-width",
+                                 yaxis_range=[0, 1.05])
+    cols = [*claim.metrics, "score"]
+    fig = plots.bars(over_seeds(df, "label", cols), "label", cols, title=title)
     return fig.update_layout(xaxis_title="arm (bars: mean over seeds ± 95 % half-width)")
 
 
