@@ -235,6 +235,27 @@ def test_a_sequence_killed_between_stages_resumes_and_ends_as_an_unbroken_one(st
     assert state_hash(model) == h0
 
 
+def test_a_sequence_scored_every_second_chunk_ends_as_one_scored_at_every_chunk(store):
+    """Scoring reads the model and never changes it: skipping the scoring of chunks 1 and 3 of 5 leaves
+    the scored stages' numbers (2, 4 and the last, 5) those of the sequence scored at every chunk."""
+    import pandas as pd
+
+    spec = RunSpec(edit=wb.preset("locft-bf", model_name="tiny-random-llama", device="cpu", layers=(2,), lr=1e-2,
+                                  epochs=3, batch_size=2), benchmark="facts-fixture", n_edits=5, max_new_tokens=6,
+                   eval="locft", splits=("ori", "para"))
+    every = runs.lifelong(spec, 1, "every", progress=False).drop(columns=["edit_s", "run_s", "hash"])
+    sparse = runs.lifelong(spec, 1, "sparse", progress=False, score_every=2).drop(columns=["edit_s", "run_s", "hash"])
+    assert (store / "sparse" / f"{spec.hash()}-chunk1-every2" / "metrics.json").exists()
+    assert list(sparse.n_edits) == [0, 1, 2, 3, 4, 5] and list(sparse.steps[1:]) == list(every.steps[1:]) == [3, 6, 9, 12, 15]
+    scored = sparse["ori.exact_match"].notna()
+    assert list(sparse.n_edits[scored]) == [2, 4, 5]  # and stage 0, the unedited model, has no edit to score
+    pd.testing.assert_frame_equal(sparse[scored].dropna(axis=1, how="all").reset_index(drop=True),
+                                  every[every.n_edits.isin([2, 4, 5])].dropna(axis=1, how="all").reset_index(drop=True),
+                                  check_like=True)  # the columns in another order: the first stage scored is later
+    with pytest.raises(wb.ConfigError, match="score_every=0: give a number of chunks"):
+        runs.lifelong(spec, 1, "bad", progress=False, score_every=0)
+
+
 def test_a_resumed_sequence_edits_exactly_as_an_unbroken_one(tiny, tok):
     """snapshot/resume at the weight level: AlphaEdit's third chunk after a resume gives bitwise the
     weights and preserved keys of an unbroken sequence (it reads both, and the context prefixes)."""

@@ -43,6 +43,7 @@ class Runs:
     score: list[str]  # a run's score: the mean of these metrics
     direction: str  # "higher" or "lower": which way is better (claims: which way the paper says the arm differs)
     chunk_size: int | None = None  # a lifelong sequence in chunks of this size (None: one run per point and seed)
+    score_every: int = 1  # sequences: score and probe capability after every k-th chunk and the last (lifelong)
     before: bool = False  # sequences: each run's stage 0 (the unedited model's probes) is also an arm, "<label> before"
 
     def runs(self, chosen: dict | None = None) -> list[tuple[str, int, RunSpec | None]]:
@@ -75,7 +76,9 @@ class Runs:
         return self.before and self.chunk_size is not None
 
     def folder(self, root: Path, spec: RunSpec) -> Path:
-        name = spec.hash() if self.chunk_size is None else f"{spec.hash()}-chunk{self.chunk_size}"
+        from .sweep import sequence_name
+
+        name = spec.hash() if self.chunk_size is None else sequence_name(spec, self.chunk_size, self.score_every)
         return root / self.experiment / name
 
 
@@ -164,7 +167,7 @@ def tasks(item: Runs, root: Path = STORE, chosen: dict | None = None) -> list:
         if spec is None:
             continue
         fn = partial(execute, spec, item.experiment) if item.chunk_size is None else \
-            partial(lifelong, spec, item.chunk_size, item.experiment, False)
+            partial(lifelong, spec, item.chunk_size, item.experiment, False, score_every=item.score_every)
         out.append(Task(item.folder(root, spec), fn, spec.run_config().model_name, f"{item.name} {label} seed {seed}"))
     return out
 
@@ -235,6 +238,10 @@ def read(path=CLAIMS) -> Plan:
             margin = c.get("margin")
             if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
                 raise ConfigError(f"{what}: margin={margin!r}, give a non-negative number in the score's units")
+            every = c.get("score_every", 1)
+            if isinstance(every, bool) or not isinstance(every, int) or every < 1 or (every > 1 and "chunk_size" not in c):
+                raise ConfigError(f"{what}: score_every={every!r}, give a whole number of chunks, 1 or more, "
+                                  "and only with chunk_size")
             c = dict(c, base=RunSpec.from_dict(c["base"]))
             c.setdefault("direction", "higher")
             if cls is Claim:
@@ -351,6 +358,7 @@ def stages_table(item: Runs, df: pd.DataFrame, columns: list[str]) -> str:
         return ""
     stages = _stages(df)
     have = [m for m in columns if m in stages and stages[m].notna().any()]
+    stages = stages.dropna(subset=have, how="all")  # stages a `score_every` sequence did not score
     means = stages.groupby(["label", "n_edits"], sort=False)[have].mean()
     counts = sorted(stages["n_edits"].unique())
     head = ("| arm | metric | " + " | ".join(str(n) for n in counts) + " |\n" + "|---" * (len(counts) + 2) + "|\n")
@@ -382,7 +390,8 @@ def figure(claim: Claim, df: pd.DataFrame):
     title = f"{claim.title} (SmolLM2-135M, {on})"
     if claim.chunk_size is not None and len(stored_runs(df)):
         cols = ["score", *[m for m in claim.metrics if m.startswith("capability.")]]
-        stages = over_seeds(_with_score(_stages(df), claim), ["label", "n_edits"], cols)
+        stages = _with_score(_stages(df), claim)
+        stages = over_seeds(stages.dropna(subset=[c for c in cols if c in stages], how="all"), ["label", "n_edits"], cols)
         fig = plots.lines(stages, "n_edits", cols, title=title, color="label")
         return fig.update_layout(xaxis_title="edits so far (0: the unedited model); mean over seeds ± 95 % half-width",
                                  yaxis_range=[0, 1.05])
@@ -430,7 +439,8 @@ def _runs_line(item: Runs, df: pd.DataFrame, need: int) -> str:
     on = "; ".join(f"{n} on {p}" for p, n in places.items())
     return (f"**Runs.** {len(df)} of {need} stored in `store/{item.experiment}/` ({len(item.seeds)} seed(s) per arm; seed "
             f"*s* edits {b.n_edits} `{b.benchmark}` requests from {b.offset} + {b.n_edits}·s on{held}"
-            + (f", in chunks of {item.chunk_size}" if item.chunk_size else "") + ")" + (f"; computed: {on}" if on else "")
+            + (f", in chunks of {item.chunk_size}" if item.chunk_size else "")
+            + (f", scored every {item.score_every} chunks and after the last" if item.score_every > 1 else "") + ")" + (f"; computed: {on}" if on else "")
             + ".\n\n")
 
 

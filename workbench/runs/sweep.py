@@ -244,10 +244,23 @@ def by_chunk(report, seen: list, chunk_size: int, protocols: dict[str, str]) -> 
     return out
 
 
-def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = True, seeds=None) -> pd.DataFrame:
+def sequence_name(spec: RunSpec, chunk_size: int, score_every: int = 1) -> str:
+    """A sequence's folder name in its experiment: the spec's hash, its chunk size and, when not every
+    stage is scored, how often one is."""
+    return f"{spec.hash()}-chunk{chunk_size}" + (f"-every{score_every}" if score_every > 1 else "")
+
+
+def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = True, seeds=None,
+             score_every: int = 1) -> pd.DataFrame:
     """Sequential editing in chunks: edits arrive `chunk_size` at a time; each chunk is edited on top
     of the previous ones (with `spec.edit`'s schedule), then *every* edit so far is scored, and the
     capability probes run. One row per stage; stored (and skipped when finished) like any run.
+
+    ``score_every=k`` scores (and probes capability) only after every k-th chunk and the last: the
+    stages between record their edits, steps and seconds only. Scoring all edits so far after each
+    chunk grows with the square of the sequence's length, and a 1,000-edit sequence spends most of
+    its time there; scoring reads the model and never changes it, so the last stage's numbers are
+    those of a sequence scored at every chunk (a test).
 
     This is LocFT-BF's sequential setting ("edits buffered into small batches") and the only honest
     reading of "sequential": scores are taken after the last edit of each stage, never right after
@@ -261,10 +274,12 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
     checkpointed. ``env.json`` lists the git sha of every process that worked on the run.
     """
     if seeds is not None:
-        parts = [lifelong(spec.replace(**point), chunk_size, experiment, progress).assign(seed=point["seed"])
-                 for point in seeded([{}], seeds, spec)]
+        parts = [lifelong(spec.replace(**point), chunk_size, experiment, progress, score_every=score_every)
+                 .assign(seed=point["seed"]) for point in seeded([{}], seeds, spec)]
         return pd.concat(parts, ignore_index=True)
-    folder = results_root() / experiment / f"{spec.hash()}-chunk{chunk_size}"
+    if score_every < 1:
+        raise ConfigError(f"score_every={score_every}: give a number of chunks, 1 or more (1: score after every chunk)")
+    folder = results_root() / experiment / sequence_name(spec, chunk_size, score_every)
     if (folder / "metrics.json").exists():
         return pd.read_json(folder / "stages.jsonl", lines=True).assign(hash=folder.name)
     check_writable(folder.parent)
@@ -274,7 +289,7 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
     ecfg = spec.eval_config()
     pre = pre_edit(model, tok, reqs, ecfg)  # locality's reference, and each probe's answer before the edit
     partial = folder.with_name(folder.name + ".partial")
-    spec_json = to_json({**spec.to_dict(), "chunk_size": chunk_size})
+    spec_json = to_json({**spec.to_dict(), "chunk_size": chunk_size, **({"score_every": score_every} if score_every > 1 else {})})
     done, shas, t0 = [], [git_sha()], time.perf_counter()
     state = _read_partial(partial, spec_json)
     if state is None:
@@ -293,9 +308,11 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
             done.append(train.edit(model, tok, chunk, cfg, progress=False))
             edit_s, steps = edit_s + done[-1].timings["total_s"], steps + done[-1].steps
             seen = reqs[:start + len(chunk)]
-            report = evaluate(model, tok, seen, ecfg, pre=pre)
-            stages.append({"n_edits": len(seen), **report.scores(),
-                           **by_chunk(report, seen, chunk_size, protocols_for(ecfg)),
+            scored = len(seen) == len(reqs) or (start // chunk_size + 1) % score_every == 0
+            if scored:
+                report = evaluate(model, tok, seen, ecfg, pre=pre)
+            stages.append({"n_edits": len(seen), **(report.scores() if scored else {}),
+                           **(by_chunk(report, seen, chunk_size, protocols_for(ecfg)) if scored else {}),
                            "edit_s": edit_s, "steps": steps, "run_s": spent + time.perf_counter() - t0})
             snap = snapshot(model, done) if len(seen) < len(reqs) else None
             if snap is not None:
