@@ -108,8 +108,9 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
     assert list(fig.data[0].x) == ["long", "short"] and fig.data[-1].name == "score"
     fig = report.figure(kept, df)  # a sequence's: the score and capability over the edits so far, one line per arm
     lines = {t.name: t for t in fig.data}
-    assert set(lines) == {"long: score", "short: score", "long: capability: MMLU acc.", "short: capability: MMLU acc."}, set(lines)
-    assert list(lines["long: capability: MMLU acc."].x) == [0, 1, 2] and lines["long: capability: MMLU acc."].y[0] == pytest.approx(mean_first)
+    mmlu = "capability: MMLU acc."
+    assert set(lines) == {"long: score", "short: score", f"long: {mmlu}", f"short: {mmlu}"}, set(lines)
+    assert list(lines[f"long: {mmlu}"].x) == [0, 1, 2] and lines[f"long: {mmlu}"].y[0] == pytest.approx(mean_first)
     claims["claims"]["once"]["seeds"] = [0, 1, 2]  # a seed not run yet is counted as missing
     path.write_text(json.dumps(claims))
     md = report.render(path, tmp_path / "store")

@@ -246,7 +246,8 @@ def test_a_sequence_scored_every_second_chunk_ends_as_one_scored_at_every_chunk(
     every = runs.lifelong(spec, 1, "every", progress=False).drop(columns=["edit_s", "run_s", "hash"])
     sparse = runs.lifelong(spec, 1, "sparse", progress=False, score_every=2).drop(columns=["edit_s", "run_s", "hash"])
     assert (store / "sparse" / f"{spec.hash()}-chunk1-every2" / "metrics.json").exists()
-    assert list(sparse.n_edits) == [0, 1, 2, 3, 4, 5] and list(sparse.steps[1:]) == list(every.steps[1:]) == [3, 6, 9, 12, 15]
+    assert list(sparse.n_edits) == [0, 1, 2, 3, 4, 5]
+    assert list(sparse.steps[1:]) == list(every.steps[1:]) == [3, 6, 9, 12, 15]
     scored = sparse["ori.exact_match"].notna()
     assert list(sparse.n_edits[scored]) == [2, 4, 5]  # and stage 0, the unedited model, has no edit to score
     pd.testing.assert_frame_equal(sparse[scored].dropna(axis=1, how="all").reset_index(drop=True),

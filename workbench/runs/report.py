@@ -440,7 +440,8 @@ def _runs_line(item: Runs, df: pd.DataFrame, need: int) -> str:
     return (f"**Runs.** {len(df)} of {need} stored in `store/{item.experiment}/` ({len(item.seeds)} seed(s) per arm; seed "
             f"*s* edits {b.n_edits} `{b.benchmark}` requests from {b.offset} + {b.n_edits}·s on{held}"
             + (f", in chunks of {item.chunk_size}" if item.chunk_size else "")
-            + (f", scored every {item.score_every} chunks and after the last" if item.score_every > 1 else "") + ")" + (f"; computed: {on}" if on else "")
+            + (f", scored every {item.score_every} chunks and after the last" if item.score_every > 1 else "")
+            + ")" + (f"; computed: {on}" if on else "")
             + ".\n\n")
 
 

@@ -289,7 +289,8 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
     ecfg = spec.eval_config()
     pre = pre_edit(model, tok, reqs, ecfg)  # locality's reference, and each probe's answer before the edit
     partial = folder.with_name(folder.name + ".partial")
-    spec_json = to_json({**spec.to_dict(), "chunk_size": chunk_size, **({"score_every": score_every} if score_every > 1 else {})})
+    every = {"score_every": score_every} if score_every > 1 else {}  # absent at 1: older sequences keep their spec
+    spec_json = to_json({**spec.to_dict(), "chunk_size": chunk_size, **every})
     done, shas, t0 = [], [git_sha()], time.perf_counter()
     state = _read_partial(partial, spec_json)
     if state is None:
