@@ -568,21 +568,26 @@ def write(claims_path=CLAIMS, out=REPORT, root: Path = STORE) -> Path:
     out = Path(out)
     plan = read(claims_path)
     chosen = plan.chosen(root)
+    log = logging.getLogger("workbench")
+    try:
+        import kaleido  # noqa: F401  (the `report` extra)
+    except ImportError:
+        kaleido = None
+        log.warning("no figures: kaleido is not installed (pip install -e '.[report]')")
     for claim in plan.claims:
         df = table(claim, root, chosen)
         png = out.parent / FIGURES / f"{claim.name}.png"
-        if not len(df):
-            png.unlink(missing_ok=True)
+        png.unlink(missing_ok=True)  # a claim without runs, or whose figure fails, links none
+        if not len(df) or kaleido is None:
             continue
+        fig = figure(claim, df)
+        png.parent.mkdir(parents=True, exist_ok=True)
         for attempt in (1, 2):  # a second try: on a loaded machine the browser now and then fails to start
             try:
-                import kaleido  # noqa: F401  (the `report` extra)
-
-                png.parent.mkdir(parents=True, exist_ok=True)
-                figure(claim, df).write_image(png, width=1000, height=450, scale=2)
+                fig.write_image(png, width=1000, height=450, scale=2)
                 break
-            except Exception as e:  # no kaleido or no browser: the report links no figure for this claim
-                logging.getLogger("workbench").warning("no figure for %s (try %d of 2): %r", claim.name, attempt, e)
+            except Exception as e:  # no browser, or it failed to start
+                log.warning("no figure for %s (try %d of 2): %r", claim.name, attempt, e)
                 png.unlink(missing_ok=True)
     tmp = out.with_name(out.name + ".part")
     tmp.write_text(render(claims_path, root, out))

@@ -309,11 +309,11 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
             done.append(train.edit(model, tok, chunk, cfg, progress=False))
             edit_s, steps = edit_s + done[-1].timings["total_s"], steps + done[-1].steps
             seen = reqs[:start + len(chunk)]
-            scored = len(seen) == len(reqs) or (start // chunk_size + 1) % score_every == 0
-            if scored:
+            scores = {}  # none for the stages a `score_every` sequence skips
+            if len(seen) == len(reqs) or (start // chunk_size + 1) % score_every == 0:
                 report = evaluate(model, tok, seen, ecfg, pre=pre)
-            stages.append({"n_edits": len(seen), **(report.scores() if scored else {}),
-                           **(by_chunk(report, seen, chunk_size, protocols_for(ecfg)) if scored else {}),
+                scores = {**report.scores(), **by_chunk(report, seen, chunk_size, protocols_for(ecfg))}
+            stages.append({"n_edits": len(seen), **scores,
                            "edit_s": edit_s, "steps": steps, "run_s": spent + time.perf_counter() - t0})
             snap = snapshot(model, done) if len(seen) < len(reqs) else None
             if snap is not None:
