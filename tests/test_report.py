@@ -68,7 +68,7 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
     seq_base = base.replace(capability=("mmlu",), n_mmlu=4)
     claims = {"title": "t", "intro": "i", "todo": ["later"], "claims": {
         "once": {**claim, "title": "longer training edits better", "experiment": "exp", "seeds": [0, 1],
-                 "metrics": ["ori.exact_match"]},
+                 "metrics": ["ori.exact_match"], "paper_arms": {"long": "90 % Rel."}},
         "seq": {**claim, "title": "and in sequences", "experiment": "seq", "seeds": [0, 1], "chunk_size": 1,
                 "base": seq_base.to_dict(), "before": True},
         # the same runs, read as a claim of no loss against each sequence's unedited start (stage 0)
@@ -88,6 +88,8 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
         assert p.n == 2
         md = report.render(path, tmp_path / "store")
         assert f"| {claim.title} | it does | vs short: {report._diff(p)} | **{verdict(p, 'higher')}** |" in md
+    assert "| arm | paper | seeds | ori.exact_match | score |" in md  # the paper's number beside ours
+    assert "| long | 90 % Rel. | 2 | " in md and "| short | – | 2 | " in md
     assert "4 of 4 stored" in md and "- later" in md and "Still to run" not in md and "computed: 4 on cpu, float32" in md
     df = report.table(kept, tmp_path / "store")  # each sequence's stage 0 is an arm "<label> before"
     assert list(df.label) == ["long", "long before"] * 2 + ["short", "short before"] * 2 and "short before |" in md
@@ -136,7 +138,11 @@ def test_a_bad_claims_file_names_the_claim_and_the_field(tmp_path):
     path.write_text(path.read_text().replace("colour: red", "margin: -0.02"))
     with pytest.raises(wb.ConfigError, match=r"claim 'c': margin=-0.02, give a non-negative number"):
         report.read(path)
-    path.write_text(path.read_text().replace("margin: -0.02", "score_every: 5"))
+    path.write_text(path.read_text().replace("margin: -0.02", "paper_arms: {b: 3 %}")
+                    .replace("points: []", "points: [{label: a}]"))  # a quote for an arm the claim does not have
+    with pytest.raises(wb.ConfigError, match=r"claim 'c': paper_arms='b' is not valid; choose one of: 'a'"):
+        report.read(path)
+    path.write_text(path.read_text().replace("paper_arms: {b: 3 %}", "score_every: 5"))
     with pytest.raises(wb.ConfigError, match=r"claim 'c': score_every=5, give a whole number of chunks, 1 or more, "
                                              r"and only with chunk_size"):
         report.read(path)

@@ -91,6 +91,7 @@ class Claim(Runs):
     arm: str = ""  # the label of the arm the paper favours
     others: list[str] = field(default_factory=list)  # the labels it is compared with
     margin: float | None = None  # a claim of no loss: the arm is at most this much worse (verdicts.py), fixed before the runs
+    paper_arms: dict[str, str] = field(default_factory=dict)  # arm label -> the paper's number for it, quoted (a "paper" column)
     metrics: list[str] = field(default_factory=list)  # the arms table's columns
     setting: str = ""
     differs: str = ""
@@ -254,6 +255,9 @@ def read(path=CLAIMS) -> Plan:
         bad = sorted({p["calibrated"] for p in claim.points if "calibrated" in p} - cals)
         if bad:
             raise ConfigError.bad_choice(f"claim {claim.name!r}: calibrated", bad[0], sorted(cals))
+        bad = sorted(set(claim.paper_arms) - set(claim.labels()))
+        if bad:  # a quote under a label no arm has would never be shown
+            raise ConfigError.bad_choice(f"{path}: claim {claim.name!r}: paper_arms", bad[0], claim.labels())
     return Plan(doc, out["calibrations"], out["claims"])
 
 
@@ -327,12 +331,16 @@ def arms_table(item: Runs, df: pd.DataFrame, columns: list[str], chosen: dict | 
 
     labels = item.labels(chosen)
     cols = [*columns, "score"]
-    head = "| arm | seeds | " + " | ".join(cols) + " | s / edit |\n" + "|---" * (len(cols) + 3) + "|\n"
+    quoted = getattr(item, "paper_arms", {})  # the paper's own number per arm, where it gives one
+    head = ("| arm | " + ("paper | " if quoted else "") + "seeds | " + " | ".join(cols) + " | s / edit |\n"
+            + "|---" * (len(cols) + 3 + bool(quoted)) + "|\n")
     stats = over_seeds(df, "label", [*cols, "s_per_edit"]) if len(df) else pd.DataFrame(columns=["label"])
     lines = []
     for label in labels:
         row = stats[stats["label"] == label]
         name = f"**{label}** (chosen)" if label == mark else label
+        if quoted:
+            name += f" | {quoted.get(label, '–')}"
         if not len(row):
             lines.append(f"| {name} | 0 | " + " | ".join("–" for _ in cols) + " | – |")
             continue
