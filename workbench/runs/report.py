@@ -28,6 +28,7 @@ from .verdicts import RULES, Paired, paired, verdict
 STORE = PROJECT_ROOT / "store"  # the tracked store the report reads (README, "The store")
 CLAIMS = PROJECT_ROOT / "docs" / "claims.yaml"
 REPORT = PROJECT_ROOT / "docs" / "REPRODUCTION-2.md"
+TRIES = 3  # attempts at each figure: kaleido's browser fails now and then on a loaded machine
 
 
 @dataclass
@@ -572,6 +573,7 @@ def write(claims_path=CLAIMS, out=REPORT, root: Path = STORE) -> Path:
     """Write each claim's figure (PNG, where kaleido and a Chromium can render; otherwise none and the
     report links none) and then the report."""
     import logging
+    import time
 
     out = Path(out)
     plan = read(claims_path)
@@ -590,13 +592,14 @@ def write(claims_path=CLAIMS, out=REPORT, root: Path = STORE) -> Path:
             continue
         fig = figure(claim, df)
         png.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in (1, 2):  # a second try: on a loaded machine the browser now and then fails to start
-            try:
+        for attempt in range(1, TRIES + 1):  # on a loaded machine the browser now and then fails to start,
+            try:                                # or runs kaleido's script before its page has loaded
                 fig.write_image(png, width=1000, height=450, scale=2)
                 break
             except Exception as e:  # no browser, or it failed to start
-                log.warning("no figure for %s (try %d of 2): %r", claim.name, attempt, e)
+                log.warning("no figure for %s (try %d of %d): %r", claim.name, attempt, TRIES, e)
                 png.unlink(missing_ok=True)
+                time.sleep(2 * attempt)
     tmp = out.with_name(out.name + ".part")
     tmp.write_text(render(claims_path, root, out))
     tmp.replace(out)
