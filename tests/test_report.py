@@ -180,3 +180,16 @@ def test_a_calibration_chooses_by_its_rule_before_the_claim_that_uses_it_runs(tm
     assert len(report.table(claim, tmp_path / "store", p.chosen(tmp_path / "store"))) == 4
     md = report.render(path, tmp_path / "store")
     assert f"chosen: **{best}**" in md and f"| **{best}** (chosen) | 1 |" in md
+
+
+def test_a_bar_chart_of_many_metrics_gives_each_its_own_colour():
+    """The report's claim 1 shows 12 bars per arm: the template's 10 colours would paint two alike."""
+    import pandas as pd
+
+    from workbench import plots
+
+    df = pd.DataFrame({"label": ["a", "b"], **{f"m{i}": [0.1 * i, 0.2] for i in range(12)}})
+    fig = plots.bars(df, "label", [f"m{i}" for i in range(12)])
+    colours = fig.layout.colorway or fig.layout.template.layout.colorway
+    assert len(set(colours[:len(fig.data)])) == len(fig.data) == 12
+    assert plots.bars(df, "label", ["m0", "m1"]).layout.colorway is None  # few metrics: the template's own

@@ -42,6 +42,9 @@ def bars(df: pd.DataFrame, x: str, metrics: list[str], title: str = "") -> go.Fi
                         insidetextanchor="start", textangle=0, error_y=_error(df, m))  # labels clear of the bars
     fig.update_layout(barmode="group", title=title, xaxis_title=x, yaxis_title="score", yaxis_range=[0, 1.1],
                       template="plotly_white", height=400)
+    if len(fig.data) > 10:  # the template's 10 colours would repeat: two metrics of one group alike
+        from plotly.colors import qualitative
+        fig.update_layout(colorway=qualitative.Dark24)
     return fig
 
 
