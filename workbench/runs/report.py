@@ -599,7 +599,8 @@ def write(claims_path=CLAIMS, out=REPORT, root: Path = STORE) -> Path:
             except Exception as e:  # no browser, or it failed to start
                 log.warning("no figure for %s (try %d of %d): %r", claim.name, attempt, TRIES, e)
                 png.unlink(missing_ok=True)
-                time.sleep(2 * attempt)
+                if attempt < TRIES:  # no pause after the last try
+                    time.sleep(2 * attempt)
     tmp = out.with_name(out.name + ".part")
     tmp.write_text(render(claims_path, root, out))
     tmp.replace(out)
