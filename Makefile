@@ -64,7 +64,7 @@ bench: install
 	$(BIN)/python -m workbench.cli prepare
 	$(BIN)/python benchmarks/run_all.py
 
-# docs/REPRODUCTION.md: every claim's notebook with its parameters (docs/reproduction.yaml).
+# docs/REPRODUCTION-1.md (the first edition): every claim's notebook with its parameters (docs/reproduction.yaml).
 # PNG figures need kaleido and a Chrome or Chromium (Debian: apt install chromium).
 reproduce: install
 	$(BIN)/pip install -q -e ".[report]"

@@ -10,7 +10,7 @@ from workbench.runs.verdicts import Paired, paired, verdict
 
 
 def test_the_committed_report_is_what_the_claims_and_the_store_render():
-    assert report.REPORT.read_text() == report.render(), "run `workbench report` and commit docs/REPRODUCTION-2.md"
+    assert report.REPORT.read_text() == report.render(), "run `workbench report` and commit docs/REPRODUCTION.md"
 
 
 @pytest.mark.parametrize("diffs, direction, expected", [

@@ -6,7 +6,7 @@
     workbench eval --benchmark zsre -n 50 [--eval locft] [--capability mmlu]
     workbench sweep NOTEBOOK --grid grid.yaml  run a notebook once per grid point, resumable
           [--executor local:4 | submitit] [-o partition gpu -o gpus 1 ...]
-    workbench reproduce [CLAIM ...]        the runs of docs/REPRODUCTION.md (docs/reproduction.yaml)
+    workbench reproduce [CLAIM ...]        the first edition's runs, docs/REPRODUCTION-1.md (docs/reproduction.yaml)
 """
 from __future__ import annotations
 
@@ -98,9 +98,9 @@ def main(argv=None) -> int:
     rp.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="override a parameter of the claims run (e.g. -p only_finished True)")
     rr = sub.add_parser("report", help="render the second edition of the reproduction report from store/ "
-                        "(docs/claims.yaml -> docs/REPRODUCTION-2.md)")
+                        "(docs/claims.yaml -> docs/REPRODUCTION.md)")
     rr.add_argument("--claims", default=None, help="claims file (default docs/claims.yaml)")
-    rr.add_argument("--out", default=None, help="Markdown file (default docs/REPRODUCTION-2.md)")
+    rr.add_argument("--out", default=None, help="Markdown file (default docs/REPRODUCTION.md)")
     rr.add_argument("--check", action="store_true", help="render and compare with --out; exit 1 when they differ")
     rr.add_argument("--run", nargs="*", default=None, metavar="CLAIM",
                     help="first execute the runs these claims (none named: all) still lack, into store/")

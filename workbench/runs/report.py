@@ -27,7 +27,7 @@ from .verdicts import RULES, Paired, paired, verdict
 
 STORE = PROJECT_ROOT / "store"  # the tracked store the report reads (README, "The store")
 CLAIMS = PROJECT_ROOT / "docs" / "claims.yaml"
-REPORT = PROJECT_ROOT / "docs" / "REPRODUCTION-2.md"
+REPORT = PROJECT_ROOT / "docs" / "REPRODUCTION.md"
 TRIES = 3  # attempts at each figure: kaleido's browser fails now and then on a loaded machine
 
 
