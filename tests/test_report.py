@@ -193,3 +193,15 @@ def test_a_bar_chart_of_many_metrics_gives_each_its_own_colour():
     colours = fig.layout.colorway or fig.layout.template.layout.colorway
     assert len(set(colours[:len(fig.data)])) == len(fig.data) == 12
     assert plots.bars(df, "label", ["m0", "m1"]).layout.colorway is None  # few metrics: the template's own
+
+
+def test_the_summary_marks_a_verdict_provisional_while_an_other_arm_has_no_paired_seed():
+    claim = next(c for c in report.read().claims if c.direction == "higher")
+    strong = Paired(3, 0.10, 0.02, (0.09, 0.10, 0.11))  # the smallest lead: the strongest rival
+    weak = Paired(3, 0.40, 0.02, (0.39, 0.40, 0.41))
+    comps = [("weak", weak, verdict(weak, "higher")), ("strong", strong, verdict(strong, "higher"))]
+    ours, judged = report.summary_cells(claim, comps)
+    assert ours.startswith("vs strong: +0.100") and judged == "**reproduced**"
+    ours, judged = report.summary_cells(claim, comps + [("unrun", Paired(0, float("nan"), float("nan"), ()), "inconclusive")])
+    assert ours.endswith("not yet paired: unrun") and judged == "**reproduced** (so far: 2 of 3 others)"
+    assert report.summary_cells(claim, []) == ("no runs stored yet", "**inconclusive** (not run yet)")

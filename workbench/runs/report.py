@@ -312,6 +312,20 @@ def headline(claim: Claim, comps: list) -> tuple[str, Paired, str] | None:
     return min(have, key=lambda c: sign * c[1].mean)
 
 
+def summary_cells(claim: Claim, comps: list) -> tuple[str, str]:
+    """The summary row's "ours" and "verdict" cells: the comparison with the strongest other arm
+    that has a paired seed, and its verdict, marked provisional while some other arm has none (an
+    unrun rival could be the stronger one)."""
+    top = headline(claim, comps)
+    if top is None:
+        return "no runs stored yet", "**inconclusive** (not run yet)"
+    unpaired = [o for o, p, _ in comps if not p.n]
+    if not unpaired:
+        return f"vs {top[0]}: {_diff(top[1])}", f"**{top[2]}**"
+    return (f"vs {top[0]}: {_diff(top[1])}; not yet paired: {', '.join(unpaired)}",
+            f"**{top[2]}** (so far: {len(comps) - len(unpaired)} of {len(comps)} others)")
+
+
 def _num(x: float, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -536,9 +550,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
     for i, claim in enumerate(plan.claims, 1):
         df = table(claim, root, chosen)
         comps = comparisons(claim, df)
-        top = headline(claim, comps)
-        ours = f"vs {top[0]}: {_diff(top[1])}" if top else "no runs stored yet"
-        judged = f"**{top[2]}**" if top else "**inconclusive** (not run yet)"
+        ours, judged = summary_cells(claim, comps)
         parts.append(f"| {i} | {claim.title} | {claim.says} | {ours} | {judged} |")
         missing.append(_missing(claim, df, chosen))
         owed = _merge(owed, _owed(claim, df, root, chosen))
