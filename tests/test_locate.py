@@ -196,6 +196,9 @@ def test_each_method_raises_the_target_and_reverts_bitwise(tiny, tok, method, re
     h0, lp0 = state_hash(tiny), logprob(tiny, tok, req, cfg.chat_template)
     result = wb.edit(tiny, tok, [req], cfg, progress=False)
     assert logprob(tiny, tok, req, cfg.chat_template) > lp0 + 0.1  # mean log-prob per target token
+    if method in ("unke", "anyedit") and extra.get("anyedit_base") != "memit":  # UnKE's layer training
+        row = result.log.iloc[0]  # the value's Adam steps: at most all but each chunk's last pass
+        assert 0 < row.value_steps <= row.chunks * (cfg.v_steps - 1)
     result.revert()
     assert state_hash(tiny) == h0
 
