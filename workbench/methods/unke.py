@@ -75,7 +75,7 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
                 if cfg.method == "unke":  # UnKE trains on the question alone; AnyEdit on question + answer
                     seq = Encoded(seq.input_ids[:seq.n_prompt], [IGNORE] * seq.n_prompt, seq.n_prompt, False)
                 losses, casts = train_layer(model, tok, layers[0], seq, positions, deltas, preserve, cfg, casts)
-                # value_steps against chunks x v_steps tells whether the value stage converged
+                # value_steps at chunks x (v_steps - 1), the most it can take, says the value never converged
                 # (benchmarks/value_convergence.py); "steps" stays the layer's, as the result counts them
                 log.append({"request": req.id, "chunks": len(positions), "loss": losses[-1],
                             "steps": cfg.unke_steps, "value_steps": v_steps, "skipped": False})
