@@ -205,3 +205,27 @@ def test_the_summary_marks_a_verdict_provisional_while_an_other_arm_has_no_paire
     ours, judged = report.summary_cells(claim, comps + [("unrun", Paired(0, float("nan"), float("nan"), ()), "inconclusive")])
     assert ours.endswith("not yet paired: unrun") and judged == "**reproduced** (so far: 2 of 3 others)"
     assert report.summary_cells(claim, []) == ("no runs stored yet", "**inconclusive** (not run yet)")
+
+
+def test_a_campaign_runs_a_later_claims_free_runs_before_waiting_on_one_another_holds(tmp_path, monkeypatch):
+    """Two campaigns over overlapping claims: while another worker holds claim a's run, this one runs
+    claim b's first and waits on a's only after (here until the holder's heartbeat is stale)."""
+    from workbench.runs import claims as held_claims
+
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path / "store"))
+    base = {"edit": {"model_name": "tiny-random-llama", "device": "cpu", "layers": [2], "epochs": 2},
+            "benchmark": "facts-fixture", "n_edits": 2, "max_new_tokens": 4, "eval": "locft", "splits": ["ori"]}
+    claim = {"paper": "P", "says": "s", "experiment": "exp", "base": base, "seeds": [0], "arm": "x", "others": ["y"],
+             "score": ["ori.exact_match"], "direction": "higher"}
+    plan = {"claims": {"a": {**claim, "title": "a", "points": [{"label": "x", "lr": 1e-3}, {"label": "y", "lr": 1e-4}]},
+                       "b": {**claim, "title": "b", "points": [{"label": "x", "lr": 1e-3}, {"label": "y", "lr": 2e-4}]}}}
+    path = tmp_path / "claims.yaml"
+    path.write_text(json.dumps(plan))
+    a, b = report.read(path).claims
+    folders = {label: a.folder(tmp_path / "store", spec) for label, _, spec in a.runs()}
+    folders["b"] = next(b.folder(tmp_path / "store", spec) for label, _, spec in b.runs() if label == "y")
+    folders["x"].parent.mkdir(parents=True)
+    held_claims.claim_path(folders["x"]).write_text(json.dumps({"host": "elsewhere", "pid": 1}))  # a live holder
+    report.run(["a", "b"], "serial", path, progress=False, root=tmp_path / "store", stale_s=5)
+    log = [line.split()[-1] for line in (tmp_path / "store" / "exp" / "runs.log").read_text().splitlines()]
+    assert log == [folders["y"].name, folders["b"].name, folders["x"].name]  # a's held run last, b's shared one once

@@ -119,8 +119,11 @@ def parse(executor: str | None) -> tuple[str, int]:
 
 
 def run(tasks: list[Task], executor: str | None = None, options: dict | None = None, progress: bool = True,
-        desc: str = "sweep", stale_s: float = claims.STALE_S) -> None:
-    """Finish every task with `executor` (see the module docstring); raise `SweepError` if any failed."""
+        desc: str = "sweep", stale_s: float = claims.STALE_S, wait: bool = True) -> None:
+    """Finish every task with `executor` (see the module docstring); raise `SweepError` if any failed.
+    ``wait=False`` (serial and local workers; submitit's jobs always help with the whole grid): run
+    what no other worker holds and return, leaving the held tasks to their holders (a campaign of
+    several grids passes over them all before it waits on any: `report.run`)."""
     kind, workers = parse(executor)
     tasks = sorted(tasks, key=lambda t: t.group)  # stable: the grid's order within a model
     since = time.time()
@@ -136,9 +139,10 @@ def run(tasks: list[Task], executor: str | None = None, options: dict | None = N
             for t in tasks:  # one pass, a task at a time so the bar moves; skip what others hold
                 walk([t], since, stale_s, wait=False)
                 show()
-            walk(tasks, since, stale_s)  # then wait for (or take over) what other workers held
+            if wait:
+                walk(tasks, since, stale_s)  # then wait for (or take over) what other workers held
         else:
-            handles = _start_local(tasks, workers, since, stale_s) if kind == "local" else \
+            handles = _start_local(tasks, workers, since, stale_s, wait) if kind == "local" else \
                 _start_submitit(tasks, since, stale_s, dict(options or {}), desc)
             while not all(h.done() for h in handles):
                 show()
@@ -147,6 +151,8 @@ def run(tasks: list[Task], executor: str | None = None, options: dict | None = N
                 h.check()
         show()
     failed = [(t, claims.failed_since(t.folder, since)) for t in tasks if not t.done]
+    if not wait:  # the tasks other workers still hold are theirs, not failures
+        failed = [(t, f) for t, f in failed if f]
     if failed:
         lines = [f"  {claims.failure_path(t.folder)}: {(f or {}).get('error', 'not finished')}" for t, f in failed]
         raise SweepError(f"{len(failed)} of {len(tasks)} runs failed (tracebacks in the files):\n" + "\n".join(lines))
@@ -164,12 +170,12 @@ class _Process:
         self.proc.join()  # a worker that died (killed, OOM) leaves its claim to be taken over: not fatal
 
 
-def _worker(tasks: list[Task], since: float, stale_s: float, n_threads: int | None) -> None:
+def _worker(tasks: list[Task], since: float, stale_s: float, n_threads: int | None, wait: bool = True) -> None:
     if n_threads:
         import torch
 
         torch.set_num_threads(n_threads)
-    walk(tasks, since, stale_s)
+    walk(tasks, since, stale_s, wait=wait)
 
 
 def _gpus() -> list[str]:
@@ -182,7 +188,7 @@ def _gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
-def _start_local(tasks: list[Task], n: int, since: float, stale_s: float) -> list[_Process]:
+def _start_local(tasks: list[Task], n: int, since: float, stale_s: float, wait: bool = True) -> list[_Process]:
     ctx = multiprocessing.get_context("spawn")
     gpus = _gpus()
     n_threads = None if gpus else threads.share(n)
@@ -192,7 +198,7 @@ def _start_local(tasks: list[Task], n: int, since: float, stale_s: float) -> lis
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # a spawned interpreter copies the environment as it starts
         try:
-            proc = ctx.Process(target=_worker, args=(tasks, since, stale_s, n_threads), daemon=False)
+            proc = ctx.Process(target=_worker, args=(tasks, since, stale_s, n_threads, wait), daemon=False)
             proc.start()
         finally:
             for k, v in saved.items():

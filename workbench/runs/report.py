@@ -175,11 +175,16 @@ def tasks(item: Runs, root: Path = STORE, chosen: dict | None = None) -> list:
 
 
 def run(names: list[str] | None = None, executor: str | None = None, claims_path=CLAIMS, progress: bool = True,
-        root: Path = STORE) -> None:
+        root: Path = STORE, stale_s: float | None = None) -> None:
     """Execute every run the named claims and calibrations (default: all) still lack, into the
     tracked store, with `executor` (``serial``, ``local:N``, ``submitit``: see `executors`); the
     calibrations a claim names run first. Any number of these can run at once, on any machines
-    sharing the store: runs are claimed, finished ones are read back."""
+    sharing the store: runs are claimed, finished ones are read back.
+
+    Two passes: the first runs, entry by entry, what no other campaign holds; the second waits for
+    (or takes over, once stale: `stale_s`) the runs others held, and then runs the arms that waited
+    for a calibration another campaign was finishing. So a campaign never idles on one entry's run
+    that another campaign holds while a later entry has free runs."""
     import os
 
     from . import executors
@@ -195,8 +200,11 @@ def run(names: list[str] | None = None, executor: str | None = None, claims_path
     os.environ["WORKBENCH_RESULTS"] = str(root)  # the report reads store/; spawned workers inherit it
     for item in wanted:
         same_computation(item, root, plan.chosen(root), claims_path)
-    for item in sorted(wanted, key=lambda c: not isinstance(c, Calibration)):
-        executors.run(tasks(item, root, plan.chosen(root)), executor, progress=progress, desc=item.name)
+    stale = {} if stale_s is None else {"stale_s": stale_s}
+    for wait in (False, True):
+        for item in sorted(wanted, key=lambda c: not isinstance(c, Calibration)):
+            executors.run(tasks(item, root, plan.chosen(root)), executor, progress=progress, desc=item.name,
+                          wait=wait, **stale)
 
 
 def same_computation(item: Runs, root: Path, chosen: dict, claims_path) -> None:
