@@ -22,6 +22,7 @@ import pandas as pd
 
 from ..data import PROJECT_ROOT
 from ..errors import ConfigError
+from .claims import STALE_S
 from .spec import RunSpec
 from .verdicts import RULES, Paired, paired, verdict
 
@@ -175,7 +176,7 @@ def tasks(item: Runs, root: Path = STORE, chosen: dict | None = None) -> list:
 
 
 def run(names: list[str] | None = None, executor: str | None = None, claims_path=CLAIMS, progress: bool = True,
-        root: Path = STORE, stale_s: float | None = None) -> None:
+        root: Path = STORE, stale_s: float = STALE_S) -> None:
     """Execute every run the named claims and calibrations (default: all) still lack, into the
     tracked store, with `executor` (``serial``, ``local:N``, ``submitit``: see `executors`); the
     calibrations a claim names run first. Any number of these can run at once, on any machines
@@ -200,11 +201,11 @@ def run(names: list[str] | None = None, executor: str | None = None, claims_path
     os.environ["WORKBENCH_RESULTS"] = str(root)  # the report reads store/; spawned workers inherit it
     for item in wanted:
         same_computation(item, root, plan.chosen(root), claims_path)
-    stale = {} if stale_s is None else {"stale_s": stale_s}
+    wanted.sort(key=lambda c: not isinstance(c, Calibration))  # stable: calibrations first, else as named
     for wait in (False, True):
-        for item in sorted(wanted, key=lambda c: not isinstance(c, Calibration)):
+        for item in wanted:
             executors.run(tasks(item, root, plan.chosen(root)), executor, progress=progress, desc=item.name,
-                          wait=wait, **stale)
+                          wait=wait, stale_s=stale_s)
 
 
 def same_computation(item: Runs, root: Path, chosen: dict, claims_path) -> None:
