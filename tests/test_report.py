@@ -119,11 +119,22 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
     once = report.table(next(c for c in report.read(path).claims if c.name == "once"), tmp_path / "store")
     assert (f"4 of 6 runs stored; arms still short of 3 seed(s): `long`; `short`. At its stored runs' mean of "
             f"{once.run_s.mean() / 3600:.2f} h, roughly {2 * once.run_s.mean() / 3600:.1f} h more") in md
-    assert "Still to run: 2 runs. 2 of them belong to claims or calibrations with stored runs" in md
+    assert "Still to run: 2 runs, roughly" in md and "have no stored run" not in md
     for name in ("seq", "kept"):  # the two claims read the same sequences: their missing runs count once
         claims["claims"][name]["seeds"] = [0, 1, 2]
     path.write_text(json.dumps(claims))
-    assert "Still to run: 4 runs. 4 of them belong" in report.render(path, tmp_path / "store")
+    assert "Still to run: 4 runs, roughly" in report.render(path, tmp_path / "store")
+
+
+def test_runs_no_stored_run_of_their_claim_can_time_are_priced_by_their_editing_alone():
+    zsre, long_form = ("ft", "batch", False), ("ft", "single", True)
+    rates = {"f1": (zsre, 30.0), "f2": (zsre, 90.0), "f3": (zsre, 36.0), "f4": (long_form, 1e6)}
+    owed = {"a": (None, zsre, 100), "b": (None, ("lora", "batch", False), 5), "c": (7200.0, zsre, 10)}
+    line = report._owed_line(owed, rates)  # "a": 100 edits x the median 36 s; "b": no stored lora run prices it
+    assert "Still to run: 3 runs. 1 of them belong to claims or calibrations with stored runs: roughly 2 h" in line
+    assert "comes to roughly 1 h for the 1 of them" in line and "the other 1 have no stored run of their method" in line
+    assert report._merge({"a": (None, zsre, 100)}, {"a": (60.0, zsre, 100)})["a"][0] == 60.0  # timed where either can
+    assert report._merge({"a": (60.0, zsre, 100)}, {"a": (None, zsre, 100)})["a"][0] == 60.0
 
 
 def test_a_bad_claims_file_names_the_claim_and_the_field(tmp_path):

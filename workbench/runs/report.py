@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import pandas as pd
 from ..data import PROJECT_ROOT
 from ..errors import ConfigError
 from .claims import STALE_S
-from .spec import RunSpec
+from .spec import LONG_FORM, RunSpec
 from .verdicts import RULES, Paired, paired, verdict
 
 STORE = PROJECT_ROOT / "store"  # the tracked store the report reads (README, "The store")
@@ -483,13 +484,28 @@ def _mean_run_s(df: pd.DataFrame) -> float | None:
     return float(timed.mean()) if len(timed) else None
 
 
+def _kind(spec: RunSpec) -> tuple[str, str, bool]:
+    """What prices a run's editing time when its claim has no stored run: its method, its protocol,
+    and whether it edits long-form text (a paragraph target costs far more per edit than a ZsRE answer)."""
+    return spec.run_config().method, spec.protocol, spec.benchmark in LONG_FORM
+
+
+def _rates(item: Runs, df: pd.DataFrame, root: Path, chosen: dict) -> dict:
+    """Run folder -> (`_kind`, seconds per edit) for `table`'s stored runs of `item`."""
+    runs = stored_runs(df)
+    per_edit = dict(zip(runs["folder"], runs["s_per_edit"])) if len(runs) and "s_per_edit" in runs else {}
+    folders = {str(item.folder(root, spec)): spec for _, _, spec in item.runs(chosen) if spec is not None}
+    return {f: (_kind(folders[f]), float(s)) for f, s in per_edit.items() if f in folders and not math.isnan(s)}
+
+
 def _owed(item: Runs, df: pd.DataFrame, root: Path, chosen: dict) -> dict:
     """The runs of `item` that `table` (its `df`) did not find in the store, each with a guess of its
-    seconds: the item's own stored runs' mean (None where it has none). A run is named by its folder
-    (a run two claims share is one entry) or, waiting for a calibration without a spec yet, by
-    (item, label, seed)."""
+    seconds (the item's own stored runs' mean; None where it has none), its `_kind` and its number
+    of edits (None while its spec waits for a calibration). A run is named by its folder (a run two
+    claims share is one entry) or, waiting for a calibration without a spec yet, by (item, label, seed)."""
     stored, guess = (set(df["folder"]) if len(df) else set()), _mean_run_s(df)
-    return {(item.name, label, seed) if spec is None else str(item.folder(root, spec)): guess
+    return {(item.name, label, seed) if spec is None else str(item.folder(root, spec)):
+            (guess, None if spec is None else _kind(spec), None if spec is None else spec.n_edits)
             for label, seed, spec in item.runs(chosen) if spec is None or str(item.folder(root, spec)) not in stored}
 
 
@@ -508,22 +524,33 @@ def _missing(item: Runs, df: pd.DataFrame, chosen: dict) -> str | None:
             f"{len(item.seeds)} seed(s): {'; '.join(f'`{label}`' for label in lacking)}.{cost}")
 
 
-def _owed_line(owed: dict) -> str:
+def _owed_line(owed: dict, rates: dict) -> str:
     """How much is still to run: the runs of items with stored runs at each item's own mean wall
-    time, the others counted but not timed (a 1,000-edit sequence costs many single-editing runs)."""
+    time; the others priced by their editing alone, at the median seconds per edit of the stored
+    runs of their `_kind` (`rates`), a floor: scoring and probes come on top."""
     if not owed:
         return ""
-    timed = [s for s in owed.values() if s is not None]
+    timed = [g for g, _, _ in owed.values() if g is not None]
+    per_edit = {}
+    for kind, s in rates.values():
+        per_edit.setdefault(kind, []).append(s)
+    floor = [n * statistics.median(per_edit[kind]) for g, kind, n in owed.values() if g is None and kind in per_edit]
+    untimed = len(owed) - len(timed)
+    priced = (f" Their editing alone, at the median seconds per edit of the stored runs of the same method, "
+              f"protocol and kind of text, comes to roughly {sum(floor) / 3600:.0f} h for the {len(floor)} of them "
+              f"that such runs can price; scoring and probes come on top (a sequence scores every edit so far and "
+              f"runs its capability probes after each chunk)" + (f", and the other {untimed - len(floor)} have no "
+              f"stored run of their method and setting at all." if untimed > len(floor) else ".")) if floor else ""
     return (f" Still to run: {len(owed)} runs. {len(timed)} of them belong to claims or calibrations with stored runs: "
             f"roughly {sum(timed) / 3600:.0f} h more on the same machine at each one's own mean run time. The other "
-            f"{len(owed) - len(timed)} have no stored run of their claim to time them by, so no guess is made for "
-            f"them (a sequence scores every edit so far and runs its capability probes after each chunk: one "
-            f"costs far more than a single-editing run).")
+            f"{untimed} have no stored run of their claim to time them by." + priced) if untimed else (
+            f" Still to run: {len(owed)} runs, roughly {sum(timed) / 3600:.0f} h more on the same machine at each "
+            f"one's own claim's mean run time.")
 
 
 def _merge(owed: dict, more: dict) -> dict:
     """Owed runs of several items: a run two claims share is one entry, timed where either can time it."""
-    return owed | {k: owed.get(k) or v for k, v in more.items()}
+    return owed | {k: owed[k] if k in owed and owed[k][0] is not None else v for k, v in more.items()}
 
 
 def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
@@ -539,7 +566,8 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
              "Calibrations: " + " ".join(Calibration.__doc__.split()) + "\n", "## Summary\n",
              "| # | claim | paper | ours: arm − strongest other, score (95 % interval) | verdict |\n|---|---|---|---|---|"]
     sections, missing, compute = [], [], {}  # run folder -> (edit_s, run_s): a run two claims read counts once
-    owed = {}  # runs still to do, each once -> a guess of its seconds (None: nothing to time it by)
+    owed = {}  # runs still to do, each once -> (a guess of its seconds or None, its kind, its edits): `_owed`
+    rates = {}  # stored run folder -> (its kind, seconds per edit): what prices the runs nothing else times
     if plan.calibrations:
         sections.append("## Calibration\n\nEach preset number that a claim uses from a calibration is chosen here, by "
                         "the rule above, on requests no claim edits.\n")
@@ -548,6 +576,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         compute.update(_compute(df))
         missing.append(_missing(cal, df, chosen))
         owed = _merge(owed, _owed(cal, df, root, chosen))
+        rates.update(_rates(cal, df, root, chosen))
         pick = chosen[cal.name]
         label = None if pick is None else ", ".join(f"{k2}={v}" for k2, v in pick.items() if k2 != "preset")
         result = f"chosen: **{label}**" if pick else "not chosen yet (the grid is not finished)"
@@ -563,6 +592,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         parts.append(f"| {i} | {claim.title} | {claim.says} | {ours} | {judged} |")
         missing.append(_missing(claim, df, chosen))
         owed = _merge(owed, _owed(claim, df, root, chosen))
+        rates.update(_rates(claim, df, root, chosen))
         compute.update(_compute(df))
         diffs = "\n".join(f"| {claim.arm} − {o} | {_diff(p)} | {v} |" for o, p, v in comps)
         score = " and ".join(f"`{m}`" for m in claim.score)
@@ -583,7 +613,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
     timed = [w for _, w in compute.values() if not math.isnan(w)]
     parts.append(f"\nCompute behind this report: {len(compute)} runs; editing (seconds in `wb.edit`, as each run "
                  f"recorded it) {edit_s / 3600:.2f} h; whole runs, scoring included, {sum(timed) / 3600:.2f} h over the "
-                 f"{len(timed)} runs that recorded it." + _owed_line(owed) + "\n")
+                 f"{len(timed)} runs that recorded it." + _owed_line(owed, rates) + "\n")
     parts += sections
     todo = [f"- {t.strip()}" for t in doc.get("todo", [])]
     parts.append("## What is still not done\n\n" + "\n".join([m for m in missing if m] + todo) + "\n")
