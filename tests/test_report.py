@@ -216,6 +216,9 @@ def test_the_summary_marks_a_verdict_provisional_while_an_other_arm_has_no_paire
     ours, judged = report.summary_cells(claim, comps + [("unrun", Paired(0, float("nan"), float("nan"), ()), "inconclusive")])
     assert ours.endswith("not yet paired: unrun") and judged == "**reproduced** (so far: 2 of 3 others)"
     assert report.summary_cells(claim, []) == ("no runs stored yet", "**inconclusive** (not run yet)")
+    unpaired = [("unrun", Paired(0, float("nan"), float("nan"), ()), "inconclusive")]
+    assert report.summary_cells(claim, unpaired, stored=4) == (  # runs there, none of them a pair yet
+        f"no seed of `{claim.arm}` paired with another arm yet (4 runs stored)", "**inconclusive** (no pair yet)")
 
 
 def test_a_campaign_runs_a_later_claims_free_runs_before_waiting_on_one_another_holds(tmp_path, monkeypatch):

@@ -322,11 +322,15 @@ def headline(claim: Claim, comps: list) -> tuple[str, Paired, str] | None:
     return min(have, key=lambda c: sign * c[1].mean)
 
 
-def summary_cells(claim: Claim, comps: list) -> tuple[str, str]:
+def summary_cells(claim: Claim, comps: list, stored: int = 0) -> tuple[str, str]:
     """The summary row's "ours" and "verdict" cells: the comparison with the strongest other arm
     that has a paired seed, and its verdict, marked provisional while some other arm has none (an
-    unrun rival could be the stronger one)."""
+    unrun rival could be the stronger one). `stored`: the claim's stored runs (`stored_runs`), which
+    may be there with no pair yet (runs it shares with another claim, or one arm's first seed)."""
     top = headline(claim, comps)
+    if top is None and stored:
+        return (f"no seed of `{claim.arm}` paired with another arm yet ({stored} runs stored)",
+                "**inconclusive** (no pair yet)")
     if top is None:
         return "no runs stored yet", "**inconclusive** (not run yet)"
     unpaired = [o for o, p, _ in comps if not p.n]
@@ -588,7 +592,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
     for i, claim in enumerate(plan.claims, 1):
         df = table(claim, root, chosen)
         comps = comparisons(claim, df)
-        ours, judged = summary_cells(claim, comps)
+        ours, judged = summary_cells(claim, comps, len(stored_runs(df)))
         parts.append(f"| {i} | {claim.title} | {claim.says} | {ours} | {judged} |")
         missing.append(_missing(claim, df, chosen))
         owed = _merge(owed, _owed(claim, df, root, chosen))
