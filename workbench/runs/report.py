@@ -535,21 +535,26 @@ def _owed_line(owed: dict, rates: dict) -> str:
     if not owed:
         return ""
     timed = [g for g, _, _ in owed.values() if g is not None]
+    if len(timed) == len(owed):
+        return (f" Still to run: {len(owed)} runs, roughly {sum(timed) / 3600:.0f} h more on the same machine at each "
+                f"one's own claim's mean run time.")
     per_edit = {}
     for kind, s in rates.values():
         per_edit.setdefault(kind, []).append(s)
     floor = [n * statistics.median(per_edit[kind]) for g, kind, n in owed.values() if g is None and kind in per_edit]
     untimed = len(owed) - len(timed)
-    priced = (f" Their editing alone, at the median seconds per edit of the stored runs of the same method, "
-              f"protocol and kind of text, comes to roughly {sum(floor) / 3600:.0f} h for the {len(floor)} of them "
-              f"that such runs can price; scoring and probes come on top (a sequence scores every edit so far and "
-              f"runs its capability probes after each chunk)" + (f", and the other {untimed - len(floor)} have no "
-              f"stored run of their method and setting at all." if untimed > len(floor) else ".")) if floor else ""
-    return (f" Still to run: {len(owed)} runs. {len(timed)} of them belong to claims or calibrations with stored runs: "
+    line = (f" Still to run: {len(owed)} runs. {len(timed)} of them belong to claims or calibrations with stored runs: "
             f"roughly {sum(timed) / 3600:.0f} h more on the same machine at each one's own mean run time. The other "
-            f"{untimed} have no stored run of their claim to time them by." + priced) if untimed else (
-            f" Still to run: {len(owed)} runs, roughly {sum(timed) / 3600:.0f} h more on the same machine at each "
-            f"one's own claim's mean run time.")
+            f"{untimed} have no stored run of their claim to time them by.")
+    if not floor:
+        return line
+    line += (f" Their editing alone, at the median seconds per edit of the stored runs of the same method, protocol "
+             f"and kind of text, comes to roughly {sum(floor) / 3600:.0f} h for the {len(floor)} of them that such "
+             f"runs can price; scoring and probes come on top (a sequence scores every edit so far and runs its "
+             f"capability probes after each chunk)")
+    unpriced = untimed - len(floor)
+    return line + (f", and the other {unpriced} have no stored run of their method and setting at all." if unpriced
+                   else ".")
 
 
 def _merge(owed: dict, more: dict) -> dict:
