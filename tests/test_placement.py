@@ -113,10 +113,12 @@ def test_plans_keep_layers_whole_and_room_for_the_edit(shape, budgets):
         assert room >= (reserve if d == home else 0), (d, room)
     order = list(budgets)
     assert [order.index(plan[k]) for k in layer_keys] == sorted(order.index(plan[k]) for k in layer_keys)
-    # with the prefix cache, the frozen bottom goes to the CPU and the fast devices keep the rest
+    # with the prefix cache, the frozen bottom goes to the CPU when the GPUs cannot hold everything
+    # (the 8B's 18 GiB of cards); when they can (the 72B's 160 GiB), nothing is offloaded
     low = placement.plan(model, budgets, torch.bfloat16, edited_layers=[edited], reserve=reserve, offload_below=True)
-    assert all(low[f"model.layers.{i}"] == "cpu" for i in range(edited))
-    assert all(low[f"model.layers.{i}"] != "cpu" for i in range(edited, n))
+    fits = "cpu" not in plan.values()
+    assert all((low[f"model.layers.{i}"] == "cpu") != fits for i in range(edited))
+    assert all(low[f"model.layers.{i}"] != "cpu" for i in range(edited, n)) and low["model.embed_tokens"] != "cpu"
 
 
 def test_a_plan_that_cannot_fit_says_so():
@@ -194,3 +196,141 @@ def test_rome_edits_a_dispatched_model_like_the_plain_one(pair):
     assert torch.allclose(a.deltas()[w], b.deltas()[w], atol=1e-5) and a.deltas()[w].abs().sum() > 0
     b.revert()
     assert state_hash(spread) == before
+
+
+# ------------------------------------------------------------------ first contact with a GPU (issue 40)
+# Behind a GPU, accelerate leaves what it offloads to "cpu" as meta placeholders, as it does for "disk"
+# on the CPU: an untied model with its embedding on disk is that situation, on a machine without a GPU.
+UNTIED = "tiny-random-llama-untied"
+EMBED_ON_DISK = {**SPREAD, "model.embed_tokens": "disk"}
+LOCATE = dict(model_name=UNTIED, mom2_tokens=100, v_steps=3, n_prefixes=1, prefix_tokens=2, key_position="prompt_last",
+              unke_steps=2)
+
+
+@pytest.fixture(scope="module")
+def untied(tmp_path_factory):
+    """The untied tiny model twice: plain, and dispatched with its embedding (and layers 0-1) on disk."""
+    plain, tok = wb.load(UNTIED, device="cpu")
+    spread, _ = wb.load(UNTIED, device_map=EMBED_ON_DISK, offload_dir=str(tmp_path_factory.mktemp("offload")))
+    return plain, spread, tok
+
+
+def test_an_offloaded_embedding_takes_inputs_where_it_computes(untied):
+    plain, spread, tok = untied
+    assert spread.model.embed_tokens.weight.device.type == "meta"  # the placeholder a GPU run would see
+    assert input_device(spread) == torch.device("cpu")
+    assert wb.generate(spread, tok, ["Hello"], max_new_tokens=4) == wb.generate(plain, tok, ["Hello"], max_new_tokens=4)
+
+
+@pytest.mark.parametrize("cfg", [
+    wb.EditConfig(model_name=UNTIED, layers=(2,), epochs=3, batch_size=2, lr=1e-2),
+    wb.EditConfig(model_name=UNTIED, layers=(2,), epochs=3, batch_size=2, lr=1e-2, prefix_cache=False),
+    wb.EditConfig(method="rome", layers=(2,), **LOCATE),
+    wb.EditConfig(method="memit", layers=(2, 3), **LOCATE),
+    wb.EditConfig(method="alphaedit", layers=(2, 3), nullspace_threshold=1e6, **LOCATE),  # P = I: a visible update
+    wb.EditConfig(method="unke", layers=(2,), **LOCATE),
+], ids=["ft", "ft-no-cache", "rome", "memit", "alphaedit", "unke"])
+def test_every_method_edits_a_model_with_an_offloaded_embedding_like_the_plain_one(untied, cfg, tmp_path, monkeypatch):
+    plain, spread, tok = untied
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))  # statistics computed here, on each model
+    before = state_hash(spread)
+    a = wb.edit(plain, tok, REQUESTS, cfg, progress=False)
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "spread"))
+    b = wb.edit(spread, tok, REQUESTS, cfg, progress=False)
+    try:
+        da, db = a.deltas(), b.deltas()
+        assert da.keys() == db.keys() and any(d.abs().sum() > 0 for d in da.values())
+        for name in da:
+            assert torch.allclose(da[name], db[name], atol=1e-4), name
+        report = wb.evaluate(spread, tok, wb.data.as_requests(REQUESTS),
+                             wb.EvalConfig.preset("locft").replace(splits=("ori",), max_new_tokens=4))
+        assert 0.0 <= report.scores()["ori.exact_match"] <= 1.0
+    finally:
+        a.revert()
+        b.revert()
+    assert state_hash(spread) == before
+
+
+def test_statistics_of_an_offloaded_model_are_those_of_its_weights(untied, tmp_path, monkeypatch):
+    from workbench.methods import locate
+
+    plain, spread, tok = untied
+    assert locate._stats_key(spread, 2, "mmlu-x", 100) == locate._stats_key(plain, 2, "mmlu-x", 100)
+    got = []
+    for i, model in enumerate((plain, spread)):
+        monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / str(i)))  # computed, not read from a cache
+        locate._STATS.clear()
+        got.append(locate.second_moments(model, tok, [2, 3], n_tokens=200, progress=False))
+    locate._STATS.clear()
+    for layer in (2, 3):
+        assert torch.allclose(got[0][layer], got[1][layer], rtol=1e-5, atol=1e-7)
+
+
+def test_a_dispatched_model_falls_back_from_parallel_single_edits(untied):
+    from workbench.methods.parallel import batchable
+
+    plain, spread, tok = untied
+    cfg = wb.EditConfig(model_name=UNTIED, layers=(2,), epochs=2)
+    assert batchable(plain, cfg) and not batchable(spread, cfg)  # a sweep edits one request at a time here
+    with pytest.raises(ConfigError, match="once per request"):
+        wb.edit_each(spread, tok, wb.data.as_requests(REQUESTS), cfg, progress=False)
+
+
+def test_solves_bring_the_statistics_to_the_keys_and_name_a_placeholder():
+    from workbench.errors import EditError
+    from workbench.methods import locate, memit, rome
+
+    g = torch.Generator().manual_seed(0)
+    k, k_bar, delta, w = (torch.randn(8, generator=g), torch.randn(8, generator=g), torch.randn(4, generator=g),
+                          torch.randn(4, 8, generator=g))
+    c = torch.eye(8) + 0.1 * torch.ones(8, 8)
+    assert torch.allclose(rome.rank_one(w, k, k_bar, delta, c) @ k, delta, atol=1e-5)  # W' k = W k + δ
+    on_meta = c.to("meta")  # statistics on another device type than the keys
+    with pytest.raises(EditError, match="statistics C.*meta"):
+        rome.rank_one(w, k, k_bar, delta, on_meta)
+    with pytest.raises(EditError, match="statistics C.*meta"):
+        locate.solve(torch.randn(4, 2, generator=g), torch.randn(8, 2, generator=g), on_meta, 1.0)
+    with pytest.raises(EditError, match="projector.*meta"):
+        memit.alphaedit_solve(torch.randn(4, 2), torch.randn(8, 2), on_meta, None, 1.0)
+
+
+def test_plans_keep_the_edited_layer_and_the_embedding_on_the_gpu(monkeypatch):
+    from workbench import models, prompts as P
+
+    eight, _ = wb.load("random:llama-3-8b", device="meta", dtype="bfloat16")
+    one_card = {0: "79GiB", "cpu": "100GiB", "disk": None}
+    plan = placement.plan(eight, one_card, torch.bfloat16, edited_layers=[22], reserve=3 * 2**30, offload_below=True)
+    assert set(plan.values()) == {0}  # everything fits: nothing is offloaded (it was {'cpu': 23, 0: 13})
+    small = placement.plan(eight, {0: "12GiB", "cpu": "100GiB"}, torch.bfloat16, edited_layers=[22],
+                           reserve=3 * 2**30, offload_below=True)
+    assert small["model.layers.21"] == "cpu" and small["model.layers.22"] == 0 and small["model.embed_tokens"] == 0
+    big, _ = wb.load("random:qwen2.5-72b", device="meta", dtype="bfloat16")
+    plan = placement.plan(big, {0: "79GiB", "cpu": "200GiB", "disk": None}, torch.bfloat16, edited_layers=[60],
+                          reserve=3 * 2**30, offload_below=True)
+    assert plan["model.layers.60"] == 0 and plan["model.embed_tokens"] == 0  # layer 60 was planned onto "cpu"
+    with pytest.raises(ConfigError, match="model.layers.60"):  # refused before anything loads
+        placement.plan(big, {0: "20GiB", "cpu": "200GiB"}, torch.bfloat16, edited_layers=[60], reserve=3 * 2**30)
+    # the reserve is the memory guard's estimate for the real examples, not 256 tokens each (118.5 GiB)
+    cfg = wb.preset("locft-bf-llama3-8b")
+    shape = models._meta_shape("random:llama-3-8b", torch.float32)
+    tok = wb.load("tiny-random-llama", device="meta")[1]
+    examples = [P.encode(tok, r.prompt, r.target, cfg.loss_scope, cfg.chat_template, cfg.max_length)
+                for r in wb.data.load("zsre", n=200)]
+    reserve = models.edit_reserve(cfg, shape, examples)
+    targets = wb.components.resolve(shape, cfg.components, cfg.layers)
+    n_trainable = sum(p.numel() for t in targets for p in shape.get_submodule(t.name).parameters())
+    from workbench import resources
+    assert reserve == sum(resources.edit_bytes(shape, cfg, examples, n_trainable, 22, 32).values())
+    assert 8 * 2**30 < reserve < 24 * 2**30  # ~16 GiB
+    plan = placement.plan(shape, {0: "79GiB", "cpu": "100GiB"}, torch.float32, edited_layers=[22], reserve=reserve,
+                          offload_below=True)
+    assert set(plan.values()) == {0}
+
+
+def test_the_memory_guard_counts_the_allocators_cache_as_free(monkeypatch):
+    from workbench import resources
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 10 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 4 * 2**30)
+    assert resources.available_bytes("cuda:0") == 8 * 2**30  # 2 free for the driver + 6 cached by torch

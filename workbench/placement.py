@@ -10,9 +10,11 @@ workbench indifferent to it:
 * `plan` walks the model's modules in execution order (embedding, decoder layers, final norm, head)
   and fills the given devices in order, greedily, never splitting a decoder layer. The device that
   receives an edited layer keeps ``reserve`` bytes free for the edit (`resources.edit_bytes`:
-  gradients, optimiser state, activations). With ``offload_below=True`` the layers *below* the lowest
-  edited one go to ``"cpu"`` (then ``"disk"``) first: with the prefix cache they run once per
-  example, not once per step, so the fast devices are kept for the layers the edit trains through.
+  gradients, optimiser state, activations), and is never "cpu" behind a GPU nor "disk" (offloaded,
+  its updates would be lost). With ``offload_below=True``, when the GPUs cannot hold everything, the
+  decoder layers *below* the lowest edited one go to ``"cpu"`` (then ``"disk"``) first: with the
+  prefix cache they run once per example, not once per step, so the fast devices are kept for the
+  layers the edit trains through. The embedding always stays on a fast device (the inputs go there).
   accelerate's ``infer_auto_device_map`` balances memory but knows nothing about which layer trains.
 * `load_shape` builds a model of a published architecture (Llama-3-8B, Qwen2.5-7B, Qwen2.5-72B,
   Mistral-7B) from a config we ship (``data/shapes/``) with *random* weights: for speed and memory
@@ -146,12 +148,25 @@ def plan(model: nn.Module, max_memory: dict, dtype: torch.dtype | None = None, e
         dtype: the dtype the weights will be loaded in (default: as they are).
         edited_layers: decoder layer indices the edit trains.
         reserve: bytes the edited layers' device must keep free for the edit.
-        offload_below: put the layers below the lowest edited one on "cpu"/"disk" first.
+        offload_below: when the model does not fit on the GPUs, put the decoder layers below the lowest
+            edited one on "cpu"/"disk" first (the embedding stays on a GPU).
     Raises:
-        ConfigError: the model does not fit in `max_memory`, or an edited layer would land on "disk".
+        ConfigError: the model does not fit in `max_memory`, or an edited layer would land on "disk"
+            (or on "cpu" when there are GPUs: offloaded there, its updates would be lost). Raised here,
+            before anything is loaded.
     """
+    if offload_below:
+        # offloading the frozen bottom only pays when the fast devices cannot hold everything: layers
+        # on "cpu" behind a GPU are copied to it at every forward (the prefix cache's first pass)
+        try:
+            whole = plan(model, max_memory, dtype, edited_layers, reserve, offload_below=False)
+            if not set(whole.values()) & set(SLOW):
+                return whole
+        except ConfigError:
+            pass
     sizes = unit_bytes(model, dtype)
     devices = list(max_memory)
+    fast = [d for d in devices if d not in SLOW]
     left = {d: _budget(max_memory[d]) for d in devices}
     prefix = family_table(model)["layers"] + "."
     edited = {f"{prefix}{i}" for i in edited_layers}
@@ -175,14 +190,18 @@ def plan(model: nn.Module, max_memory: dict, dtype: torch.dtype | None = None, e
 
     for unit in units(model):
         layer = layer_of(unit)
-        # the frozen bottom: layers below the lowest edited one, and the embedding unless the head shares it
-        below = offload_below and lowest is not None and (layer < lowest if layer is not None else not out and not tied)
+        # the frozen bottom: the decoder layers below the lowest edited one. The embedding stays on the
+        # fast devices: it is where the inputs go (`models.input_device`), and small beside the layers.
+        below = offload_below and lowest is not None and layer is not None and layer < lowest
         if tied and unit == "lm_head" and "model.embed_tokens" in out:
             out[unit] = out["model.embed_tokens"]  # shares the embedding's weight: place them together
         elif below and any(d in devices for d in SLOW):
             place(unit, [d for d in SLOW if d in devices])
         elif unit in edited:
-            cursor = place(unit, [d for d in devices[cursor:] if d != "disk"], reserve)
+            # a trained layer must hold real weights: "cpu" behind a GPU is an offload (meta placeholders,
+            # reloaded at every forward, so an update would be lost), and so is "disk"
+            home = [d for d in devices[cursor:] if d in fast] if fast else [d for d in devices[cursor:] if d != "disk"]
+            cursor = place(unit, home, reserve)
             reserve = 0  # one reservation covers the edit, whichever edited layer lands first
         else:
             cursor = place(unit, devices[cursor:])
@@ -212,27 +231,37 @@ def dispatch(model: nn.Module, device_map: dict, offload_dir: str | None = None)
 
 
 # ------------------------------------------------------------------------------ where it runs
-def _execution_device(module: nn.Module) -> torch.device:
+def execution_device(module: nn.Module) -> torch.device:
+    """Where `module` computes: its accelerate hook's execution device on a dispatched model (its
+    weights may be ``meta`` placeholders, loaded from cpu/disk for each forward), else its weights'."""
     hook = getattr(module, "_hf_hook", None)
-    if hook is not None and getattr(hook, "execution_device", None) is not None:
-        return torch.device(hook.execution_device)
+    for h in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
+        if h is not None and getattr(h, "execution_device", None) is not None:
+            d = h.execution_device
+            return torch.device("cuda", d) if isinstance(d, int) else torch.device(d)
     for t in module.parameters():
         return t.device
     return torch.device("cpu")
 
 
+def clock() -> float:
+    """`time.perf_counter()` once the GPU has finished what was queued: CUDA kernels run
+    asynchronously, so a timer read without a sync measures how fast work was *queued*."""
+    import time
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def layer_devices(model: nn.Module) -> list[torch.device]:
     """The device each decoder layer computes on."""
-    return [_execution_device(layer) for layer in model.get_submodule(family_table(model)["layers"])]
+    return [execution_device(layer) for layer in model.get_submodule(family_table(model)["layers"])]
 
 
 def head_device(model: nn.Module) -> torch.device:
     """Where the logits are computed."""
-    return _execution_device(model.get_output_embeddings())
-
-
-def is_dispatched(model: nn.Module) -> bool:
-    return bool(getattr(model, "hf_device_map", None)) and len(set(model.hf_device_map.values())) > 1
+    return execution_device(model.get_output_embeddings())
 
 
 def offloaded(model: nn.Module) -> bool:

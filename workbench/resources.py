@@ -35,7 +35,10 @@ def available_bytes(device) -> int:
     """Memory free now on `device`."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        # PyTorch's caching allocator keeps freed blocks reserved: the driver counts them as used, but
+        # they are ours to reuse (a notebook's earlier edit, a sweep's previous run)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -25,7 +25,7 @@ from .prompts import IGNORE, Encoded, collate, encode, position_ids, prompt_ids,
 
 def _forward(model, tok, examples: list[Encoded]):
     device = input_device(model)
-    b = {k: v.to(device) for k, v in collate(examples, spec(tok).pad_id).items()}
+    b = {k: v.to(device, non_blocking=True) for k, v in collate(examples, spec(tok).pad_id).items()}
     logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                    position_ids=position_ids(b["attention_mask"]), use_cache=False).logits
     return logits[:, :-1].float(), b["labels"][:, 1:]
@@ -63,8 +63,8 @@ def token_predictions(model, tok, prompts: list[str], targets: list[str], chat_t
     """The argmax token at every target position (teacher-forced): locality compares these pre/post."""
     def run(chunk):
         logits, gold = _forward(model, tok, [encode(tok, p, t, "target", chat_template) for p, t in chunk])
-        pred = logits.argmax(-1)
-        return [pred[i][gold[i] != IGNORE].tolist() for i in range(len(chunk))]
+        pred, has = logits.argmax(-1).cpu(), (gold != IGNORE).cpu()  # one copy to the host per batch, not per row
+        return [pred[i][has[i]].tolist() for i in range(len(chunk))]
 
     return _batched(model, list(zip(prompts, targets, strict=True)), batch_size, run, on_batch)
 
@@ -171,7 +171,7 @@ def perplexity(model, tok, texts: list[str], batch_size: int = 8, max_length: in
         logits, gold = _forward(model, tok, exs)
         nll = F.cross_entropy(logits.transpose(1, 2), gold, ignore_index=IGNORE, reduction="none")
         has = gold != IGNORE
-        return [(nll.sum().item(), has.sum().item())]
+        return [tuple(torch.stack([nll.sum().double(), has.sum().double()]).tolist())]  # one read per batch
 
     parts = _batched(model, texts, batch_size, run)
     return float(torch.exp(torch.tensor(sum(p[0] for p in parts) / sum(p[1] for p in parts))))

@@ -44,7 +44,7 @@ from ..config import EditConfig
 from ..errors import ConfigError, EditError, WorkbenchError
 from ..models import input_device, spec
 from . import prefix
-from .ft import _optimizer, _selected_parameters, constrain, example_losses
+from .ft import _optimizer, _selected_parameters, constrain, example_losses, to_device
 from .locate import frozen_eval
 from .result import EditResult
 
@@ -53,9 +53,6 @@ class _Stacked:
     """A Linear (or Conv1D) computing each batch row with its own edit's copy of the weights."""
 
     def __init__(self, module: nn.Module, copies: list[dict[str, nn.Parameter]]):
-        if module.__dict__.get("forward") is not None:
-            raise ConfigError(f"edit_each: {type(module).__name__} already has a forward set on it (a device hook?); "
-                              "call wb.edit once per request instead")
         self.module, self.copies, self.rows = module, copies, []
         self.conv1d = type(module).__name__ == "Conv1D"  # GPT-2 stores W as [in, out]
 
@@ -119,7 +116,7 @@ def edit_each(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: 
                 t = time.perf_counter()
                 cache = prefix.PrefixCache(model, lowest, examples, spec(tok).pad_id, dtype=cfg.prefix_cache_dtype)
                 cache.install()
-                cache_note = cache.note(time.perf_counter() - t)
+                cache_note = cache.note(placement.clock() - t)
             for s in stacked:
                 s.install()
             _train(model, cfg, examples, [r.id for r in requests], copies, stacked, masks, originals, cache, logs,
@@ -129,7 +126,7 @@ def edit_each(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: 
                 s.remove()
             if cache is not None:
                 cache.remove()
-    wall = time.perf_counter() - t0
+    wall = placement.clock() - t0
     timings = {"encode_s": 0.0, "train_s": wall, "total_s": wall / len(requests), "s_per_edit": wall / len(requests),
                "parallel_edits": len(requests)}  # each edit's share of the batch's wall time
     n_trainable = sum(int(torch.count_nonzero(masks[n])) if n in masks else p.numel() for n, p in params.items())
@@ -182,12 +179,15 @@ def _selection(model, cfg: EditConfig):
         if type(module).__name__ not in ("Linear", "Conv1D") or set(dict(module.named_parameters())) - {"weight", "bias"}:
             raise ConfigError(f"edit_each trains Linear weights; {owner} is a {type(module).__name__} (components "
                               f"{list(cfg.components)}): choose matrices (q k v o gate up down) or call wb.edit per request")
+        if module.__dict__.get("forward") is not None:  # accelerate's device hook on a dispatched model
+            raise ConfigError(f"edit_each replaces the forward of {owner}, which already has one set on it (a device "
+                              "hook of a dispatched model): call wb.edit once per request instead")
     return targets, params, masks, owners
 
 
 def batchable(model, cfg: EditConfig) -> bool:
-    """Whether `edit_each` can train `cfg`'s edits together (method ft on matrices); runs fall back
-    to one `wb.edit` per request when not."""
+    """Whether `edit_each` can train `cfg`'s edits together (method ft on matrices of a model whose
+    trained modules carry no device hook); runs fall back to one `wb.edit` per request when not."""
     if cfg.method != "ft":
         return False
     try:
@@ -212,10 +212,10 @@ def _train(model, cfg, examples, ids, copies, stacked, masks, originals, cache, 
             s.rows = active
         if cache is not None:
             cache.replay(active)
-        batch = {k: v.to(device) for k, v in prompts.collate([examples[i] for i in active], pad_id).items()}
+        batch = to_device(prompts.collate([examples[i] for i in active], pad_id), device)
         with torch.enable_grad():
             losses = example_losses(model, batch)
-            values = losses.detach().tolist()
+            values = losses.detach().tolist()  # the step's one host-device sync: each edit's stop decision
             go = [j for j, v in enumerate(values) if not (cfg.early_stop_loss and v < cfg.early_stop_loss)]
             if go:
                 losses[go].sum().backward()  # the sum: each copy gets exactly its own edit's gradient

@@ -28,7 +28,7 @@ from ..methods.parallel import batchable
 from ..methods.result import resume, snapshot
 from ..metrics import scorer_versions
 from ..models import fingerprint, input_device, load_for, model_dtype, revision
-from ..placement import is_random
+from ..placement import clock, is_random
 from . import executors
 from .executors import Task
 from .spec import RunSpec
@@ -68,8 +68,8 @@ def hardware(model) -> dict:
     """Where a run computed: the device and dtype its config's ``"auto"`` resolved to on this machine
     (bf16 on a GPU, fp32 on the CPU: the same spec, another computation), and the chip's name."""
     device = input_device(model)
-    if device.type == "cuda":
-        chip = torch.cuda.get_device_name(device)
+    if device.type == "cuda":  # TF32 matmuls (`models.load(tf32=...)`) change the numbers: recorded
+        chip = f"{torch.cuda.get_device_name(device)}, tf32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}"
     else:
         lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
         chip = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
@@ -171,7 +171,7 @@ def _execute(spec: RunSpec, experiment: str, progress: bool) -> dict:
         n_trainable = res.n_trainable
     metrics = {**report.scores(), "edit_s": sum(timings), "s_per_edit": sum(timings) / len(reqs), "steps": steps,
                "n_trainable": n_trainable, "n_truncated": truncated, "n_edits": len(reqs),
-               "run_s": time.perf_counter() - t0}  # the whole run: loading excepted, scoring included
+               "run_s": clock() - t0}  # the whole run: loading excepted, scoring included
     if is_random(cfg.model_name):  # speed and memory only: the report refuses these (cli.reproduce)
         metrics["random_weights"] = True
     tmp_report = folder.with_name(f".{folder.name}.report{os.getpid()}")
