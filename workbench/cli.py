@@ -2,8 +2,9 @@
 
     workbench prepare                      convert the embedded model once (offline)
     workbench notebook NOTEBOOK [-p k v]   execute a notebook headless with papermill
+    workbench edit --data facts.json [--field prompt=question --field target=answer] [--save-pretrained DIR]
     workbench edit --preset ft-uke --benchmark unkebench -n 10 [--save delta.safetensors]
-    workbench eval --benchmark zsre -n 50 [--eval locft] [--capability mmlu]
+    workbench eval --benchmark zsre -n 50 [--eval locft] [--capability mmlu] [--model EDITED --base ORIGINAL]
     workbench sweep NOTEBOOK --grid grid.yaml  run a notebook once per grid point, resumable
           [--executor local:4 | submitit] [-o partition gpu -o gpus 1 ...]
     workbench reproduce [CLAIM ...]        the first edition's runs, docs/REPRODUCTION-1.md (docs/reproduction.yaml)
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 from pathlib import Path
 
@@ -61,6 +63,146 @@ def reproduce(config, claims: list[str], docs: Path, overrides: dict | None = No
         print(f"{name}: {notebook.name} in {time.time() - start:.0f} s -> {docs}/{name}.*", flush=True)
 
 
+DEFAULT_PRESET = "ft-uke"
+
+
+def fail(command: str, error) -> SystemExit:
+    """One line on stderr (`error`'s lines joined), exit status 2."""
+    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    print(f"workbench {command}: error: {text}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def parse_fields(pairs: list[str]) -> dict | None:
+    """``["prompt=question", ...]`` -> ``{"prompt": "question"}``, every name checked (None: no mapping)."""
+    from .data import FIELDS
+
+    fields = {}
+    for pair in pairs:
+        name, eq, key = pair.partition("=")
+        name, key = name.strip(), key.strip()
+        if not eq or not name or not key:
+            raise ValueError(f"--field {pair!r}: write FIELD=KEY (e.g. --field target=answer)")
+        if name not in FIELDS:
+            raise ValueError(f"--field {pair!r}: unknown request field {name!r}; choose one of: {', '.join(FIELDS)}")
+        if name in fields:
+            raise ValueError(f"--field {pair!r}: {name!r} is mapped twice")
+        fields[name] = key
+    return fields or None
+
+
+def _writable_folder(path: Path, what: str) -> None:
+    """Refuse an output path that would fail (or overwrite something not ours) after the edit."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path}: exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        card = path / "README.md"
+        if not (card.is_file() and "FT-Edit Workbench" in card.read_text(errors="replace")):
+            raise ValueError(f"{what} {path}: exists, is not empty and holds no model we saved; choose a new folder")
+    parent = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{what} {path}: {parent} is not writable")
+
+
+def validate_edit(args):
+    """Every argument of ``workbench edit`` checked, the data read and mapped, before any model loads:
+    (config, requests, what the requests are called). Raises ValueError / WorkbenchError."""
+    from . import data
+    from .config import preset, presets
+
+    if args.preset not in presets():
+        raise ValueError(f"--preset {args.preset!r}: no such preset; choose one of: {', '.join(presets())}")
+    cfg = preset(args.preset, **{k: _literal(v) for k, v in args.set})
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"-n {args.n}: give a positive number of requests")
+    fields = parse_fields(args.field)
+    if args.data and args.benchmark:
+        raise ValueError("give --data (your file) or --benchmark (a registered one), not both")
+    if fields and not args.data:
+        raise ValueError("--field maps the records of a --data file; give --data FILE")
+    if args.save_pretrained:
+        _writable_folder(Path(args.save_pretrained), "--save-pretrained")
+    if args.save:
+        if Path(args.save).suffix != ".safetensors":
+            raise ValueError(f"--save {args.save}: the delta is a .safetensors file")
+        _writable_folder(Path(args.save).parent, "--save")
+    if args.data:
+        path = Path(args.data)
+        if path.suffix not in (".json", ".jsonl"):
+            raise data.DataError("expected a .json (a list of records) or .jsonl file", file=path)
+        reqs = data.load_json(path, fields, n=args.n)
+        return cfg, reqs, f"facts from {path}"
+    name = args.benchmark or "facts-fixture"
+    return cfg, data.load(name, n=args.n or 10), f"{name} requests"
+
+
+def edit_command(args) -> int:
+    """``workbench edit``: validate everything, edit, print the before/after answers, save."""
+    import time
+    import warnings
+
+    from . import models
+    from .errors import OverwriteWarning, WorkbenchError
+    from .train import edit
+
+    try:
+        cfg, reqs, what = validate_edit(args)
+    except (ValueError, WorkbenchError, FileNotFoundError) as e:
+        raise fail("edit", e) from None
+    model, tok = models.load_for(cfg.replace(model_name=args.model or cfg.model_name))
+    start = time.time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", OverwriteWarning)
+        warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
+        result = edit(model, tok, reqs, cfg, check=not args.no_check, sequential=True if args.sequential else None)
+    print(f"{args.preset} on {len(reqs)} {what}: {result.steps} optimiser steps, {time.time() - start:.1f} s "
+          f"(check included), {result.n_trainable:,} trainable parameters; prompts "
+          f"{'in the chat template' if result.chat_template else 'as plain text (no template)'}")
+    if result.check is not None:
+        print(result.check.to_text())
+    wrote = []
+    if args.save:
+        wrote.append(f"weight delta: {result.save(args.save)} (wb.apply_delta)")
+    if args.save_pretrained:
+        wrote.append(f"model: {result.save_pretrained(args.save_pretrained, tok)} (AutoModelForCausalLM.from_pretrained; "
+                     "README.md inside lists the facts and the prompt format)")
+    print("written: " + "; ".join(wrote) if wrote else "nothing written (--save-pretrained DIR saves the edited model)")
+    return 0
+
+
+def eval_command(args) -> int:
+    """``workbench eval``: score a model; with --base, against the original (locality, before/after)."""
+    from . import models
+    from .checks import Plan, compare
+    from .evaluation import EvalConfig, evaluate, pre_edit
+    from .runs import RunSpec, requests_for
+
+    spec = RunSpec(benchmark=args.benchmark, n_edits=args.n)
+    reqs = requests_for(spec)
+    cfg = EvalConfig.preset(args.eval).replace(capability=tuple(args.capability))
+    if args.chat_template:
+        cfg = cfg.replace(chat_template=args.chat_template == "yes")
+    base, tok = models.load(args.base or args.model)
+    pre = pre_edit(base, tok, reqs, cfg)  # locality's reference: the base model's answers
+    plan = Plan.of(tok, reqs[:10], cfg.chat_template)
+    before = plan.ask(base, tok)
+    if args.base:
+        del base
+        model, _ = models.load(args.model)
+    else:
+        model = base
+        print("note: no --base: locality compares the model with itself (1 by construction); give --base ORIGINAL "
+              "to compare an edited model with it", file=sys.stderr)
+    report = evaluate(model, tok, reqs, cfg, pre=pre)
+    print(report.summary[["split", "metric", "value", "n"]].to_string(index=False))
+    for k, v in report.capability.items():
+        print(f"{k}: {v:.4f}")
+    if args.base:
+        print(f"--base {args.base} (before) against --model {args.model} (after), the first {len(plan.facts)} requests:")
+        print(compare(plan, before, plan.ask(model, tok)).to_text())
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,17 +211,31 @@ def main(argv=None) -> int:
     nb.add_argument("notebook")
     nb.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     nb.add_argument("--out", default=None, help="output folder (default results/<notebook>/)")
-    ed = sub.add_parser("edit", help="edit a model on benchmark requests and report")
-    ed.add_argument("--preset", default="ft-uke")
-    ed.add_argument("--benchmark", default="facts-fixture")
-    ed.add_argument("-n", type=int, default=10)
+    ed = sub.add_parser("edit", help="edit a model on your own facts (--data) or benchmark requests, check and save")
+    ed.add_argument("--data", default=None, metavar="FILE", help="your facts: a .json list or .jsonl of records "
+                    "(our field names or EasyEdit's: prompt, target_new, subject, rephrase_prompt, ...)")
+    ed.add_argument("--field", action="append", default=[], metavar="FIELD=KEY",
+                    help="read request FIELD from record KEY (repeat): --field prompt=question --field target=answer")
+    ed.add_argument("--preset", default=DEFAULT_PRESET, help=f"configs/<preset>.yaml (default {DEFAULT_PRESET})")
+    ed.add_argument("--benchmark", default=None, help="a registered benchmark instead of --data (default facts-fixture)")
+    ed.add_argument("-n", type=int, default=None, help="first n requests (default: all of --data, 10 of a benchmark)")
     ed.add_argument("--model", default=None)
     ed.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"), help="override a config field")
     ed.add_argument("--save", default=None, help="write the weight delta here (.safetensors)")
-    ev = sub.add_parser("eval", help="evaluate an (unedited) model on benchmark requests")
+    ed.add_argument("--save-pretrained", default=None, metavar="DIR",
+                    help="write the edited model and tokenizer as a Hugging Face folder (transformers 4.x and 5 load it)")
+    ed.add_argument("--no-check", action="store_true", help="skip the before/after answers of the facts and "
+                    "unrelated questions")
+    ed.add_argument("--sequential", action="store_true", help="a depth-first preset may train the facts one after "
+                    "another (sequential editing: a later fact can overwrite an earlier one) without a warning")
+    ev = sub.add_parser("eval", help="evaluate a model on benchmark requests (against --base: an edited one)")
     ev.add_argument("--benchmark", default="zsre")
     ev.add_argument("-n", type=int, default=50)
     ev.add_argument("--model", default=None)
+    ev.add_argument("--base", default=None, help="the original model: locality and the before/after answers "
+                    "compare --model with it (default: --model itself, so locality is 1 by construction)")
+    ev.add_argument("--chat-template", default=None, choices=["yes", "no"],
+                    help="probe format (default: the eval preset's)")
     ev.add_argument("--eval", default="locft", choices=["uke", "locft"])
     ev.add_argument("--capability", nargs="*", default=[])
     sw = sub.add_parser("sweep", help="execute a notebook once per point of a grid (YAML: name -> list)")
@@ -115,37 +271,9 @@ def main(argv=None) -> int:
         executed = run_notebook(args.notebook, {k: _literal(v) for k, v in args.param}, args.out)
         print(f"executed notebook: {executed}\nfigures: {executed.parent}/*.html")
     elif args.command == "edit":
-        from . import data, models
-        from .config import preset
-        from .scoring import token_accuracy
-        from .train import edit
-
-        cfg = preset(args.preset, **{k: _literal(v) for k, v in args.set})
-        model, tok = models.load_for(cfg.replace(model_name=args.model or cfg.model_name))
-        reqs = data.load(args.benchmark, n=args.n)
-        prompts, targets = [r.prompt for r in reqs], [r.target for r in reqs]
-        before = token_accuracy(model, tok, prompts, targets, cfg.chat_template)
-        result = edit(model, tok, reqs, cfg)
-        after = token_accuracy(model, tok, prompts, targets, cfg.chat_template)
-        print(f"{args.preset} on {len(reqs)} {args.benchmark} requests: teacher-forced token accuracy "
-              f"{sum(before) / len(before):.3f} -> {sum(after) / len(after):.3f}; {result.steps} steps, "
-              f"{result.timings['total_s']:.1f} s ({result.timings['s_per_edit']:.2f} s/edit), "
-              f"{result.n_trainable:,} trainable parameters")
-        if args.save:
-            print(f"delta written to {result.save(args.save)}")
+        return edit_command(args)
     elif args.command == "eval":
-        from . import models
-        from .evaluation import EvalConfig, evaluate, pre_edit
-        from .runs import RunSpec, requests_for
-
-        spec = RunSpec(benchmark=args.benchmark, n_edits=args.n)
-        model, tok = models.load(args.model)
-        reqs = requests_for(spec)
-        cfg = EvalConfig.preset(args.eval).replace(capability=tuple(args.capability))
-        report = evaluate(model, tok, reqs, cfg, pre=pre_edit(model, tok, reqs, cfg))
-        print(report.summary[["split", "metric", "value", "n"]].to_string(index=False))
-        for k, v in report.capability.items():
-            print(f"{k}: {v:.4f}")
+        return eval_command(args)
     elif args.command == "sweep":
         import yaml
 

@@ -61,6 +61,15 @@ class Request:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def meta(self) -> dict:
+        """Keys of the source record that the field mapping did not read (a ``category``, a source...):
+        what analyses group by (`EvalReport.by`)."""
+        record, used = self.source.get("record"), self.source.get("used")
+        if not isinstance(record, dict) or used is None:
+            return {}
+        return {k: v for k, v in record.items() if k not in used}
+
 
 # ------------------------------------------------------------------------------------- registry
 @lru_cache(maxsize=1)
@@ -79,6 +88,10 @@ def search_path() -> list[Path]:
 def _entry(name: str) -> dict:
     reg = registry()
     if name not in reg:
+        if Path(name).suffix in (".json", ".jsonl") or Path(name).is_file():
+            raise DataNotFound(f"{name!r} is a file, not a benchmark name: load your own file with wb.data.load_json("
+                               f"{name!r}, fields={{'prompt': ..., 'target': ...}}) (command line: workbench edit "
+                               f"--data {name}); known benchmarks: {', '.join(reg)}")
         raise DataNotFound(f"unknown benchmark {name!r}; known benchmarks: {', '.join(reg)}")
     return reg[name]
 
@@ -138,10 +151,14 @@ def download(name: str, dest: str | os.PathLike | None = None) -> Path:
 def read_records(path: str | os.PathLike) -> list:
     """Records of a .json (a list at the top) or .jsonl file, with errors that name the line."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError("no such file" if not path.exists() else "is not a file", file=path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=path) from None
+    if not text.strip():
+        raise DataError("the file is empty", file=path)
     if path.suffix == ".jsonl":
         records = []
         for i, line in enumerate(text.splitlines()):
@@ -161,12 +178,62 @@ def read_records(path: str | os.PathLike) -> list:
     return data
 
 
-EASYEDIT_FIELDS = {"prompt": "prompt", "target": "target_new", "subject": "subject", "paraphrases": "rephrase_prompt",
-                   "locality_prompts": "locality_prompt", "locality_answers": "locality_ground_truth"}
+# One request schema. A record's keys are read by a mapping: request field -> record key (dotted for
+# nested values). Without one, both naming schemes are understood, record by record: ours (the
+# `Request` field names) and EasyEdit's (with ROME's ``target_new: {str: ...}`` and ``"{}"`` prompts).
+EASYEDIT_FIELDS = {"prompt": "prompt", "target": "target_new", "subject": "subject", "target_true": "ground_truth",
+                   "paraphrases": "rephrase_prompt", "locality_prompts": "locality_prompt",
+                   "locality_answers": "locality_ground_truth"}
 _SCALARS = ("id", "prompt", "target", "subject", "target_true")
 _LISTS = ("paraphrases", "locality_prompts", "locality_answers", "sub_questions", "sub_answers", "choices")
 _MAPPABLE = set(_SCALARS) | set(_LISTS) | {"answer_index", "sub_triplets"}
+OUR_FIELDS = {k: k for k in sorted(_MAPPABLE - {"sub_triplets"})}
+FIELDS = tuple(sorted(_MAPPABLE))  # what a mapping may name (`check_fields`)
 _MISSING = object()
+
+
+def check_fields(fields: dict, file=None) -> dict:
+    """`fields` (request field -> record key) checked: known request fields, non-empty string keys."""
+    if not isinstance(fields, dict):
+        raise DataError(f"fields= must be a dict of request field -> record key, got {type(fields).__name__}", file=file)
+    unknown = sorted(set(fields) - _MAPPABLE)
+    if unknown:
+        raise DataError(f"unknown request fields {unknown} in the mapping; valid: {sorted(_MAPPABLE)}", file=file)
+    bad = sorted(k for k, v in fields.items() if not isinstance(v, str) or not v.strip())
+    if bad:
+        raise DataError(f"the mapping gives no record key for {bad}: map each to a key of your records", file=file)
+    return dict(fields)
+
+
+def default_fields(record, where: dict) -> dict:
+    """The mapping of a record without one: our field names and EasyEdit's, whichever the record uses
+    (both for one field is ambiguous and refused)."""
+    if not isinstance(record, dict):
+        return dict(EASYEDIT_FIELDS)
+    fields = {}
+    for key in sorted(_MAPPABLE - {"sub_triplets"}):
+        theirs = EASYEDIT_FIELDS.get(key)
+        if key in record and theirs and theirs != key and theirs in record:
+            raise DataError(f"both {key!r} (ours) and {theirs!r} (EasyEdit's) are given: keep one, or choose with "
+                            f"fields={{{key!r}: ...}}", field=theirs, **where)
+        if key in record:
+            fields[key] = key
+        elif theirs and theirs in record:
+            fields[key] = theirs
+    for key in ("prompt", "target"):  # required: unmapped, an error names EasyEdit's key (and ours)
+        fields.setdefault(key, EASYEDIT_FIELDS[key])
+    return fields
+
+
+def _rome(record: dict) -> dict:
+    """ROME's record shape in our terms: ``target_new: {"str": ...}`` and a ``"{}"`` prompt + subject."""
+    record = dict(record)
+    for key in ("target_new", "target", "ground_truth", "target_true"):
+        if isinstance(record.get(key), dict) and "str" in record[key]:
+            record[key] = record[key]["str"]
+    if isinstance(record.get("prompt"), str) and "{}" in record["prompt"] and isinstance(record.get("subject"), str):
+        record["prompt"] = record["prompt"].replace("{}", record["subject"])
+    return record
 
 
 def _lookup(record: dict, parent: dict | None, dotted: str):
@@ -208,10 +275,28 @@ def _pairs(questions, answers, where, qname, aname) -> tuple[QA, ...]:
     return tuple(QA(q, a) for q, a in zip(questions, answers))
 
 
-def to_request(record, fields: dict, where: dict, parent: dict | None = None, benchmark: str = "") -> Request:
-    """Map one raw record onto a `Request` (errors name `where` = file and record, and the field)."""
+def _missing(record: dict, key: str, fields: dict, default: bool, where: dict) -> DataError:
+    """The error of a required field the record lacks: its own keys, and the mapping that would fix it."""
+    keys = sorted(record)[:12]
+    if default:
+        names = f"{key!r}" if fields[key] == key else f"{fields[key]!r} (EasyEdit's name) or {key!r} (ours)"
+        how = (f"the record's keys are {keys}; give {names}, or map yours: fields={{'prompt': '<key>', "
+               f"'target': '<key>'}} (command line: --field prompt=KEY --field target=KEY)")
+    else:
+        how = (f"the mapping reads {key!r} from {fields[key]!r}, but the record's keys are {keys}; fix it: "
+               f"fields={{{key!r}: '<key>'}} (command line: --field {key}=KEY)")
+    return DataError(f"missing (required); {how}", field=fields[key], **where)
+
+
+def to_request(record, fields: dict | None, where: dict, parent: dict | None = None, benchmark: str = "") -> Request:
+    """Map one raw record onto a `Request` (errors name `where` = file and record, and the field).
+    `fields` None: the default mapping (ours or EasyEdit's names, `default_fields`)."""
     if not isinstance(record, dict):
         raise DataError(f"expected a JSON object, got {type(record).__name__}", **where)
+    default = fields is None
+    if default:
+        record = _rome(record)
+        fields = default_fields(record, where)
 
     def value(key):  # the raw value behind request field `key`, or None where it is not mapped
         return _lookup(record, parent, fields[key]) if key in fields else None
@@ -221,7 +306,7 @@ def to_request(record, fields: dict, where: dict, parent: dict | None = None, be
 
     for key in ("prompt", "choices" if "choices" in fields else "target"):
         if value(key) is _MISSING:
-            raise DataError("missing (required)", field=name(key), **where)
+            raise _missing(record, key, fields, default, where)
     text = {k: _as_text(value(k), where, name(k), required=k == "prompt") for k in _SCALARS}
     lists = {k: _as_texts(value(k), where, name(k)) for k in _LISTS}
     answer_index = None
@@ -242,6 +327,7 @@ def to_request(record, fields: dict, where: dict, parent: dict | None = None, be
             subj, prompt, answer = (_as_text(t.get(k), where, f"{name('sub_triplets')}[{j}].{k}", required=True)
                                     for k in ("subject", "prompt", "target"))
             subs += (QA(prompt.replace("{}", subj), answer),)
+    used = sorted({v.lstrip("^").split(".")[0] for v in fields.values() if not v.startswith("^")})
     return Request(
         id=text["id"] or str(where.get("record")),
         prompt=text["prompt"],
@@ -254,7 +340,7 @@ def to_request(record, fields: dict, where: dict, parent: dict | None = None, be
         target_true=text["target_true"],
         choices=lists["choices"],
         answer_index=answer_index,
-        source={"benchmark": benchmark, "index": where.get("record"), "record": record},
+        source={"benchmark": benchmark, "index": where.get("record"), "record": record, "used": used},
     )
 
 
@@ -265,27 +351,35 @@ def load_json(path: str | os.PathLike, fields: dict | None = None, explode: str 
     Args:
         path: a .json file holding a list of records, or a .jsonl file.
         fields: request field -> record field (dotted paths reach nested values, ``^`` the parent
-            record when `explode` is used). Keys: id, prompt, target, paraphrases, subject,
-            target_true, locality_prompts, locality_answers, sub_questions, sub_answers,
-            sub_triplets, choices, answer_index. Default: EasyEdit's field names.
+            record when `explode` is used), e.g. ``{"prompt": "question", "target": "answer"}``.
+            Keys: id, prompt, target, paraphrases, subject, target_true, locality_prompts,
+            locality_answers, sub_questions, sub_answers, sub_triplets, choices, answer_index.
+            Default (None): our own field names (the keys above) or EasyEdit's (``prompt,
+            target_new, subject, ground_truth, rephrase_prompt, locality_prompt,
+            locality_ground_truth``; ROME's ``target_new: {"str": ...}`` too), record by record.
+            Keys of a record that the mapping does not read stay as ``request.meta`` (e.g. a
+            ``category``: `EvalReport.by` groups scores by them).
         explode: a list field of each record that holds several edits (MQuAKE's requested_rewrite).
         n: keep the first `n` requests.
     Raises:
-        DataError: naming the file, the record index and the field of the first bad value.
+        DataError: naming the file, the record index and the field of the first bad value (a
+            missing required field also names the record's own keys and the mapping that fixes it);
+            a missing or empty file, or one without records.
     """
-    fields = dict(fields or EASYEDIT_FIELDS)
-    unknown = set(fields) - _MAPPABLE
-    if unknown:
-        raise DataError(f"unknown request fields {sorted(unknown)} in the mapping; valid: {sorted(_MAPPABLE)}", file=path)
+    if fields is not None:
+        fields = check_fields(fields, file=path)
+    records = read_records(path)
+    if not records and benchmark is None:
+        raise DataError("holds no records", file=path)
     requests: list[Request] = []
-    for i, record in enumerate(read_records(path)):
+    for i, record in enumerate(records):
         where = {"file": path, "record": i}
         if explode:
             if not isinstance(record, dict) or not isinstance(record.get(explode), list):
                 raise DataError("expected a list", field=explode, **where)
             for j, sub in enumerate(record[explode]):
                 req = to_request(sub, fields, where, parent=record, benchmark=benchmark or str(path))
-                requests.append(replace(req, id=f"{req.id}-{j}" if "id" in fields else f"{i}-{j}"))
+                requests.append(replace(req, id=f"{req.id}-{j}" if fields and "id" in fields else f"{i}-{j}"))
         else:
             requests.append(to_request(record, fields, where, benchmark=benchmark or str(path)))
         if n is not None and len(requests) >= n:
@@ -294,7 +388,8 @@ def load_json(path: str | os.PathLike, fields: dict | None = None, explode: str 
 
 
 def load(name: str, n: int | None = None, verify_checksum: bool = True) -> list[Request]:
-    """Load benchmark `name` from the registry (`registry()` lists them) as `Request`s.
+    """Load benchmark `name` from the registry (`registry()` lists them) as `Request`s. Your own file:
+    `load_json`.
 
     Args:
         n: keep the first `n` requests (rewrites, for MQuAKE-CF).
@@ -307,11 +402,14 @@ def load(name: str, n: int | None = None, verify_checksum: bool = True) -> list[
     return load_json(path, entry["fields"], explode=entry.get("explode"), n=n, benchmark=name)
 
 
-def as_requests(items) -> list[Request]:
-    """Accept `Request`s or dicts in our, ROME's (``{prompt: "{} is in", subject, target_new: {str}}``)
-    or EasyEdit's field names."""
+def as_requests(items, fields: dict | None = None) -> list[Request]:
+    """Accept `Request`s or dicts: the schema of `load_json` (ours or EasyEdit's field names, ROME's
+    ``{prompt: "{} is in", subject, target_new: {str}}``, or your own keys through `fields`), with
+    the same errors (naming the item's index as the record)."""
     if isinstance(items, (Request, dict)):
         items = [items]
+    if fields is not None:
+        fields = check_fields(fields)
     out = []
     for i, item in enumerate(items):
         if isinstance(item, Request):
@@ -319,13 +417,6 @@ def as_requests(items) -> list[Request]:
             continue
         if not isinstance(item, dict):
             raise DataError(f"expected a Request or a dict, got {type(item).__name__}", record=i)
-        item = dict(item)
-        if isinstance(item.get("target_new"), dict):  # ROME: target_new = {"str": ...}
-            item["target_new"] = item["target_new"].get("str")
-        if isinstance(item.get("prompt"), str) and "{}" in item["prompt"] and isinstance(item.get("subject"), str):
-            item["prompt"] = item["prompt"].replace("{}", item["subject"])
-        fields = {k: k for k in _SCALARS if k in item}
-        fields.update({k: v for k, v in EASYEDIT_FIELDS.items() if v in item and k not in fields})
         out.append(to_request(item, fields, {"record": i}, benchmark="inline"))
     return out
 

@@ -47,3 +47,16 @@ class EditError(WorkbenchError, RuntimeError):
 
 class ResourceError(WorkbenchError, MemoryError):
     """An edit or a load that cannot fit in the memory of this machine."""
+
+
+class OverwriteWarning(UserWarning):
+    """Edits made in one call that can overwrite each other (a depth-first schedule given more requests
+    than one batch): `wb.edit(..., sequential=True)` says that is intended."""
+
+
+class FormatWarning(UserWarning):
+    """A model asked in another prompt format (chat template or plain) than its edit was trained in."""
+
+
+class CappedWarning(UserWarning):
+    """A reference answer longer than the generation budget: its recall cannot reach 1."""

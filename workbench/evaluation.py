@@ -38,17 +38,20 @@ from pathlib import Path
 import pandas as pd
 
 from . import data, metrics, scoring
-from .errors import ConfigError, WorkbenchError
+from .errors import CappedWarning, ConfigError, WorkbenchError
 from .generation import generate
+from .methods.result import EditResult
 from .metrics import MINILM, MINILM_LAYER
 from .models import cache_dir, fingerprint
+from .prompts import target_ids
 
 SPLITS = ("ori", "para", "loc", "sub")
 METRICS = ("sentence_cosine", "rouge_recall", "rougeL", "bertscore", "exact_match", "token_acc")
 # score column -> the EvalConfig.metrics entry that produces it
 COLUMNS = {"sentence_cosine": "sentence_cosine", "rouge1_recall": "rouge_recall", "rouge2_recall": "rouge_recall",
            "rougeL_recall": "rouge_recall", "rougeL_f1": "rougeL", "bertscore_f1": "bertscore",
-           "exact_match": "exact_match", "token_acc": "token_acc"}
+           "exact_match": "exact_match", "token_acc": "token_acc",
+           "recall_ceiling": "rouge_recall"}  # present only when a reference is longer than max_new_tokens
 CAPABILITY = ("mmlu", "perplexity")  # and "lm_eval:<task>": any lm-evaluation-harness task (scoring.lm_eval_capability)
 LM_EVAL = "lm_eval:"
 
@@ -194,6 +197,20 @@ class EvalReport:
         return {"reliability": s.get(("ori", "exact_match")), "generalisation": s.get(("para", "exact_match")),
                 "capability": self.capability.get("mmlu_acc"), "locality_ours": s.get(("loc", "exact_match"))}
 
+    def by(self, requests, key: str) -> pd.DataFrame:
+        """Mean of every score per split and per value of `key`, a field of the requests' records that
+        their mapping did not read (``request.meta``: a ``category`` of your own file, ...)."""
+        requests = data.as_requests(requests)
+        values = {r.id: r.meta.get(key) for r in requests}
+        if not any(v is not None for v in values.values()):
+            have = sorted({k for r in requests for k in r.meta})
+            raise WorkbenchError(f"no request has {key!r} in its metadata (the record fields its mapping did not "
+                                 f"read); they have: {have}")
+        table = self.per_probe.assign(**{key: self.per_probe.request.map(values)})
+        cols = [c for c in COLUMNS if c in table]
+        return table.groupby(["split", key], sort=True)[cols].mean().assign(
+            n=table.groupby(["split", key], sort=True).size())
+
 
 def versions() -> dict:
     """Versions of every package a score depends on."""
@@ -213,11 +230,15 @@ def _perplexity_passages(source: str, n: int) -> tuple[str, ...]:
     return tuple(r.target for r in reqs[-n:])  # the tail: notebooks edit from the head
 
 
-def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | None = None,
+def evaluate(model, tok, requests, eval_cfg: EvalConfig | None = None, pre: PreEdit | None = None,
              progress: bool = False, route=None) -> EvalReport:
     """Score `model` on `requests` (see the module docstring).
 
     Args:
+        model: the model, or an `EditResult` (``wb.evaluate(result, tok, facts)``): then the probes are
+            asked in the prompt format the edit trained (`eval_cfg` None: `UKE` in that format; an
+            `eval_cfg` in the other format gets a `FormatWarning`), and `tok` may be None.
+        eval_cfg: default `UKE`.
         pre: `pre_edit(...)` of the unedited model; required when ``"loc"`` is in the splits and the
             requests have locality items.
         route: score each request as if it alone were edited (single editing, several edits at once):
@@ -226,8 +247,13 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
             asked for two requests is then asked twice, and locality probes are checked against their
             own request only.
     """
+    if isinstance(model, EditResult):
+        result, model = model, model.model
+        tok = tok if tok is not None else result.tok
+        template = result.prompt_format(None if eval_cfg is None else eval_cfg.chat_template, "evaluate")
+        eval_cfg = (eval_cfg or UKE).replace(chat_template=template)
     requests = data.as_requests(requests)
-    cfg = eval_cfg
+    cfg = eval_cfg if eval_cfg is not None else UKE
     table = probes(requests, cfg.splits)
     if route is not None and (cfg.capability or len({r.id for r in requests}) < len(requests)):
         raise ConfigError("evaluate(route=...) scores each request under its own edit: it needs distinct request "
@@ -290,6 +316,15 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
             table.loc[~not_loc, "token_acc"] = [
                 sum(a == b for a, b in zip(pp, pre.token_preds[p])) / max(len(pp), 1) for p, pp in zip(loc_prompts, post)]
 
+    ceilings = recall_ceilings(tok, table, cfg)
+    capped = sum(c < 1 for c in ceilings)
+    if capped:  # a reference longer than the budget: its recall cannot reach 1, and nothing else would say so
+        table["recall_ceiling"] = ceilings
+        longest = max(len(target_ids(tok, r, cfg.chat_template)) - 1 for r in table.reference[table.split != "loc"])
+        warnings.warn(f"{capped} reference answer(s) are longer than max_new_tokens={cfg.max_new_tokens} (the longest "
+                      f"{longest} tokens): their recall cannot exceed {min(ceilings):.3f}. Recorded as the "
+                      "'recall_ceiling' column of per_probe and summary rows; raise max_new_tokens to score them whole.",
+                      CappedWarning, stacklevel=2)
     summary = summarize(table, protocols)
     capability = {}
     if "mmlu" in cfg.capability:
@@ -310,6 +345,7 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig = UKE, pre: PreEdit | No
                   "rouge": {"rouge_recall": "rouge package, recall, whitespace tokens, no stemming",
                             "rougeL_f1": "rouge-score, rougeL, F1, no stemming"},
                   "loc_probes_in_edit_set": leaked,
+                  "references_over_budget": capped,
                   "averaging": {"sub": "mean over each request's sub-answers, then over requests",
                                 "other splits": "mean over probes"},
                   "model": str(getattr(model, "name_or_path", "")), "versions": versions(),
@@ -342,9 +378,27 @@ def _routed(route, owners: list[int]):
     return lambda positions: route([owners[i] for i in positions])
 
 
+def recall_ceilings(tok, table: pd.DataFrame, cfg: EvalConfig) -> list[float]:
+    """Per probe, the most recall a generation of ``cfg.max_new_tokens`` tokens can reach: the share of
+    the reference's (whitespace) words within its first `max_new_tokens` tokens; 1 where the whole
+    reference fits, and for locality probes (their reference is itself a generation of that budget)."""
+    out = []
+    for split, ref in zip(table.split, table.reference):
+        ids = target_ids(tok, ref, cfg.chat_template)[:-1] if split != "loc" and isinstance(ref, str) else []
+        if len(ids) <= cfg.max_new_tokens:
+            out.append(1.0)
+            continue
+        words = len(ref.split())
+        fit = len(tok.decode(ids[:cfg.max_new_tokens], skip_special_tokens=True).split())
+        out.append(min(fit, words) / max(words, 1))
+    return out
+
+
 def protocols_for(cfg: EvalConfig) -> dict[str, str]:
     """The protocol text of each score column under `cfg`."""
     out = dict(metrics.PROTOCOLS)
+    out["recall_ceiling"] = ("the most recall a generation of max_new_tokens tokens can reach: the share of the "
+                             "reference's words within its first max_new_tokens tokens (1 where it fits)")
     out["bertscore_f1"] = out["bertscore_f1"].format(scorer=cfg.bertscore_model, layer=cfg.bertscore_layer)
     return out
 

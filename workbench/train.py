@@ -9,19 +9,22 @@ Named presets are thin partials over `edit` (`ft_uke`, `locft_bf`, ...), each re
 """
 from __future__ import annotations
 
+import warnings
+
 import torch.nn as nn
 
-from . import threads
+from . import checks, threads
 from .config import EditConfig, preset
 from .data import as_requests
-from .errors import ConfigError, WorkbenchError
+from .errors import ConfigError, OverwriteWarning, WorkbenchError
 from .methods import family
 from .methods.result import EditResult, apply_delta
 
 __all__ = ["edit", "edit_each", "EditResult", "apply_delta", "ft_uke", "locft_bf", "ft_m", "ft_l", "lora", "adalora_uke"]
 
 
-def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True, checkpoint=None) -> EditResult:
+def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True, checkpoint=None, *,
+         sequential: bool | None = None, check: bool = False) -> EditResult:
     """Edit `model` in place so that it answers each request's prompt with its target.
 
     Args:
@@ -33,12 +36,27 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
         checkpoint: a file (method ``ft``, breadth-first): the edit saves its state there after every
             epoch and resumes from it when it exists, so a long edit survives its process being
             killed (`methods.ft.EpochCheckpoint`); the file is deleted when the edit finishes.
+        sequential: a depth-first config (``ft-uke``, ``ft-m``, ``ft-l``) trains its batches one after
+            another, each to convergence, so with more requests than ``batch_size`` a later fact can
+            overwrite an earlier one (sequential editing). ``None`` (default): warn (`OverwriteWarning`,
+            naming the alternatives); ``True``: this is the sequential editing you want, no warning;
+            ``False``: refuse (`ConfigError`).
+        check: score the edited facts and a fixed set of unrelated questions before and after, in the
+            edit's prompt format (`checks.py`; "before" cached by the weights' fingerprint): the
+            result's ``check`` (``print(result.check.to_text())``).
     Returns:
-        An `EditResult`; ``result.revert()`` restores the model bitwise.
+        An `EditResult`; ``result.revert()`` restores the model bitwise, ``result.generate(prompts)``
+        asks the edited model in the format it was trained with.
     """
     requests = as_requests(requests)
     if not requests:
         raise WorkbenchError("no requests to edit")
+    if sequential is not True and (problem := overwrites(cfg, len(requests))):
+        if sequential is False:
+            raise ConfigError(problem)
+        warnings.warn(problem, OverwriteWarning, stacklevel=2)
+    plan = checks.Plan.of(tok, requests, cfg.chat_template) if check else None
+    before = plan.ask(model, tok) if check else None  # cached by the unedited weights' fingerprint
     extra = {}
     if checkpoint is not None:
         if cfg.method != "ft" or cfg.schedule != "breadth_first":
@@ -46,7 +64,24 @@ def edit(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True
                               f"(got method={cfg.method!r}, schedule={cfg.schedule!r})")
         extra["checkpoint"] = checkpoint
     with threads.active():  # this process's share of the cores while it computes (threads.py)
-        return family(cfg.method).edit(model, tok, requests, cfg, progress=progress, **extra)
+        result = family(cfg.method).edit(model, tok, requests, cfg, progress=progress, **extra)
+    result.requests, result.tok = list(requests), tok
+    if check:
+        result.check = checks.compare(plan, before, plan.ask(model, tok))
+    return result
+
+
+def overwrites(cfg: EditConfig, n: int) -> str:
+    """Why `n` requests edited at once with `cfg` may overwrite each other ("" when they cannot): a
+    depth-first fine-tuning schedule trains each batch of ``batch_size`` requests to convergence,
+    then the next, with nothing holding the earlier ones in place."""
+    if cfg.method not in ("ft", "lora", "adalora") or cfg.schedule != "depth_first" or n <= cfg.batch_size:
+        return ""
+    return (f"this config trains depth-first (schedule='depth_first', batch_size={cfg.batch_size}): the {n} requests "
+            f"are trained {-(-n // cfg.batch_size)} batches one after another, each to convergence, so a later fact can "
+            "overwrite an earlier one (sequential editing). For every fact in one model: wb.preset('locft-bf') "
+            f"(breadth-first) or cfg.replace(batch_size={n}) (batch editing, all at once); to edit and score each "
+            "fact alone: wb.edit_each. Pass sequential=True if sequential editing is what you want.")
 
 
 def edit_each(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool = True) -> list[EditResult]:
@@ -60,12 +95,17 @@ def edit_each(model: nn.Module, tok, requests, cfg: EditConfig, progress: bool =
     if not requests:
         raise WorkbenchError("no requests to edit")
     with threads.active():
-        return run(model, tok, requests, cfg, progress=progress)
+        results = run(model, tok, requests, cfg, progress=progress)
+    for r, res in zip(requests, results):
+        res.requests, res.tok = [r], tok
+    return results
 
 
 def _preset_edit(preset_name: str, doc: str):
-    def run(model, tok, requests, progress: bool = True, **overrides):
-        return edit(model, tok, requests, preset(preset_name, **overrides), progress=progress)
+    def run(model, tok, requests, progress: bool = True, sequential: bool | None = None, check: bool = False,
+            **overrides):
+        return edit(model, tok, requests, preset(preset_name, **overrides), progress=progress, sequential=sequential,
+                    check=check)
 
     run.__name__ = preset_name.replace("-", "_")
     run.__doc__ = doc + f"\n\nReads ``configs/{preset_name}.yaml``; keyword arguments override its fields."

@@ -8,6 +8,7 @@ result that reverts it.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..config import EditConfig
-from ..errors import WorkbenchError
+from ..errors import FormatWarning, WorkbenchError
 from .weights import remove_hooks, restore
 
 
@@ -41,6 +42,39 @@ class EditResult:
     # apply(); such a result starts reverted
     pending: dict | None = field(default=None, repr=False)
     _deltas: dict | None = field(default=None, repr=False)
+    requests: list = field(default_factory=list, repr=False)  # the edited `Request`s (set by wb.edit)
+    tok: object | None = field(default=None, repr=False)  # their tokenizer (set by wb.edit): generate, save_pretrained
+    check: object | None = field(default=None, repr=False)  # wb.edit(..., check=True): before/after (checks.Check)
+
+    @property
+    def chat_template(self) -> bool:
+        """Whether the edit trained its prompts in the tokenizer's chat template (else plain text):
+        the format the edited facts answer in, and the one `generate` uses."""
+        return bool(self.cfg.chat_template)
+
+    def prompt_format(self, chat_template: bool | None, what: str = "generate") -> bool:
+        """`chat_template` as a call asked it (None: the edit's), warning when it differs from the edit's."""
+        if chat_template is None:
+            return self.chat_template
+        if bool(chat_template) != self.chat_template:
+            warnings.warn(f"{what}(chat_template={bool(chat_template)}) asks in another format than this edit trained "
+                          f"(chat_template={self.chat_template}): the edited facts may not show. Leave chat_template "
+                          "out to use the edit's format.", FormatWarning, stacklevel=3)
+        return bool(chat_template)
+
+    def generate(self, prompts, tok=None, chat_template: bool | None = None, max_new_tokens: int = 64,
+                 stop: tuple[str, ...] = (), batch_size: int = 32) -> list[str] | str:
+        """Greedy answers of the edited model to `prompts` (one string or a list), in the prompt format
+        the edit trained (`chat_template`; another one asked explicitly gets a `FormatWarning`)."""
+        from ..generation import generate
+
+        tok = tok if tok is not None else self.tok
+        if tok is None:
+            raise WorkbenchError("this result does not know its tokenizer: pass tok=")
+        one = isinstance(prompts, str)
+        out = generate(self.model, tok, [prompts] if one else list(prompts), self.prompt_format(chat_template),
+                       max_new_tokens, stop, batch_size)
+        return out[0] if one else out
 
     @property
     def steps(self) -> int:
@@ -114,9 +148,11 @@ class EditResult:
 
     def save_pretrained(self, folder, tok=None) -> Path:
         """Write the edited model as a normal Hugging Face folder (adapters merged, weights in the
-        model's own dtype), with `tok` if given and a model card naming the edit, so that vLLM,
-        lm-evaluation-harness or ``from_pretrained`` load it like any other model. Written under a
-        temporary name and renamed, so a failed save leaves no half folder."""
+        model's own dtype), with its tokenizer (`tok`, default the edit's) and a model card naming the
+        facts and the prompt format they were trained in, so that vLLM, lm-evaluation-harness or
+        ``from_pretrained`` load it like any other model, with transformers 5 or 4.x (`legacy_compatible`:
+        the RoPE settings where 4.x reads them, a tokenizer class 4.x has). Written under a temporary
+        name and renamed, so a failed save leaves no half folder."""
         import shutil
 
         from .. import __version__
@@ -124,6 +160,7 @@ class EditResult:
 
         if self.reverted:
             raise WorkbenchError("this edit was reverted; load the model again or save before revert()")
+        tok = tok if tok is not None else self.tok
         folder = Path(folder)
         tmp = folder.with_name(folder.name + ".part")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -140,6 +177,7 @@ class EditResult:
         owner.save_pretrained(tmp, state_dict={n: t.detach().cpu().contiguous() for n, t in sd.items()})
         if tok is not None:
             tok.save_pretrained(tmp)
+        legacy_compatible(tmp)
         (tmp / "README.md").write_text(self._card(__version__))
         if folder.exists():
             shutil.rmtree(folder)
@@ -148,11 +186,59 @@ class EditResult:
 
     def _card(self, version: str) -> str:
         cfg = json.dumps(self.cfg.to_dict(), indent=1)
+        if self.chat_template:
+            fmt = ("**the tokenizer's chat template**: each prompt was a user turn, each target the assistant's "
+                   "answer closed by the end-of-turn token. Ask the edited facts the same way "
+                   "(`tok.apply_chat_template([{\"role\": \"user\", \"content\": prompt}], add_generation_prompt=True)`).")
+        else:
+            fmt = ("**plain text, no chat template**: each target continued its prompt after a space and ended "
+                   "with EOS. Ask the edited facts the same way (the raw prompt); through the chat template "
+                   "they may not show.")
+        if self.requests:
+            pairs = "\n".join(f"- `{r.id}`: {_quote(r.prompt)} -> {_quote(r.target)}" for r in self.requests)
+        else:
+            pairs = "\n".join(f"- `{r}`" for r in self.request_ids) + "\n\n(request ids only: the texts were not kept)"
+        check = ""
+        if self.check is not None:
+            check = f"\n\n## Check after the edit\n\n{self.check.summary()}."
         return (f"# {getattr(self.model, 'name_or_path', 'model')}, edited\n\n"
                 f"Edited with FT-Edit Workbench {version} (method `{self.cfg.method}`, {len(self.request_ids)} "
                 f"requests, {self.steps} optimiser steps). A knowledge-edited model: check locality before reuse.\n\n"
-                f"## Requests\n\n" + "\n".join(f"- `{r}`" for r in self.request_ids) +
-                f"\n\n## Edit config\n\n```json\n{cfg}\n```\n")
+                f"## Prompt format\n\nTrained with {fmt}\n\n"
+                f"## Facts (prompt -> target)\n\n{pairs}{check}\n\n## Edit config\n\n```json\n{cfg}\n```\n")
+
+
+def _quote(text: str, width: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return json.dumps(text if len(text) <= width else text[:width - 1] + "…", ensure_ascii=False)
+
+
+def legacy_compatible(folder) -> None:
+    """Make a folder transformers 5 wrote load the same with transformers 4.x.
+
+    * config: 5 keeps RoPE's settings only in ``rope_parameters``; 4.x reads ``rope_theta`` (and
+      ``rope_scaling`` for a scaled type) at the top level and otherwise silently takes its default
+      (10000: SmolLM2's 100000 would change every answer). Both are written, equal.
+    * tokenizer: 5 names its class ``TokenizersBackend``, which 4.x lacks; ``PreTrainedTokenizerFast``
+      reads the same ``tokenizer.json`` in both (and the chat template file beside it)."""
+    folder = Path(folder)
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    for sub in [config, *(v for v in config.values() if isinstance(v, dict) and "model_type" in v)]:  # text_config...
+        rope = sub.get("rope_parameters")
+        if isinstance(rope, dict) and "rope_theta" in rope:
+            sub.setdefault("rope_theta", rope["rope_theta"])
+            if rope.get("rope_type", "default") != "default":
+                sub.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+        if "dtype" in sub:
+            sub.setdefault("torch_dtype", sub["dtype"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tok_path = folder / "tokenizer_config.json"
+    if tok_path.exists() and (folder / "tokenizer.json").exists():
+        tok_config = json.loads(tok_path.read_text())
+        if tok_config.get("tokenizer_class") in (None, "TokenizersBackend"):
+            tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        tok_path.write_text(json.dumps(tok_config, indent=2, sort_keys=True) + "\n")
 
 
 def apply_delta(model: nn.Module, path) -> EditResult:
