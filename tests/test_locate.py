@@ -98,13 +98,12 @@ FACT2 = data.Request(id="g", prompt="Orla Mbeki works as a", target="harbour pil
 
 
 @pytest.mark.parametrize("where", ["decoder layer", "MLP output"])
-def test_values_optimised_together_equal_one_at_a_time(tiny, tok, monkeypatch, where):
+def test_values_optimised_together_equal_one_at_a_time(tiny, tok, where):
     # Three requests of different lengths, two with ROME's KL row and one without; the stop threshold
     # is set inside the tiny model's loss range (its losses start near 16) so that the requests stop
     # after different numbers of steps. Batched, one at a time, and without the prefix cache, every
     # request must get the same δ and h: the batch shares forward passes, never gradients or steps.
-    monkeypatch.setattr(locate, "STOP_LOSS", 14.0)
-    cfg = wb.preset("memit", **{**QUICK, "key_position": "prompt_last"})
+    cfg = wb.preset("memit", **{**QUICK, "key_position": "prompt_last", "v_stop_loss": 14.0, "target_eot": True})
     prefixes = locate.context_prefixes(tiny, tok, cfg.n_prefixes, cfg.prefix_tokens)
     rows = [locate.rows_for(tok, r, prefixes, cfg) for r in (FACT, FACT2, STORY)]
     assert [r.n_rewrite < len(r.examples) for r in rows] == [True, True, False]
@@ -121,7 +120,7 @@ def test_values_optimised_together_equal_one_at_a_time(tiny, tok, monkeypatch, w
 
 
 @pytest.mark.parametrize("prefix_cache", [True, False])
-def test_the_value_loss_at_delta_zero_is_the_mean_target_nll(tiny, tok, monkeypatch, prefix_cache):
+def test_the_value_loss_at_delta_zero_is_the_mean_target_nll(tiny, tok, prefix_cache):
     # At δ = 0 the KL term and the decay vanish, so a request's value loss is the mean target NLL of
     # its rewrite rows, as `ft.example_losses` computes it over full passes. The loss is read through
     # the early stop: with the threshold just above it the request takes no step, just below one.
@@ -132,10 +131,8 @@ def test_the_value_loss_at_delta_zero_is_the_mean_target_nll(tiny, tok, monkeypa
     ref = example_losses(tiny, collate(r.examples[:r.n_rewrite], r.pad_id)).mean().item()
     module = locate.decoder_layer(tiny, 2)
     with locate.frozen_eval(tiny):
-        monkeypatch.setattr(locate, "STOP_LOSS", ref * (1 + 1e-5))
-        assert locate.value(tiny, module, r, cfg).steps == [0]
-        monkeypatch.setattr(locate, "STOP_LOSS", ref * (1 - 1e-5))
-        assert locate.value(tiny, module, r, cfg).steps[0] >= 1
+        assert locate.value(tiny, module, r, cfg.replace(v_stop_loss=ref * (1 + 1e-5))).steps == [0]
+        assert locate.value(tiny, module, r, cfg.replace(v_stop_loss=ref * (1 - 1e-5))).steps[0] >= 1
 
 
 @pytest.mark.parametrize("method", ["memit", "alphaedit"])

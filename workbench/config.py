@@ -48,7 +48,11 @@ def loss_scope_name(scope: str) -> str:
 # Fields added after runs were stored: left out of `to_dict()` (so of every hash) at these defaults,
 # so the stored runs keep their hashes.
 ADDED_LATER = {"skip_converged": False, "length_buckets": False, "prefix_cache_dtype": "auto", "parallel_edits": 1,
-               "value_batch": 16}
+               "value_batch": 16,
+               # issue 42 (the locate-and-edit baselines as their authors run them): what every run stored before
+               # computed. The presets now say the official values, so a preset run names a new folder.
+               "target_eot": True, "v_stop_loss": 5e-2, "key_mean": "flat", "preserve_set": "mmlu_fixed",
+               "decay_norms": True}
 # Fields that change how fast an edit runs, never what it computes beyond float rounding: not in `hash()`.
 NOT_HASHED = ("parallel_edits", "value_batch")
 
@@ -99,11 +103,20 @@ class EditConfig:
     # fallback for requests without a subject)
     key_position: Literal["subject_last", "prompt_last"] = "subject_last"
     v_lr: float = 0.5  # lr of the value optimisation (the vector δ added at the key token)
-    v_steps: int = 25  # its most steps (it stops below a loss of 5e-2)
+    v_steps: int = 25  # its most steps (it stops below v_stop_loss)
+    # a request's value loop stops once its loss is below this (checked before a step, as the originals do); 0:
+    # never early. Official: ROME/MEMIT/AlphaEdit 5e-2, UnKE none, AnyEdit 5e-3 (its MEMIT base 1e-2)
+    v_stop_loss: float = 5e-2
+    # the value's target ends with the end-of-turn (chat template) / EOS (plain), as fine-tuning's does. ROME's,
+    # MEMIT's and AlphaEdit's code trains the target alone (false in their presets); UnKE and AnyEdit append it
+    target_eot: bool = True
     v_weight_decay: float = 1e-3  # penalty weight on ||δ|| / ||h||²
     clamp_norm: float = 4.0  # ||δ|| is kept below clamp_norm x ||h||
     kl_factor: float = 0.0625  # ROME's KL term at "{subject} is a" (0: off)
     n_prefixes: int = 10  # model-generated prefixes the key and value average over, besides the bare prompt
+    # the key over the bare prompt and the prefixes: "flat" (one mean over all rows: ROME's compute_u) or
+    # "two_group" (the mean of the bare-prompt key and the prefixes' mean key: MEMIT's compute_ks, AlphaEdit)
+    key_mean: Literal["flat", "two_group"] = "flat"
     prefix_tokens: int = 10  # tokens per prefix
     mom2_tokens: int = 100_000  # tokens of text behind C = E[kkᵀ] (0: no statistics; ROME then uses C = I)
     mom2_corpus: str = "mmlu"  # "mmlu" (the MMLU CSVs of the data folder) or a .txt / .jsonl file of passages
@@ -112,6 +125,11 @@ class EditConfig:
     alphaedit_l2: float = 10.0  # AlphaEdit's ridge term α
     unke_steps: int = 50  # UnKE / AnyEdit: optimiser steps (`optimizer`, `lr`) on the decoder layer
     n_preserve: int = 20  # UnKE / AnyEdit: unrelated passages whose layer outputs are kept
+    # UnKE / AnyEdit: what they are. "mmlu_fixed": the same n_preserve MMLU questions (plain text) for every edit;
+    # "chat_per_edit": n_preserve instruction samples in the chat template (an MMLU question with its choices, the
+    # right choice as the reply), drawn afresh for each edit (UnKE's code draws 20 Alpaca samples per edit)
+    preserve_set: Literal["mmlu_fixed", "chat_per_edit"] = "mmlu_fixed"
+    decay_norms: bool = True  # UnKE / AnyEdit: weight decay on the layer norms too (false: exempt, as UnKE's code)
     chunk_tokens: int = 40  # AnyEdit: answer tokens per chunk
     anyedit_base: Literal["unke", "memit"] = "unke"  # AnyEdit: the method that writes the chunks' values
     # --- opt-in speed-ups that change the optimisation (off in the papers' presets; benchmarks/README.md measures them)
@@ -143,7 +161,7 @@ class EditConfig:
             raise ConfigError(f"adalora_schedule={list(self.adalora_schedule)}: give [tinit, tfinal, deltaT] "
                               "(steps >= 0, deltaT >= 1), or [] for no rank pruning")
         for name in ("micro_batch_size", "lr", "weight_decay", "max_grad_norm", "norm_constraint", "early_stop_loss",
-                     "lora_dropout", "adalora_orth_reg", "v_lr", "v_weight_decay", "clamp_norm", "kl_factor", "n_prefixes",
+                     "lora_dropout", "adalora_orth_reg", "v_lr", "v_weight_decay", "v_stop_loss", "clamp_norm", "kl_factor", "n_prefixes",
                      "mom2_tokens", "mom2_weight", "nullspace_threshold", "alphaedit_l2", "n_preserve"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")

@@ -43,14 +43,16 @@ def prompt_ids(tok, prompt: str, chat_template: bool) -> list[int]:
     return tok(prompt)["input_ids"]  # add_special_tokens: the family's BOS where it has one
 
 
-def target_ids(tok, target: str, chat_template: bool) -> list[int]:
-    """Token ids of a target answer, closed by the end-of-turn token (template) or EOS (plain)."""
+def target_ids(tok, target: str, chat_template: bool, eot: bool = True) -> list[int]:
+    """Token ids of a target answer, closed by the end-of-turn token (template) or EOS (plain); with
+    ``eot=False`` the answer alone (how ROME, MEMIT and AlphaEdit train their values)."""
     s = spec(tok)
+    close = [s.eot_id if chat_template else s.eos_id] if eot else []
     if chat_template:
-        return tok(target, add_special_tokens=False)["input_ids"] + [s.eot_id]
+        return tok(target, add_special_tokens=False)["input_ids"] + close
     # Leading space: the answer continues the prompt's sentence (ROME's fix, written once here).
     text = target if target[:1].isspace() else " " + target
-    return tok(text, add_special_tokens=False)["input_ids"] + [s.eos_id]
+    return tok(text, add_special_tokens=False)["input_ids"] + close
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,9 @@ class Encoded:
 
 
 def encode(tok, prompt: str, target: str, loss_scope: str = "target", chat_template: bool = True,
-           max_length: int | None = None) -> Encoded:
+           max_length: int | None = None, eot: bool = True) -> Encoded:
     """Tokenise `prompt` + `target` and mask labels by `loss_scope` (see the module docstring).
+    ``eot=False`` leaves the closing end-of-turn / EOS out of the target (`target_ids`).
 
     Over `max_length`, the prompt is cut from the left first (the answer is what is learnt), then
     the target from the right.
@@ -76,7 +79,7 @@ def encode(tok, prompt: str, target: str, loss_scope: str = "target", chat_templ
         raise ConfigError.bad_choice("loss_scope", loss_scope, LOSS_SCOPES)
     if max_length is not None and max_length < 2:
         raise ConfigError(f"max_length={max_length} must be >= 2 (a prompt token and a target token)")
-    p, t = prompt_ids(tok, prompt, chat_template), target_ids(tok, target, chat_template)
+    p, t = prompt_ids(tok, prompt, chat_template), target_ids(tok, target, chat_template, eot)
     n_target = len(t)
     if not p:  # nothing to predict the first target token from
         raise DataError(f"the prompt {prompt!r} has no tokens (and the tokenizer adds no BOS)", field="prompt")
@@ -89,7 +92,7 @@ def encode(tok, prompt: str, target: str, loss_scope: str = "target", chat_templ
     if loss_scope == "target":
         labels = [IGNORE] * len(p) + t
     elif loss_scope == "prompt_last":  # the closing end-of-turn / EOS (kept unless truncated away) is not in the bag
-        closed = len(t) == n_target and len(t) > 1  # the closing token survived truncation
+        closed = eot and len(t) == n_target and len(t) > 1  # the closing token survived truncation
         labels = [IGNORE] * len(p) + (t[:-1] + [IGNORE] if closed else t)
     elif loss_scope == "first_token":
         labels = [IGNORE] * len(p) + t[:1] + [IGNORE] * (len(t) - 1)

@@ -241,14 +241,15 @@ def padded_positions(examples: list[Encoded], keys: list[int]) -> torch.Tensor:
 
 
 def rows_for(tok, req, prefixes: list[str], cfg, kl: bool | None = None) -> Rows:
-    """One row per prefix: the prefixed prompt and the target, labelled; and with `kl` (default: when
-    ``kl_factor`` is on and the request has a subject) ROME's essence prompt "{subject} is a"."""
+    """One row per prefix: the prefixed prompt and the target, labelled (closed by the end-of-turn only
+    with ``target_eot``: ROME's, MEMIT's and AlphaEdit's code trains the target alone); and with `kl`
+    (default: when ``kl_factor`` is on and the request has a subject) ROME's essence prompt "{subject} is a"."""
     if kl is None:
         kl = bool(cfg.kl_factor and req.subject)
     texts = [p + req.prompt for p in prefixes]
     exs, pos = [], []
     for text in texts:
-        e = encode(tok, text, req.target, "target", cfg.chat_template, cfg.max_length)
+        e = encode(tok, text, req.target, "target", cfg.chat_template, cfg.max_length, eot=cfg.target_eot)
         exs.append(e)
         k = key_position(tok, text, req.subject, cfg.chat_template, cfg.key_position)
         pos.append(k - (len(prompt_ids(tok, text, cfg.chat_template)) - e.n_prompt))  # the prompt may be cut on the left
@@ -267,7 +268,7 @@ class Values(NamedTuple):
 
     h: torch.Tensor  # [n, d] the unperturbed output at each request's key token (bare prompt)
     delta: torch.Tensor  # [n, d] the optimised δ
-    steps: list[int]  # Adam steps each request took (fewer than v_steps when its loss fell below STOP_LOSS)
+    steps: list[int]  # Adam steps each request took (fewer than v_steps when its loss fell below v_stop_loss)
 
 
 def value(model, module: nn.Module, r: Rows, cfg) -> Values:
@@ -368,16 +369,26 @@ def stacked(groups: list[Rows], bare: bool = False) -> tuple[dict, torch.Tensor,
     return collate(exs, groups[0].pad_id), padded_positions(exs, where), torch.tensor(owner)
 
 
-def mean_keys(model, s: Site, groups: list[Rows], per_pass: int) -> torch.Tensor:
+def mean_keys(model, s: Site, groups: list[Rows], per_pass: int, two_group: bool = False) -> torch.Tensor:
     """The key of each request: the mean of W's input at its key token over its prefixed prompts (ROME
-    Eq. 3), [n, d_in]; `per_pass` requests' rows per forward pass (the same keys to float rounding as
-    one request per pass: only the padding differs)."""
+    Eq. 3; ROME's compute_u), [n, d_in]; with `two_group`, the mean of the bare prompt's key and the
+    prefixed prompts' mean key (MEMIT's and AlphaEdit's compute_ks average per group of context
+    templates, then over the groups). `per_pass` requests' rows per forward pass (the same keys to
+    float rounding as one request per pass: only the padding differs)."""
     out = []
     for i in range(0, len(groups), per_pass):
         part = groups[i:i + per_pass]
         batch, pos, owner = stacked(part)
         k = keys(model, s, batch, torch.arange(len(pos)), pos)
         owner = owner.to(k.device)
+        if two_group:  # each request's first row is its bare prompt (`rows_for`): a group of its own
+            bare = torch.zeros(len(owner), dtype=torch.bool, device=k.device)
+            bare[torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(owner.cpu())[:-1].cumsum(0)]).to(k.device)] = True
+            first = k[bare]
+            rest = torch.zeros(len(part), k.shape[1], device=k.device).index_add_(0, owner[~bare], k[~bare])
+            count = torch.bincount(owner[~bare], minlength=len(part))[:, None]
+            out.append(torch.where(count > 0, (first + rest / count.clamp(min=1)) / 2, first))
+            continue
         total = torch.zeros(len(part), k.shape[1], device=k.device).index_add_(0, owner, k)
         out.append(total / torch.bincount(owner, minlength=len(part))[:, None])
     return torch.cat(out)
@@ -461,9 +472,6 @@ class Before:
                 else (blank, blank) for i in range(n)]
 
 
-STOP_LOSS = 5e-2  # a request whose value loss falls below this stops early (ROME/MEMIT `compute_v`)
-
-
 def optimize_deltas(model, module: nn.Module, groups: list[Rows], cfg) -> Values:
     """Optimise, for each request (a group of rows), one vector δ added to `module`'s output at its
     rows' key positions so that the model produces the request's target. Returns `Values`: the
@@ -478,7 +486,8 @@ def optimize_deltas(model, module: nn.Module, groups: list[Rows], cfg) -> Values
     else: request g's rows only ever receive δ_g, so the gradient of the summed loss with respect to
     δ_g is that of g's own loss; Adam is elementwise, so the rows of one [G, d] parameter are G
     independent optimisers as long as they step together; a request stops on its own (its loss
-    below `STOP_LOSS`, checked before its step, as the originals break out of their loop), after
+    below ``v_stop_loss``, checked before its step, as the originals break out of their loop; the
+    official thresholds: ROME, MEMIT, AlphaEdit 5e-2, AnyEdit 5e-3 and 1e-2 on MEMIT, UnKE never), after
     which its rows leave the batch and its δ is held. The result equals G separate calls to float
     rounding (`tests/test_locate.py`): the padding differs, nothing else. On a GPU a request's few
     short rows leave the device idle, so batching them is the speed-up; on the CPU it is the prefix
@@ -572,7 +581,7 @@ def optimize_deltas(model, module: nn.Module, groups: list[Rows], cfg) -> Values
                 kl = F.kl_div(kl0[kl_own], logp, log_target=True, reduction="none").sum(-1)
                 loss = loss.index_add(0, kl_own, cfg.kl_factor * kl)
             loss = loss + cfg.v_weight_decay * delta.norm(dim=1) / h0.norm(dim=1) ** 2
-            stop = (loss.detach().double().cpu() < STOP_LOSS) | (step == cfg.v_steps - 1)
+            stop = (loss.detach().double().cpu() < cfg.v_stop_loss) | (step == cfg.v_steps - 1)
             stepping = active & ~stop
             active = stepping
             if not stepping.any():

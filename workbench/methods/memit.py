@@ -57,7 +57,7 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
         v = locate.values(model, top, rows, cfg)  # value_batch requests at a time
         z = (v.h + v.delta).T  # [d, n]
         for j, s in enumerate(sites):
-            k = locate.mean_keys(model, s, rows, cfg.value_batch).T  # [d_in, n]
+            k = locate.mean_keys(model, s, rows, cfg.value_batch, cfg.key_mean == "two_group").T  # [d_in, n], on this layer's device
             h = locate.bare_outputs(model, top, rows, cfg.value_batch).T  # on the model as edited so far
             resid = (z - h) / (len(sites) - j)
             if cfg.method == "alphaedit":
@@ -71,7 +71,7 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
         if cfg.method == "alphaedit":  # the keys of this edit join the preserved ones, as the edited model sees them
             acc = dict(getattr(model, _KEYS, {}))
             for s in sites:
-                k = locate.mean_keys(model, s, rows, cfg.value_batch).T
+                k = locate.mean_keys(model, s, rows, cfg.value_batch, cfg.key_mean == "two_group").T
                 acc[s.layer] = acc.get(s.layer, 0) + k @ k.T
             setattr(model, _KEYS, acc)
     except BaseException:

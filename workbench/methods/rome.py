@@ -43,7 +43,7 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
     try:
         for req in requests:
             r = locate.rows_for(tok, req, prefixes, cfg)
-            k_bar = locate.mean_keys(model, s, [r], 1)[0]
+            k_bar = locate.mean_keys(model, s, [r], 1, cfg.key_mean == "two_group")[0]
             k = locate.keys(model, s, r.batch, torch.tensor([0]), r.positions[:1])[0]
             _, delta, steps = locate.value(model, s.module, r, cfg)  # δ at the MLP output
             update = rank_one(s.matrix(), k, k_bar, delta, c)

@@ -23,9 +23,15 @@ base method, ``anyedit_base``: UnKE's layer training on the whole question + ans
 solve with the keys of the sequence's other tokens preserved, Δ = R Kᵀ (λ C + K_p K_pᵀ + K Kᵀ)⁻¹.
 With ``chunk_tokens`` ≥ the answer's length AnyEdit on UnKE is UnKE.
 
-Differs from the originals: the preserved passages are MMLU questions from the data folder (UnKE
-uses 20 Alpaca samples, which are not offline here); the mean-squared errors average over real
-tokens only (UnKE's include padding); one request per update (UnKE's batch size 1).
+As the official code runs them (TrustedLLM/UnKE, jianghoucheng/AnyEdit; the presets): the answer is
+closed by the end-of-turn (their data appends it), UnKE's value loop never stops early and AnyEdit's
+stops below 5e-3 (1e-2 on MEMIT: ``v_stop_loss``), the preserved samples are drawn afresh for each
+edit in the chat format (``preserve_set: chat_per_edit``) and AdamW leaves the layer norms undecayed
+(``decay_norms: false``). Differs from the originals: the preserved samples are MMLU questions with
+their right choice as the reply (UnKE draws Alpaca samples, which are not offline here); the
+mean-squared errors average over real tokens only (UnKE's include padding); the layer runs inside
+the model's forward, so masks and positions are the model's own (the originals rebuild them for
+Llama-3 and Qwen2.5 only); one request per update (UnKE's batch size 1).
 """
 from __future__ import annotations
 
@@ -62,7 +68,7 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
         originals = {f"{s.name}.weight": s.weight.detach().clone() for s in sites}
     else:
         originals = {n: p.detach().clone() for n, p in layer_parameters(model, layers[0]).items()}
-        preserve = preserved(tok, cfg)
+        preserve = preserved(tok, cfg) if cfg.preserve_set == "mmlu_fixed" else None
     log, casts = [], []
     try:
         for req in requests:
@@ -74,7 +80,8 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
             else:
                 if cfg.method == "unke":  # UnKE trains on the question alone; AnyEdit on question + answer
                     seq = Encoded(seq.input_ids[:seq.n_prompt], [IGNORE] * seq.n_prompt, seq.n_prompt, False)
-                losses, casts = train_layer(model, tok, layers[0], seq, positions, deltas, preserve, cfg, casts)
+                keep = preserve if preserve is not None else preserved(tok, cfg, req)  # UnKE: drawn per edit
+                losses, casts = train_layer(model, tok, layers[0], seq, positions, deltas, keep, cfg, casts)
                 # value_steps at chunks x (v_steps - 1), the most it can take, says the value never converged
                 # (benchmarks/value_convergence.py); "steps" stays the layer's, as the result counts them
                 log.append({"request": req.id, "chunks": len(positions), "loss": losses[-1],
@@ -94,10 +101,16 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+def sequence(tok, req, cfg) -> Encoded:
+    """The edit sequence: the question and the whole answer, labelled, closed by the end-of-turn with
+    ``target_eot`` (UnKE's and AnyEdit's data append it to the answer)."""
+    return encode(tok, req.prompt, req.target, "target", cfg.chat_template, cfg.max_length, eot=cfg.target_eot)
+
+
 def values(model, tok, block, req, cfg) -> tuple[Encoded, list[int], list[torch.Tensor], int]:
     """The edit sequence (prompt + target), the key position of each chunk in it, each chunk's δ, and
     the value optimisation's Adam steps over the chunks."""
-    full = encode(tok, req.prompt, req.target, "target", cfg.chat_template, cfg.max_length)
+    full = sequence(tok, req, cfg)
     n_p, target = full.n_prompt, full.input_ids[full.n_prompt:]
     spans = chunks(len(target), cfg.chunk_tokens if cfg.method == "anyedit" else len(target))
     positions, deltas, fixed, steps = [], [], [], 0
@@ -114,13 +127,54 @@ def values(model, tok, block, req, cfg) -> tuple[Encoded, list[int], list[torch.
     return full, positions, deltas, steps
 
 
-def preserved(tok, cfg) -> list[Encoded]:
-    """``n_preserve`` passages whose layer outputs must not move (seeded draw from the statistics corpus)."""
+def preserved(tok, cfg, req=None) -> list[Encoded]:
+    """``n_preserve`` passages whose layer outputs must not move. ``preserve_set: mmlu_fixed``: a seeded
+    draw from the statistics corpus, the same for every edit; ``chat_per_edit``: instruction samples
+    in the chat template (`instruction_samples`), drawn for request `req` (seeded by the config's seed
+    and the request's id, so an edit's samples do not depend on which edits ran before it)."""
+    if cfg.preserve_set == "chat_per_edit":
+        if req is None:
+            raise ConfigError("preserve_set='chat_per_edit' draws the preserved samples per request: pass it")
+        return instruction_samples(tok, cfg, random.Random(f"preserve-{cfg.seed}-{req.id}"))
     texts, _ = locate.corpus_texts(cfg.mom2_corpus)
     picks = random.Random(f"preserve-{cfg.seed}").sample(range(len(texts)), min(cfg.n_preserve, len(texts)))
     out = []
     for i in picks:
         ids = tok(texts[i], truncation=True, max_length=min(cfg.max_length, 128))["input_ids"]
+        out.append(Encoded(ids, [IGNORE] * len(ids), len(ids), False))
+    return out
+
+
+def _mmlu_rows() -> list[tuple[str, list[str], int]]:
+    """(question, four choices, index of the right one) of every MMLU test and dev question."""
+    import csv
+
+    from .. import data
+
+    out = []
+    for path in sorted(data.find("mmlu-probe").parent.glob("*/*.csv")):
+        with open(path, newline="", encoding="utf-8") as f:
+            out += [(r["question"], [r[f"choice{i}"] for i in range(4)], int(r["answer"])) for r in csv.DictReader(f)]
+    return out
+
+
+def instruction_samples(tok, cfg, rng: random.Random) -> list[Encoded]:
+    """``n_preserve`` instruction samples as UnKE preserves them: the instruction rendered as a user
+    turn with the generation prompt, then the reply, no end-of-turn after it (UnKE's code: its chat
+    prefix + instruction + input, then output). UnKE draws them from Alpaca, which is not offline here:
+    ours are MMLU questions (the data folder) with their choices as the instruction and the right
+    choice as the reply. Without ``chat_template`` the plain question, a space and the reply."""
+    from ..prompts import prompt_ids
+
+    rows = _mmlu_rows()
+    out = []
+    for i in rng.sample(range(len(rows)), min(cfg.n_preserve, len(rows))):
+        question, choices, answer = rows[i]
+        instruction = question + "\n" + "\n".join(f"{'ABCD'[j]}. {c}" for j, c in enumerate(choices))
+        reply = f"{'ABCD'[answer]}. {choices[answer]}"
+        ids = prompt_ids(tok, instruction, cfg.chat_template) + \
+            tok(reply if cfg.chat_template else " " + reply, add_special_tokens=False)["input_ids"]
+        ids = ids[:min(cfg.max_length, 256)]
         out.append(Encoded(ids, [IGNORE] * len(ids), len(ids), False))
     return out
 
@@ -145,7 +199,13 @@ def train_layer(model, tok, layer: int, seq: Encoded, positions: list[int], delt
     for p in trainable.values():
         p.requires_grad_(True)
     cache = PrefixCache(model, layer, examples, pad_id) if layer > 0 else None
-    opt = _optimizer(cfg, list(trainable.values()))
+    norms = {id(p) for m in block.modules() if "norm" in type(m).__name__.lower() for p in m.parameters()}
+    if cfg.decay_norms or not cfg.weight_decay:
+        groups = list(trainable.values())
+    else:  # UnKE's code exempts the layer norms from AdamW's decay
+        groups = [{"params": [p for p in trainable.values() if id(p) not in norms]},
+                  {"params": [p for p in trainable.values() if id(p) in norms], "weight_decay": 0.0}]
+    opt = _optimizer(cfg, groups)
     losses = []
     try:
         if cache is not None:

@@ -110,11 +110,14 @@ class Calibration(Runs):
     preset: str = ""
     grid: dict = field(default_factory=dict)
     why: str = ""
+    # config fields every grid point sets beside the preset, not part of the arms' labels (the settings the
+    # stored runs computed with, where a preset changed since: docs/claims.yaml's pre-issue-42 pins)
+    fixed: dict = field(default_factory=dict)
 
     def __post_init__(self):
         from .sweep import grid_points
 
-        self.points = [{"label": ", ".join(f"{k}={v}" for k, v in p.items()), "preset": self.preset, **p}
+        self.points = [{"label": ", ".join(f"{k}={v}" for k, v in p.items()), "preset": self.preset, **self.fixed, **p}
                        for p in grid_points(self.grid)]
 
     def choose(self, root: Path = STORE) -> dict | None:
@@ -587,7 +590,8 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         owed = _merge(owed, _owed(cal, df, root, chosen))
         rates.update(_rates(cal, df, root, chosen))
         pick = chosen[cal.name]
-        label = None if pick is None else ", ".join(f"{k2}={v}" for k2, v in pick.items() if k2 != "preset")
+        label = None if pick is None else ", ".join(f"{k2}={v}" for k2, v in pick.items()
+                                                    if k2 != "preset" and (k2 not in cal.fixed or k2 in cal.grid))
         result = f"chosen: **{label}**" if pick else "not chosen yet (the grid is not finished)"
         score = " and ".join(f"`{m}`" for m in cal.score)
         sections.append(f"### C{k}. {cal.title}\n\n" + (f"{cal.why.strip()}\n\n" if cal.why else "")
