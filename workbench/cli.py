@@ -91,11 +91,11 @@ def parse_fields(pairs: list[str]) -> dict | None:
     return fields or None
 
 
-def _writable_folder(path: Path, what: str) -> None:
+def _writable(path: Path, what: str, folder: bool) -> None:
     """Refuse an output path that would fail (or overwrite something not ours) after the edit."""
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{what} {path}: exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()):
+    if path.exists() and path.is_dir() != folder:
+        raise ValueError(f"{what} {path}: exists and is {'not ' if folder else ''}a folder")
+    if folder and path.is_dir() and any(path.iterdir()):
         card = path / "README.md"
         if not (card.is_file() and "FT-Edit Workbench" in card.read_text(errors="replace")):
             raise ValueError(f"{what} {path}: exists, is not empty and holds no model we saved; choose a new folder")
@@ -121,11 +121,11 @@ def validate_edit(args):
     if fields and not args.data:
         raise ValueError("--field maps the records of a --data file; give --data FILE")
     if args.save_pretrained:
-        _writable_folder(Path(args.save_pretrained), "--save-pretrained")
+        _writable(Path(args.save_pretrained), "--save-pretrained", folder=True)
     if args.save:
         if Path(args.save).suffix != ".safetensors":
             raise ValueError(f"--save {args.save}: the delta is a .safetensors file")
-        _writable_folder(Path(args.save).parent, "--save")
+        _writable(Path(args.save), "--save", folder=False)
     if args.data:
         path = Path(args.data)
         if path.suffix not in (".json", ".jsonl"):
