@@ -24,7 +24,7 @@ SCRIPTS = [
     ["compile_speed.py", "--n", "100", "--epochs", "3"],
     ["sweep_speed.py"],
     ["capability.py", "--n-edits", "100"],
-    ["gpu.py"],  # measures only where CUDA is present (says so and exits otherwise)
+    ["gpu_check.py"],  # measures only where CUDA is present (says so and exits otherwise)
 ]
 
 if __name__ == "__main__":
