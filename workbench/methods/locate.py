@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from .. import data, placement, resources
 from ..components import family_table, resolve
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, EditError
 from ..models import cache_argument, cache_dir, input_device, spec, tensor_sums
 from ..prompts import IGNORE, Encoded, collate, encode, position_ids, prompt_ids
 from .prefix import PrefixCache
@@ -85,7 +85,7 @@ def layers_of(model, cfg) -> list[int]:
 
 def timings(t0: float, n: int) -> dict:
     """An EditResult's timings for a method that has no separate encoding phase."""
-    t = time.perf_counter() - t0
+    t = placement.clock() - t0
     return {"encode_s": 0.0, "train_s": t, "total_s": t, "s_per_edit": t / n}
 
 
@@ -418,8 +418,9 @@ class _AddAt:
             self.first = h.detach()
         if self.adds:
             h = h.clone()
-            for rows, pos, vec in self.adds:
-                h[rows, pos] = h[rows, pos] + vec.to(h.dtype)
+            for rows, pos, vec in self.adds:  # δ lives on the input device; this layer may be on another GPU
+                rows, pos = rows.to(h.device), pos.to(h.device)
+                h[rows, pos] = h[rows, pos] + vec.to(h.device, h.dtype)
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
     def remove(self):
@@ -570,7 +571,8 @@ def optimize_deltas(model, module: nn.Module, groups: list[Rows], cfg) -> Values
             idx = [j for j in range(len(examples)) if active[owner[j]]]
             nll, logp, pos, kl_row = forward(idx)
             if h0 is None:  # the unperturbed outputs, before δ was added (the hook saw them first)
-                h0 = hook.first[torch.tensor(first, device=device), pos[first]].float()
+                at = hook.first.device  # the module's own device (another GPU on a dispatched model)
+                h0 = hook.first[torch.tensor(first, device=at), pos[first].to(at)].float().to(device)
             own = torch.tensor([owner[j] for j in idx], device=device)
             own, kl_own = own[~kl_row], own[kl_row]
             count = torch.zeros(len(groups), device=device).index_add_(0, own, torch.ones_like(nll))
@@ -660,7 +662,11 @@ def _stats_key(model, layer: int, corpus: str, n_tokens: int) -> str:
     out_suffix = family_table(model)["down"]
     out_suffix = out_suffix if isinstance(out_suffix, str) else out_suffix[0]
     h = hashlib.sha256(f"{getattr(model, 'name_or_path', '')}|{layer}|{corpus}|{n_tokens}".encode())
-    for name, p in model.named_parameters():
+    params = dict(model.named_parameters())
+    if placement.offloaded(model):  # offloaded weights are meta placeholders: read their values back
+        stored = placement.state_dict(model)
+        params = {name: stored[name] for name in params}
+    for name, p in params.items():
         if not name.endswith(f"{out_suffix}.weight") and not name.endswith(f"{out_suffix}.bias"):
             h.update(f"{name}{tuple(p.shape)}{p.dtype}{tensor_sums(p)}".encode())
     return h.hexdigest()[:16]
@@ -721,13 +727,19 @@ def second_moments(model, tok, layers: list[int], corpus: str = "mmlu", n_tokens
 
 def _accumulate(model, tok, sites: list, texts, corpus_id: str, n_tokens: int, batch_size: int, max_length: int,
                 progress: bool) -> list[tuple]:
-    """(site, C, tokens) for each of `sites` (in layer order), from one pass per batch of the corpus."""
+    """(site, C, tokens) for each of `sites` (in layer order), from one pass per batch of the corpus.
+
+    Each layer's sum accumulates in float64 where its keys are computed: on a GPU each batch's k kᵀ is
+    a float32 product there (an fp64 matmul is up to 64x slower on most cards; the sum of a batch's
+    few thousand tokens loses nothing that matters beside the corpus sample), on the CPU a float64
+    product, as before. Only the mean comes back to the CPU."""
     totals = []
     for s in sites:
         d_in = s.weight.shape[0] if s.conv1d else s.weight.shape[1]
-        resources.check(2 * d_in * d_in * 8, "cpu", f"the second-moment statistics of layer {s.layer} "
+        where = placement.execution_device(s.module)
+        resources.check(2 * d_in * d_in * 8, where, f"the second-moment statistics of layer {s.layer} "
                         f"({d_in} x {d_in})", "Use a smaller model or fewer layers.")
-        totals.append(torch.zeros(d_in, d_in, dtype=torch.float64))
+        totals.append(torch.zeros(d_in, d_in, dtype=torch.float64, device=where))
     count = 0
     rng = random.Random(f"stats-{corpus_id}")
     order = list(range(len(texts)))
@@ -743,15 +755,27 @@ def _accumulate(model, tok, sites: list, texts, corpus_id: str, n_tokens: int, b
         batch = collate([Encoded(e, [IGNORE] * len(e), len(e), False) for e in enc], pad)
         real = batch["attention_mask"].bool()
         for k, total in zip(capture_inputs(model, [s.module for s in sites], batch), totals):
-            flat = k[real.to(k.device)].double().cpu()  # every real token once
-            total += flat.T @ flat
+            flat = k[real.to(k.device)]  # every real token once
+            flat = flat.double() if flat.device.type == "cpu" else flat.float()
+            total += (flat.T @ flat).to(total.device, torch.float64)
         count += int(real.sum())
         bar.update(int(real.sum()))
     bar.close()
-    return [(s, (total / max(count, 1)).float(), count) for s, total in zip(sites, totals)]
+    return [(s, (total / max(count, 1)).float().cpu(), count) for s, total in zip(sites, totals)]
 
 
 # ------------------------------------------------------------------------------------ the solves
+def beside(t: torch.Tensor, like: torch.Tensor, what: str) -> torch.Tensor:
+    """`t` on `like`'s device. The statistics (C, AlphaEdit's projector and preserved keys) are kept on
+    the CPU, between edits and on disk, while keys and values live where the model computes: every
+    solve brings them together here. A tensor on ``meta`` holds no values (an offloaded placeholder):
+    that is a workbench bug to report, named, not torch's "Cannot copy out of meta tensor"."""
+    if t.device.type == "meta" and like.device.type != "meta":
+        raise EditError(f"{what} is on the meta device (a placeholder without values) while the keys are on "
+                        f"{like.device}: statistics must be computed from real weights (placement.state_dict)")
+    return t.to(like.device)
+
+
 def solve(residuals: torch.Tensor, k: torch.Tensor, c: torch.Tensor | None, lam: float,
           extra: torch.Tensor | None = None) -> torch.Tensor:
     """MEMIT's update: Δ = R Kᵀ (λ C + K Kᵀ + extra)⁻¹, in float64.
@@ -764,12 +788,13 @@ def solve(residuals: torch.Tensor, k: torch.Tensor, c: torch.Tensor | None, lam:
     Returns:
         Δ, [d_out, d_in] float32: the minimiser of ||Δ K - R||² + λ tr(Δ C Δᵀ) (+ the extra term).
     """
-    r, k = residuals.double(), k.double()
+    k = k.double()
+    r = beside(residuals, k, "the residuals R").double()  # R at the top layer's device, K at this layer's
     a = k @ k.T
     if c is not None and lam:
-        a = a + lam * c.double().to(a.device)
+        a = a + lam * beside(c, k, "the second-moment statistics C").double()
     if extra is not None:
-        a = a + extra.double().to(a.device)
+        a = a + beside(extra, k, "the preserved keys' K_p K_pᵀ").double()
     return torch.linalg.solve(a, k @ r.T).T.float()  # A is symmetric: (R Kᵀ A⁻¹)ᵀ = A⁻¹ K Rᵀ
 
 

@@ -55,13 +55,13 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
     log = []
     try:
         v = locate.values(model, top, rows, cfg)  # value_batch requests at a time
-        z = (v.h + v.delta).T  # [d, n]
+        z = (v.h + v.delta.to(v.h.device)).T  # [d, n]
         for j, s in enumerate(sites):
             k = locate.mean_keys(model, s, rows, cfg.value_batch, cfg.key_mean == "two_group").T  # [d_in, n], on this layer's device
             h = locate.bare_outputs(model, top, rows, cfg.value_batch).T  # on the model as edited so far
-            resid = (z - h) / (len(sites) - j)
+            resid = (z.to(h.device) - h) / (len(sites) - j)
             if cfg.method == "alphaedit":
-                p = projector(stats[s.layer], cfg.nullspace_threshold)
+                p = projector(stats[s.layer], cfg.nullspace_threshold, k.device)
                 update = alphaedit_solve(resid, k, p, getattr(model, _KEYS, {}).get(s.layer), cfg.alphaedit_l2)
             else:
                 update = locate.solve(resid, k, stats.get(s.layer), cfg.mom2_weight)
@@ -87,10 +87,12 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
 _P: dict = {}
 
 
-def projector(c: torch.Tensor, threshold: float) -> torch.Tensor:
-    key = (id(c), threshold)
+def projector(c: torch.Tensor, threshold: float, device) -> torch.Tensor:
+    """AlphaEdit's projector for statistics `c` (kept on the CPU), computed once on `device`, where the
+    keys are: the eigendecomposition of a d_in x d_in matrix takes minutes on a CPU at 8B."""
+    key = (id(c), threshold, str(device))
     if key not in _P:
-        _P[key] = locate.null_space(c, threshold)
+        _P[key] = locate.null_space(locate.beside(c, torch.empty(0, device=device), "the statistics C"), threshold)
     return _P[key]
 
 
@@ -98,9 +100,11 @@ def alphaedit_solve(resid: torch.Tensor, k: torch.Tensor, p: torch.Tensor, previ
                     alpha: float) -> torch.Tensor:
     """Δ = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + α I)⁻¹, [d_out, d_in], computed as the transpose of
     (P (K_p K_pᵀ + K Kᵀ) + α I)⁻¹ P K Rᵀ (P is symmetric)."""
-    p, k, r = p.double(), k.double(), resid.double()
+    k = k.double()
+    p = locate.beside(p, k, "the null-space projector P").double()
+    r = locate.beside(resid, k, "the residuals R").double()
     a = k @ k.T
-    if previous is not None:
-        a = a + previous.double().to(a.device)  # a resumed sequence's keys come back on the CPU
-    lhs = p @ a + alpha * torch.eye(len(p), dtype=torch.float64)
+    if previous is not None:  # a resumed sequence's keys come back on the CPU
+        a = a + locate.beside(previous, k, "the preserved keys' K_p K_pᵀ").double()
+    lhs = p @ a + alpha * torch.eye(len(p), dtype=torch.float64, device=k.device)
     return torch.linalg.solve(lhs, p @ k @ r.T).T.float()

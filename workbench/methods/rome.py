@@ -60,7 +60,10 @@ def edit(model, tok, requests: list, cfg: EditConfig, progress: bool = True) -> 
 
 def rank_one(w: torch.Tensor, k: torch.Tensor, k_bar: torch.Tensor, delta: torch.Tensor,
              c: torch.Tensor | None) -> torch.Tensor:
-    """ROME's update [d_out, d_in]: (v* - W k) uᵀ / (uᵀ k) with v* = W k + δ and u = C⁻¹ k̄ (or k̄)."""
-    u = k_bar.double() if c is None else torch.linalg.solve(c.double(), k_bar.double())
-    v_star = w.double() @ k.double() + delta.double()
-    return (torch.outer(v_star - w.double() @ k.double(), u) / (u @ k.double())).float()
+    """ROME's update [d_out, d_in]: (v* - W k) uᵀ / (uᵀ k) with v* = W k + δ and u = C⁻¹ k̄ (or k̄),
+    computed on the keys' device (C comes from the CPU: `locate.beside`)."""
+    k, k_bar = k.double(), locate.beside(k_bar, k, "the mean key k̄").double()
+    w, delta = locate.beside(w, k, "W").double(), locate.beside(delta, k, "δ").double()
+    u = k_bar if c is None else torch.linalg.solve(locate.beside(c, k, "the second-moment statistics C").double(), k_bar)
+    v_star = w @ k + delta
+    return (torch.outer(v_star - w @ k, u) / (u @ k)).float()

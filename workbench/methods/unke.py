@@ -192,7 +192,7 @@ def train_layer(model, tok, layer: int, seq: Encoded, positions: list[int], delt
     with torch.no_grad():
         goal = locate.layer_outputs(model, block, batch).clone()
         for pos, delta in zip(positions, deltas):
-            goal[0, width - len(seq.input_ids) + pos] += delta.to(goal.dtype)
+            goal[0, width - len(seq.input_ids) + pos] += delta.to(goal.device, goal.dtype)
     real = batch["attention_mask"].bool().to(goal.device)
     trainable = layer_parameters(model, layer)
     casts = casts + float32_master(model, trainable)
@@ -221,13 +221,13 @@ def train_layer(model, tok, layer: int, seq: Encoded, positions: list[int], delt
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(loss.item())
+            losses.append(loss.detach())  # read once, after the loop: no host-device sync per step
     finally:
         if cache is not None:
             cache.remove()
         for p in trainable.values():  # back to frozen, as `locate.frozen` left them
             p.requires_grad_(False)
-    return losses, casts
+    return torch.stack(losses).tolist() if losses else [], casts
 
 
 def layer_parameters(model, layer: int) -> dict:
@@ -247,7 +247,8 @@ def memit_write(model, tok, sites, top, seq: Encoded, positions: list[int], delt
     batch = collate([seq], spec(tok).pad_id)
     n = len(seq.input_ids)
     rows, pos = torch.zeros(len(positions), dtype=torch.long), torch.tensor(positions)
-    z = (locate.outputs(model, top, batch, rows, pos) + torch.stack(deltas)).T  # [d, chunks]
+    h0 = locate.outputs(model, top, batch, rows, pos)
+    z = (h0 + torch.stack(deltas).to(h0.device)).T  # [d, chunks]
     other = torch.tensor([i for i in range(n) if i not in set(positions)])
     for j, s in enumerate(sites):
         every = locate.keys(model, s, batch, torch.zeros(n, dtype=torch.long), torch.arange(n))  # [n, d_in]
