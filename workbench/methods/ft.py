@@ -431,7 +431,8 @@ def _trainable_estimate(model: nn.Module, targets: list[Target], cfg: EditConfig
     fine-tuning's `_selected_parameters`)."""
     if selected is not None:
         return sum(p.numel() for p in selected[0].values())
-    # rank x (in + out) per wrapped Linear; AdaLoRA starts at 1.5x the rank
+    # an upper bound for the memory guard: LoRA trains rank x (in + out) per wrapped Linear, AdaLoRA
+    # starts at 1.5x the rank (plus a singular value per rank); twice LoRA's count covers both
     linears = [model.get_submodule(n) for n in linear_targets(model, targets)]
     return sum(2 * cfg.lora_rank * (m.in_features + m.out_features) for m in linears)
 

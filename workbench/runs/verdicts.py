@@ -38,9 +38,6 @@ RULES = (
     "(non-inferiority): **reproduced** when the whole interval lies above −m in the paper's direction (the arm "
     "is at most m worse), **not reproduced** when it lies wholly below −m, **inconclusive** otherwise.")
 
-VERDICTS = ("reproduced", "not reproduced", "inconclusive")
-
-
 @dataclass(frozen=True)
 class Paired:
     """The seed-by-seed difference of two arms on one metric."""
