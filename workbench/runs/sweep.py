@@ -134,7 +134,9 @@ def _execute(spec: RunSpec, experiment: str, progress: bool) -> dict:
         # a long breadth-first edit keeps an epoch checkpoint beside its folder: a run killed by a
         # time limit resumes its edit from the last epoch (its seconds count across the attempts)
         long = cfg.method == "ft" and cfg.schedule == "breadth_first" and cfg.epochs > 1
-        result = train.edit(model, tok, reqs, cfg, progress=progress, checkpoint=edit_checkpoint(folder) if long else None)
+        # a run's config is its protocol: a depth-first one trains its batches one after another on purpose
+        result = train.edit(model, tok, reqs, cfg, progress=progress, checkpoint=edit_checkpoint(folder) if long else None,
+                            sequential=True)
         try:
             report = evaluate(model, tok, reqs, ecfg, pre=pre)
         finally:
@@ -306,7 +308,7 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
     try:
         for start in tqdm(range(first, len(reqs), chunk_size), desc=experiment, disable=not progress):
             chunk = reqs[start:start + chunk_size]
-            done.append(train.edit(model, tok, chunk, cfg, progress=False))
+            done.append(train.edit(model, tok, chunk, cfg, progress=False, sequential=True))  # lifelong: on purpose
             edit_s, steps = edit_s + done[-1].timings["total_s"], steps + done[-1].steps
             seen = reqs[:start + len(chunk)]
             scores = {}  # none for the stages a `score_every` sequence skips
