@@ -3,7 +3,7 @@
     python benchmarks/value_convergence.py unke --benchmark unkebench --offset 900 --n 2 --v-steps 25 100
 
 UnKE (and AnyEdit on UnKE) first optimise a vector δ per chunk of the answer until its NLL falls
-under the stop loss (`locate.STOP_LOSS`) or ``v_steps`` run out, then train the layer to write it.
+under the stop loss (``v_stop_loss``: UnKE none, AnyEdit 5e-3) or ``v_steps`` run out, then train the layer to write it.
 For each request and step budget this prints the Adam steps its values took against the most they
 can (chunks x (v_steps - 1): the last pass only measures; all of them: the value never reached the
 stop loss) and the layer fit's last loss. The pilot behind the claims
