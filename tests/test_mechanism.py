@@ -20,9 +20,28 @@ def test_loss_tokens_colour_exactly_the_labelled_tokens(tok):
         e = prompts.encode(tok, PROMPT, TARGET, scope, True)
         shown = list(range(e.n_prompt - 10, len(e.input_ids)))  # a short answer: the prompt's tail and all of it
         assert list(trace.text)[1:] == [mechanism._pieces(tok, e.input_ids)[i] for i in shown] and trace.text[0] == "…"
-        assert [c == mechanism._ON for c in trace.marker.color[1:]] == [e.labels[i] != prompts.IGNORE for i in shown]
+        loss = mechanism._BAG if scope == "prompt_last" else mechanism._ON
+        assert [c == loss for c in trace.marker.color[1:]] == [e.labels[i] != prompts.IGNORE for i in shown]
     first = fig.data[list(wb.config.LOSS_SCOPES).index("first_token")]
     assert sum(c == mechanism._ON for c in first.marker.color) == 1
+
+
+def test_loss_tokens_show_the_position_that_scores_each_token(tok):
+    """FT-L's defining difference: prompt_last scores every target token from the last prompt
+    position (one dark box, every labelled box orange), target from the position before each."""
+    fig = mechanism.loss_tokens(tok, PROMPT, TARGET, ("prompt_last", "target"))
+    bag, own = fig.data
+    e = prompts.encode(tok, PROMPT, TARGET, "prompt_last", True)
+    last = 10 - 1 + 1  # the shown boxes: "…", the last 10 prompt tokens, the target
+    assert list(bag.marker.color).count(mechanism._SRC) == 1 and bag.marker.color[last] == mechanism._SRC
+    assert all(f"scored from position {e.n_prompt - 1} " in h for h, c in zip(bag.hovertext, bag.marker.color)
+               if c == mechanism._BAG)
+    assert mechanism._SRC not in own.marker.color and mechanism._BAG not in own.marker.color
+    t = prompts.encode(tok, PROMPT, TARGET, "target", True)
+    n = len(t.input_ids)
+    scored = [h for h, c in zip(own.hovertext, own.marker.color) if c == mechanism._ON]
+    assert scored == [f"{i}: {mechanism._pieces(tok, t.input_ids)[i]}, scored from position {i - 1} "
+                      f"({mechanism._pieces(tok, t.input_ids)[i - 1]})" for i in range(n) if t.labels[i] != prompts.IGNORE]
 
 
 def test_template_tokens_mark_the_end_of_turn_only_with_the_template(tok):

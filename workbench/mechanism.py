@@ -32,6 +32,7 @@ from .models import input_device, spec
 from .plots import label
 
 _OFF, _ON, _EOT = "#e8e8e8", "#2a7ab9", "#d6604d"
+_BAG, _SRC = "#f4a261", "#b35806"  # prompt_last: tokens scored from the last prompt position, and that position
 
 
 def _pieces(tok, ids: list[int]) -> list[str]:
@@ -39,32 +40,37 @@ def _pieces(tok, ids: list[int]) -> list[str]:
     return [tok.convert_ids_to_tokens(i).replace("Ġ", "·").replace("Ċ", "\\n").replace("▁", "·") for i in ids]
 
 
-def _window(pieces: list[str], colours: list[str], n_prompt: int, before: int = 10, head: int = 24, tail: int = 3):
+def _window(pieces: list[str], colours: list[str], n_prompt: int, before: int = 10, head: int = 24, tail: int = 3,
+            hover: list[str] | None = None):
     """The part of a long request worth looking at: the last `before` prompt tokens, the first
-    `head` target tokens and the last `tail` (the closing token); cut spans shown as one "…" box."""
+    `head` target tokens and the last `tail` (the closing token); cut spans shown as one "…" box.
+    Returns (pieces, colours, hover texts) of the kept boxes."""
+    hover = hover or [f"{i}: {p}" for i, p in enumerate(pieces)]
     keep = sorted({*range(max(0, n_prompt - before), n_prompt), *range(n_prompt, min(len(pieces), n_prompt + head)),
                    *range(max(n_prompt, len(pieces) - tail), len(pieces))})
-    out_p, out_c, last = [], [], -1
+    out_p, out_c, out_h, last = [], [], [], -1
     for i in keep:
         if i != last + 1:
             out_p.append("…")
             out_c.append("white")
+            out_h.append("tokens left out")
         out_p.append(pieces[i])
         out_c.append(colours[i])
+        out_h.append(hover[i])
         last = i
-    return out_p, out_c
+    return out_p, out_c, out_h
 
 
-def _token_rows(rows: list[tuple[str, list[str], list[str]]], title: str) -> go.Figure:
-    """One row of boxes per (name, tokens, colours), a token's text in its box."""
+def _token_rows(rows: list[tuple[str, list[str], list[str], list[str]]], title: str) -> go.Figure:
+    """One row of boxes per (name, tokens, colours, hover texts), a token's text in its box."""
     fig = go.Figure()
-    for y, (name, pieces, colours) in enumerate(rows):
+    for y, (name, pieces, colours, hover) in enumerate(rows):
         fig.add_trace(go.Bar(x=[1] * len(pieces), y=[name] * len(pieces), base=list(range(len(pieces))),
                              orientation="h", marker={"color": colours, "line": {"color": "white", "width": 1}},
                              text=pieces, textposition="inside", insidetextanchor="middle", name=name,
-                             hovertext=[f"{i}: {p}" for i, p in enumerate(pieces)], hoverinfo="text", showlegend=False))
+                             hovertext=hover, hoverinfo="text", showlegend=False))
     width = max(len(r[1]) for r in rows)
-    fig.update_layout(title=title, barmode="overlay", height=90 + 60 * len(rows), width=min(1250, max(700, 30 * width)),
+    fig.update_layout(title=title, barmode="overlay", height=110 + 60 * len(rows), width=min(1250, max(700, 30 * width)),
                       xaxis={"title": "token (the end of the prompt, the answer; … marks tokens left out)", "range": [0, width],
                              "showticklabels": False}, yaxis={"autorange": "reversed"},
                       uniformtext={"minsize": 8, "mode": "show"}, margin={"l": 110, "r": 20, "t": 50, "b": 40})
@@ -72,13 +78,25 @@ def _token_rows(rows: list[tuple[str, list[str], list[str]]], title: str) -> go.
 
 
 def loss_tokens(tok, prompt: str, target: str, scopes=LOSS_SCOPES, chat_template: bool = True) -> go.Figure:
-    """The tokens of one request, one row per loss scope: blue where a token carries loss."""
+    """The tokens of one request, one row per loss scope, coloured by the position whose next-token
+    distribution scores each labelled token: blue where a token is scored from the position just
+    before it (teacher forcing: `target`, `first_token`, `prompt_target`), orange where it is scored
+    from the last prompt position (`prompt_last`, FT-L's bag of tokens; that one position dark
+    orange), grey for context. Hover a box for the position that scores it."""
     rows = []
     for scope in scopes:
         e = prompts.encode(tok, prompt, target, scope, chat_template)
-        colours = [_ON if lab != prompts.IGNORE else _OFF for lab in e.labels]
-        rows.append((scope, *_window(_pieces(tok, e.input_ids), colours, e.n_prompt)))
-    return _token_rows(rows, "Which tokens carry loss (blue), per loss scope")
+        pieces = _pieces(tok, e.input_ids)
+        src = [None if lab == prompts.IGNORE else (e.n_prompt - 1 if e.bag else i - 1) for i, lab in enumerate(e.labels)]
+        sources = {j for j in src if j is not None}
+        colours = [(_BAG if e.bag else _ON) if j is not None else (_SRC if e.bag and i in sources else _OFF)
+                   for i, j in enumerate(src)]
+        hover = [f"{i}: {p}, scored from position {j} ({pieces[j]})" if j is not None else
+                 (f"{i}: {p}, the position that scores every labelled token" if e.bag and i in sources else f"{i}: {p}, context")
+                 for i, (p, j) in enumerate(zip(pieces, src))]
+        rows.append((scope, *_window(pieces, colours, e.n_prompt, hover=hover)))
+    return _token_rows(rows, "Which tokens carry loss, and from which position each is scored<br><sup>blue: from the "
+                             "position just before it; orange: all from the last prompt token (dark orange); grey: context</sup>")
 
 
 def template_tokens(tok, prompt: str, target: str) -> go.Figure:

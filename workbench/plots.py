@@ -1,14 +1,22 @@
 """Plotly figures for the notebooks. Each reads results (a DataFrame from `wb.runs`, or an
 `EditResult`) and never trains. A ``<metric>.ci`` column (from `wb.runs.over_seeds`) becomes error
 bars. `save()` writes a self-contained HTML file beside the results and, where kaleido and a
-Chrome/Chromium are installed (``pip install -e .[report]``), a static PNG for documents."""
+Chrome/Chromium are installed (``pip install -e .[report]``), a static PNG for documents.
+
+`show(fig)` is how notebooks display a figure: one output carrying the interactive plotly figure
+(JupyterLab, VS Code) *and* a static PNG of it (nbconvert, GitHub, any viewer without plotly's
+JavaScript), with a one-line text note. Where kaleido or a browser is missing the PNG is left out
+and the note says why; nothing raises, so a notebook re-executed on a bare machine still runs."""
 from __future__ import annotations
 
+import base64
 import logging
+import warnings
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 
 NAMES = {"ori": "Ori", "para": "Para", "loc": "Loc", "sub": "Sub", "rougeL_f1": "ROUGE-L F1 (ours)",
          "bertscore_f1": "BERTScore F1 (ours)", "sentence_cosine": "BERT Score (cosine)", "rougeL_recall": "ROUGE-L (recall)",
@@ -33,15 +41,37 @@ def _axis(values) -> list[str]:
     return [", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for v in values]
 
 
-def bars(df: pd.DataFrame, x: str, metrics: list[str], title: str = "") -> go.Figure:
-    """Grouped bars: one group per value of `x`, one bar per metric (missing metrics are skipped)."""
+def y_title(metrics: list[str]) -> str:
+    """The value axis of a chart of `metrics`: the scorer's name when they share one, else what the
+    numbers are (the legend names each metric)."""
+    scorers = {m.rsplit(".", 1)[-1] for m in metrics}
+    if len(scorers) == 1:
+        return f"{label(scorers.pop())} (1 = the reference)" if not metrics[0].startswith("capability") else label(metrics[0])
+    return "score against the reference (metric in the legend; 1 = identical)"
+
+
+def bars(df: pd.DataFrame, x: str, metrics: list[str], title: str = "", baseline: dict | None = None,
+         chance: float | None = None) -> go.Figure:
+    """Grouped bars: one group per value of `x`, one bar per metric (missing metrics are skipped).
+    Negative values (a cosine can be) are drawn below zero, never clipped. `baseline`: the unedited
+    model's value per metric, drawn as its own group first; `chance`: a dashed line at that value."""
     fig = go.Figure()
+    groups = _axis(df[x])
     for m in metrics:
         if m in df:
-            fig.add_bar(x=_axis(df[x]), y=df[m], name=label(m), text=df[m].round(2), textposition="inside",
-                        insidetextanchor="start", textangle=0, error_y=_error(df, m))  # labels clear of the bars
-    fig.update_layout(barmode="group", title=title, xaxis_title=x, yaxis_title="score", yaxis_range=[0, 1.1],
-                      template="plotly_white", height=400)
+            ys = df[m].tolist()
+            xs = groups
+            if baseline and m in baseline:
+                xs, ys = ["unedited model", *groups], [baseline[m], *ys]
+            fig.add_bar(x=xs, y=ys, name=label(m), text=[None if v is None else round(v, 2) for v in ys],
+                        textposition="inside", insidetextanchor="start", textangle=0,
+                        error_y=_error(df, m) if not (baseline and m in baseline) else None)
+    values = [v for t in fig.data for v in t.y if v is not None and v == v]
+    low = min([0.0, *values])
+    fig.update_layout(barmode="group", title=title, xaxis_title=x.replace("_", " "), yaxis_title=y_title(metrics),
+                      yaxis_range=[low - 0.05 if low < 0 else 0, 1.1], template="plotly_white", height=420)
+    if chance is not None:
+        fig.add_hline(y=chance, line_dash="dash", line_color="#777777", annotation_text=f"chance ({chance:g})")
     if len(fig.data) > 10:  # the template's 10 colours would repeat: two metrics of one group alike
         from plotly.colors import qualitative
         fig.update_layout(colorway=qualitative.Dark24)
@@ -60,7 +90,7 @@ def lines(df: pd.DataFrame, x: str, metrics: list[str], title: str = "", log_x: 
             if m in part:
                 name = label(m) if value is None else f"{value}: {label(m)}"
                 fig.add_scatter(x=part["_x"], y=part[m], mode="lines+markers", name=name, error_y=_error(part, m))
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title="score", template="plotly_white", height=400,
+    fig.update_layout(title=title, xaxis_title=x.replace("_", " "), yaxis_title=y_title(metrics), template="plotly_white", height=400,
                       xaxis_type="log" if log_x else None)
     return fig
 
@@ -82,18 +112,89 @@ def loss_curve(result, title: str | None = None) -> go.Figure:
     return fig
 
 
+_STATIC: dict = {"error": None, "server": False}  # why PNGs cannot be made here (found once), and kaleido's server
+
+
+def png(fig: go.Figure, width: int | None = None, height: int | None = None, scale: float = 1.0) -> bytes | None:
+    """`fig` as PNG bytes, or None (the reason in ``static_error()``) where kaleido or a Chrome/Chromium
+    is missing. The first call starts kaleido's browser once per process (about 4 s); later figures
+    take a fraction of a second. A failure is remembered, so a bare machine pays for it once."""
+    if _STATIC["error"] is not None:
+        return None
+    try:
+        import kaleido  # optional: the `test` and `report` extras
+    except ImportError:
+        _STATIC["error"] = "kaleido is not installed (pip install -e .[report])"
+        return None
+    width = width or fig.layout.width or 900
+    height = height or fig.layout.height or 400
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # plotly warns that the server ignores per-call browser options
+            if not _STATIC["server"]:  # the first figure without the server: a missing browser raises here
+                image = fig.to_image(format="png", width=width, height=height, scale=scale)
+                kaleido.start_sync_server(silence_warnings=True)  # later figures reuse one browser
+                _STATIC["server"] = True
+                return image
+            if not _server_alive():  # its thread died (the browser crashed): a call would wait forever
+                kaleido.stop_sync_server(silence_warnings=True)
+                _STATIC["server"] = False
+                return png(fig, width, height, scale)
+            return fig.to_image(format="png", width=width, height=height, scale=scale)
+    except Exception as e:  # no browser, or it failed: say so once, keep the interactive figure
+        _STATIC["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        logging.getLogger("workbench").warning("no static images: %s", _STATIC["error"])
+        return None
+
+
+def _server_alive() -> bool:
+    from kaleido._sync_server import GlobalKaleidoServer  # kaleido 1.x's singleton
+
+    server = GlobalKaleidoServer()
+    return server.is_running() and server._thread.is_alive()
+
+
+def static_error() -> str | None:
+    """Why `png` returns None on this machine (None while it works or has not been tried)."""
+    return _STATIC["error"]
+
+
+def _title(fig: go.Figure) -> str:
+    return fig.layout.title.text or "figure"
+
+
+SMOKE_NOTE = "smoke run: a pipeline check on the tiny random model, not a measurement"
+
+
+def show(fig: go.Figure, out_dir=None, name: str | None = None, smoke: bool = False) -> None:
+    """Display `fig` as one output with the interactive figure and its static PNG (see the module
+    docstring); with `out_dir` and `name`, also `save` it there. `smoke`: the figure shows a smoke
+    run's numbers, and its title says so. The text note names the figure and says whether the PNG
+    is there, so a reader of the raw notebook knows what each output is."""
+    from IPython.display import display
+
+    if smoke:
+        fig = go.Figure(fig).update_layout(title_text=f"{_title(fig)}<br><sup>{SMOKE_NOTE}</sup>")
+    if out_dir is not None and name is not None:
+        save(fig, out_dir, name)
+    bundle = dict(pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_dict()))
+    image = png(fig)
+    if image is not None:
+        bundle["image/png"] = base64.b64encode(image).decode()
+        bundle["text/plain"] = f"[figure: {_title(fig)}] (interactive in Jupyter; static PNG beside it)"
+    else:
+        bundle["text/plain"] = (f"[figure: {_title(fig)}] (interactive in Jupyter only: no static PNG on this machine, "
+                                f"{static_error()}; kaleido needs Chrome or Chromium, e.g. apt install chromium)")
+    display(bundle, raw=True)
+
+
 def save(fig: go.Figure, out_dir, name: str) -> Path:
     """Write `fig` as a self-contained HTML file (viewable offline) and, when kaleido can render
     (it needs a Chrome or Chromium), as ``<name>.png``. Returns the HTML path."""
     path = Path(out_dir) / f"{name}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(path, include_plotlyjs=True, full_html=True)
-    try:
-        import kaleido  # noqa: F401  (optional: the `report` extra)
-    except ImportError:
-        return path
-    try:
-        fig.write_image(path.with_suffix(".png"), width=900, height=fig.layout.height or 400, scale=2)
-    except Exception as e:  # no browser on this machine: the HTML is still there
-        logging.getLogger("workbench").warning("no static image for %s: %s", name, e)
+    image = png(fig, width=900, scale=2)
+    if image is not None:
+        path.with_suffix(".png").write_bytes(image)
     return path

@@ -16,13 +16,14 @@ Everything is re-exported here: ``wb.runs.sweep(...)``, ``wb.runs.RunSpec``, ...
 """
 from .executors import SweepError
 from .export import export_easyedit
-from .notebooks import MIME, findings, flatten, markdown_table, read, record, run_notebook, sweep_notebook
+from .notebooks import (MIME, ClaimVerdict, claim_figure, claim_verdict, findings, flatten, markdown_table, read, record,
+                        report_findings, run_notebook, sweep_notebook)
 from .report import calibrated
 from .spec import ADDED_LATER, LONG_FORM, RunSpec
 from .stats import over_seeds
 from .store import check_writable, git_sha, load, plain, results_root, run_folder
 from .sweep import by_chunk, execute, grid_points, lifelong, model_for, requests_for, seeded, sweep
 
-__all__ = ["calibrated", "SweepError", "export_easyedit", "MIME", "findings", "flatten", "markdown_table", "read", "record", "run_notebook", "sweep_notebook", "ADDED_LATER", "LONG_FORM",
+__all__ = ["calibrated", "ClaimVerdict", "claim_figure", "claim_verdict", "report_findings", "SweepError", "export_easyedit", "MIME", "findings", "flatten", "markdown_table", "read", "record", "run_notebook", "sweep_notebook", "ADDED_LATER", "LONG_FORM",
            "RunSpec", "over_seeds", "check_writable", "git_sha", "load", "plain", "results_root", "run_folder",
            "by_chunk", "execute", "grid_points", "lifelong", "model_for", "requests_for", "seeded", "sweep"]

@@ -11,6 +11,7 @@ import re
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -135,3 +136,119 @@ def findings(table: pd.DataFrame, axis: str, metrics: list[str], paper: str, que
     steps = "\n".join(f"{i}. {q}" for i, q in enumerate(questions, 1))
     return Markdown(f"**The paper.** {paper}\n\n**This run** (from the results store; mean ± 95 % half-width "
                     f"over seeds where there are several):\n\n{markdown_table(recorded)}\n**Questions to try.**\n\n{steps}\n")
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    """A claim of the reproduction report as the report states it, computed by the report's own
+    functions (`report.table`, `comparisons`, `summary_cells`) from the claims file and the store."""
+
+    number: int  # the claim's row in docs/REPRODUCTION.md's summary
+    name: str
+    title: str
+    says: str  # the paper's words and number
+    ours: str  # the summary's "ours" cell: arm - strongest other, score (95 % interval)
+    verdict: str  # the summary's verdict cell, e.g. "**reproduced**"
+    diffs: str  # Markdown: one row per comparison, its difference and verdict
+    arms: str  # Markdown: each arm's metrics, mean ± 95 % half-width over seeds
+    table: pd.DataFrame  # the claim's stored runs (`report.table`)
+
+    @property
+    def word(self) -> str:
+        """The verdict alone: ``reproduced``, ``not reproduced`` or ``inconclusive``."""
+        return self.verdict.split("**")[1]
+
+
+def claim_verdict(name: str, claims_path=None, root=None) -> ClaimVerdict:
+    """The report's verdict for claim `name` of ``docs/claims.yaml``, from the tracked store (``store/``)."""
+    from . import report
+
+    claims_path, root = claims_path or report.CLAIMS, Path(root) if root else report.STORE
+    plan = report.read(claims_path)
+    numbers = {c.name: i for i, c in enumerate(plan.claims, 1)}
+    if name not in numbers:
+        from ..errors import ConfigError
+        raise ConfigError.bad_choice("claim", name, list(numbers))
+    claim, chosen = plan.claims[numbers[name] - 1], plan.chosen(root)
+    df = report.table(claim, root, chosen)
+    comps = report.comparisons(claim, df)
+    ours, judged = report.summary_cells(claim, comps, len(report.stored_runs(df)))
+    diffs = "| comparison | difference of the score | verdict |\n|---|---|---|\n" + "\n".join(
+        f"| {claim.arm} − {o} | {report._diff(p)} | {v} |" for o, p, v in comps)
+    return ClaimVerdict(numbers[name], name, claim.title, claim.says, ours, judged, diffs,
+                        report.arms_table(claim, df, claim.metrics, chosen), df)
+
+
+def claim_figure(v: ClaimVerdict):
+    """The report's figure of a claim's stored arms (bars, or lines over a sequence), as in docs/."""
+    from . import report
+
+    return report.figure(report.read().claims[v.number - 1], v.table)
+
+
+def stored_answers(v: ClaimVerdict, arm: str, split: str = "ori") -> pd.DataFrame:
+    """The per-probe rows (prompt, reference, before, generation, scores) of `arm`'s first stored seed."""
+    rows = v.table[(v.table["label"] == arm) & ~v.table["before"].astype(bool)].sort_values("seed")
+    if not len(rows):
+        return pd.DataFrame()
+    probes = pd.read_json(Path(rows.iloc[0]["folder"]) / "per_probe.jsonl", lines=True, dtype={"request": str})
+    return probes[probes["split"] == split].reset_index(drop=True)
+
+
+def contrast(v: ClaimVerdict, arm: str, other: str, metric: str, split: str = "ori", chars: int = 160) -> str:
+    """Two or three sentences on the stored request where `arm` and `other` differ most on `metric`
+    (first seed): both answers and the reference, quoted from store/."""
+    a, b = stored_answers(v, arm, split), stored_answers(v, other, split)
+    if not len(a) or not len(b) or metric not in a:
+        return ""
+    both = a.merge(b, on=["request", "prompt"], suffixes=("_a", "_b"))
+    both = both.assign(gap=(both[f"{metric}_a"] - both[f"{metric}_b"]).abs())
+    r = both.loc[both["gap"].idxmax()]
+
+    def q(text):
+        text = " ".join(str(text).split())
+        return f"“{text[:chars]}{'…' if len(text) > chars else ''}”"
+
+    return (f"Asked {q(r['prompt'])} (request {r['request']}, seed {int(v.table['seed'].min())}), the `{arm}` edit answers "
+            f"{q(r['generation_a'])} ({metric} {r[f'{metric}_a']:.2f}) and the `{other}` edit answers "
+            f"{q(r['generation_b'])} ({metric} {r[f'{metric}_b']:.2f}); the reference starts {q(r['reference_a'])}, "
+            f"and the unedited model said {q(r['before_a'])}.")
+
+
+def report_findings(names: list[str], notice: str = "", questions: list[str] = (),
+                    compare: tuple[str, str] | None = None) -> list[ClaimVerdict]:
+    """Display a notebook's "What we found": for each claim, the report's verdict (docs/REPRODUCTION.md,
+    claim n) as the report computes it, its differences, its arms and its figure, all from the
+    tracked store; then `notice` (what to look at) and `questions`. Returns the verdicts shown."""
+    from IPython.display import Markdown, display
+
+    from .. import plots
+
+    shown = []
+    for name in names:
+        v = claim_verdict(name)
+        shown.append(v)
+        display(Markdown(f"**Claim {v.number} of the report: {v.title}.** The paper: {v.says}\n\n"
+                         f"**The report's verdict:** {v.verdict} (ours: {v.ours}; real runs of SmolLM2-135M in "
+                         f"`store/`, as docs/REPRODUCTION.md states them).\n\n{v.diffs}\n\n{v.arms}"))
+        if len(v.table):
+            plots.show(claim_figure(v))
+    tail = []
+    if compare and shown:  # the first claim's stored answers where two arms differ most on its first score metric
+        v = shown[0]
+        metric = report_score_metric(v)
+        notice = " ".join(filter(None, [contrast(v, *compare, metric), notice]))
+    if notice:
+        tail.append(f"**What to notice.** {notice}")
+    if questions:
+        tail.append("**Questions to try.**\n\n" + "\n".join(f"{i}. {q}" for i, q in enumerate(questions, 1)))
+    if tail:
+        display(Markdown("\n\n".join(tail) + "\n"))
+    return shown
+
+
+def report_score_metric(v: ClaimVerdict) -> str:
+    """The scorer of a claim's first score metric (``ori.sentence_cosine`` -> ``sentence_cosine``)."""
+    from . import report
+
+    return report.read().claims[v.number - 1].score[0].split(".", 1)[1]
