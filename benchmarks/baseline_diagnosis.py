@@ -15,8 +15,9 @@ and each arm (a preset, optionally changed), edited alone on the unedited model 
    settings), scored against the target with the UnKE lineage's sentence cosine and ROUGE-L recall,
    beside the unedited model's answer.
 
-The value stage is run once more before `wb.edit` (it is deterministic: the same δs, checked through
-the step counts) so that its δs can be read. Writes one JSON file (per request and arm, and means).
+The δs are those `wb.edit`'s own value stage returned (recorded on the way); h and the value's NLL are
+read on the unedited model, the fit and the answer on the edited one. Writes one JSON file (per request
+and arm, and means).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import torch
 import workbench as wb
 from workbench import generation, metrics
 from workbench.methods import locate, unke
+from workbench.methods.weights import restore
 from workbench.prompts import IGNORE, Encoded, collate, position_ids
 
 ARMS = {  # label -> (preset, changes)
@@ -87,6 +89,7 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(0)
     model, tok = wb.load(device="cpu", dtype="float32")
+    values = unke.values
     torch.set_num_threads(1)  # a shared 2-core machine
     requests = wb.data.load("unkebench")[args.offset:args.offset + args.n]
     refs = [r.target for r in requests]
@@ -100,25 +103,39 @@ def main():
         cfg = wb.preset(name, device="cpu", dtype="float32", **changes)
         layer = cfg.layers[0]
         block = locate.decoder_layer(model, layer)
+        originals = {n: p.detach().clone() for n, p in unke.layer_parameters(model, layer).items()}
         rows = []
         for req in requests:
             t = time.perf_counter()
+            seen = []
+
+            def recording(*a, **kw):  # what the edit's own value stage returns
+                seen.append(values(*a, **kw))
+                return seen[-1]
+
+            unke.values = recording
+            try:
+                result = wb.edit(model, tok, [req], cfg, progress=False)
+            finally:
+                unke.values = values
+            log = result.log.iloc[0]
+            seq, positions, deltas, v_steps = seen[0]
+            assert int(log.value_steps) == v_steps
             with locate.frozen_eval(model):
-                seq, positions, deltas, v_steps = unke.values(model, tok, block, req, cfg)
+                trained = {n: p.detach().clone() for n, p in unke.layer_parameters(model, layer).items()}
+                result.revert()  # the unedited model: h and the value's NLL
                 h = locate.outputs(model, block, collate([seq], 0), torch.zeros(len(positions), dtype=torch.long),
                                    torch.tensor(positions))
-            nll0 = answer_nll(model, seq)
-            nll_value = answer_nll(model, seq, block, list(zip(positions, deltas)))
-            result = wb.edit(model, tok, [req], cfg, progress=False)
-            log = result.log.iloc[0]
-            assert int(log.value_steps) == v_steps, "the value stage should be deterministic"
+                nll0 = answer_nll(model, seq)
+                nll_value = answer_nll(model, seq, block, list(zip(positions, deltas)))
+                restore(model, trained)  # the edited layer again
             trained_on = seq if name == "anyedit" else Encoded(seq.input_ids[:seq.n_prompt], [IGNORE] * seq.n_prompt,
                                                                 seq.n_prompt, False)
             with locate.frozen_eval(model):
                 fit = layer_fit(model, block, trained_on, positions, deltas, h)
                 nll_edited = answer_nll(model, seq)
             answer = generation.generate(model, tok, [req.prompt], max_new_tokens=args.max_new_tokens)[0]
-            result.revert()
+            restore(model, originals)
             rows.append({"request": req.id, "chunks": len(positions), "answer_tokens": len(seq.input_ids) - seq.n_prompt, "value_steps": v_steps,
                          "value_steps_max": len(positions) * (cfg.v_steps - 1),
                          "delta_over_h": [float(d.norm() / h_.norm()) for d, h_ in zip(deltas, h)],
