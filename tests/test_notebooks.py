@@ -76,3 +76,130 @@ def test_11_baselines_runs_every_method_in_both_settings(tmp_path):
     got = execute("11_baselines", tmp_path)
     assert axis_values(got, "ori.sentence_cosine") == {"ft-uke", "adalora-uke", "rome", "memit", "unke", "anyedit"}
     assert axis_values(got, "ori.exact_match") == {f"zsre:{m}" for m in ("locft-bf", "ft-m", "memit", "alphaedit")}
+
+
+# --- the committed notebooks as a reader sees them (no execution: these read notebooks/*.ipynb) -------------------
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import nbformat
+
+COMMITTED = sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
+# Notebooks whose committed outputs predate plots.show and report_findings (issue 45): each still needs
+# the conversion 01 and 05 had and a papermill re-execution (`make smoke-notebooks`). Remove a name here
+# once its outputs are regenerated; these two tests then hold it.
+PENDING = {"00_quickstart", "02_chat_template", "03_component", "04_layer", "06_batch_size", "07_method_comparison",
+           "08_lifelong", "10_batch_editing", "11_baselines"}
+
+
+def _pending(path):
+    if path.stem in PENDING:
+        pytest.skip(f"{path.name}: outputs not regenerated with plots.show / report_findings yet (issue 45)")
+ABLATIONS = ("01", "02", "03", "04", "05", "06", "07", "08", "10", "11")  # each answers claims of the report
+PLOTLY = "application/vnd.plotly.v1+json"
+
+
+def _outputs(nb):
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
+def test_every_figure_shows_in_nbconvert_html(path):
+    """GitHub and nbconvert drop plotly's JSON: each figure must carry a PNG beside it (plots.show),
+    and the HTML that `jupyter nbconvert --to html` writes must show one image per figure."""
+    from nbconvert import HTMLExporter
+
+    _pending(path)
+    nb = nbformat.read(str(path), as_version=4)
+    figures = [o for o in _outputs(nb) if PLOTLY in o.get("data", {})]
+    assert all("image/png" in o["data"] for o in figures), f"{path.name}: a plotly figure without its static PNG"
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    images = len(re.findall(r'<img[^>]+src="data:image/png;base64,', html))
+    assert images >= len(figures), (path.name, images, len(figures))
+    if path.stem[:2] != "09":  # the playground draws no figure; every other notebook does
+        assert images >= 1, f"{path.name}: no figure a static reader can see"
+
+
+def test_show_without_a_browser_leaves_a_note_and_raises_nothing(tmp_path):
+    """nbval re-executes the notebooks: where kaleido finds no Chrome, show() keeps the interactive
+    figure and says in its text why the PNG is missing."""
+    script = ("import plotly.graph_objects as go, workbench as wb\n"
+              "wb.plots.show(go.Figure(go.Bar(x=[1], y=[-0.2])).update_layout(title='t'))\n"
+              "wb.plots.show(go.Figure().update_layout(title='u'))\n")
+    env = {**os.environ, "BROWSER_PATH": str(tmp_path / "no-chromium")}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("no static PNG on this machine") == 2 and "'image/png'" not in out.stdout
+
+
+def test_show_attaches_a_png_where_a_browser_is_installed():
+    import shutil
+
+    if not (shutil.which("chromium") or shutil.which("google-chrome")):
+        pytest.skip("no Chrome or Chromium here (apt install chromium)")
+    import plotly.graph_objects as go
+    from workbench import plots
+
+    image = plots.png(go.Figure(go.Bar(x=["a"], y=[-0.3])))
+    assert image is not None and image[:8] == b"\x89PNG\r\n\x1a\n", plots.static_error()
+
+
+def _claimed(nb) -> list[str]:
+    names = []
+    for c in nb.cells:
+        m = re.search(r"report_findings\((\[[^\]]*\])", c.source) if c.cell_type == "code" else None
+        if m:
+            names += json.loads(m.group(1))
+    return names
+
+
+def _stated(nb) -> dict[int, str]:
+    """Claim number -> the verdict cell the notebook's committed "What we found" output states."""
+    out = {}
+    for o in _outputs(nb):
+        text = "".join(o.get("data", {}).get("text/markdown", ""))
+        for m in re.finditer(r"\*\*Claim (\d+) of the report: .*?\*\*The report's verdict:\*\* (\*\*[^*]+\*\*[^(]*?)"
+                             r" \(ours: (.*?); real runs", text, flags=re.S):
+            out[int(m.group(1))] = (m.group(2).strip(), m.group(3))
+    return out
+
+
+def _summary_rows() -> dict[int, tuple[str, str]]:
+    """docs/REPRODUCTION.md's summary: claim number -> (verdict cell, ours cell)."""
+    text = (NOTEBOOKS.parent / "docs" / "REPRODUCTION.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].isdigit():
+            rows[int(cells[0])] = (cells[4], cells[3])
+    return rows
+
+
+@pytest.mark.parametrize("path", [p for p in COMMITTED if p.stem[:2] in ABLATIONS], ids=lambda p: p.stem)
+def test_findings_state_the_reports_verdict(path):
+    """Each ablation notebook's "What we found" states, for each of its claims, the verdict the report
+    computes from store/ (recomputed here by the report's own functions) and the one
+    docs/REPRODUCTION.md prints: a notebook whose outputs drift from either fails."""
+    _pending(path)
+    nb = nbformat.read(str(path), as_version=4)
+    names = _claimed(nb)
+    assert names, f"{path.name}: no wb.runs.report_findings([...]) in What we found"
+    stated, summary = _stated(nb), _summary_rows()
+    for name in names:
+        v = runs.claim_verdict(name)
+        assert v.number in stated, f"{path.name}: claim {v.number} ({name}) not in the committed findings output"
+        said, ours = stated[v.number]
+        assert (said, ours) == (v.verdict, v.ours), (path.name, name, said, v.verdict)
+        assert summary[v.number] == (v.verdict, v.ours), f"docs/REPRODUCTION.md's row {v.number} differs from the store"
+
+
+def test_claim_verdict_is_the_reports_and_can_disagree(tmp_path):
+    """The verdict comes from the store it is given: an empty store gives the report's "not run yet"."""
+    v = runs.claim_verdict("loss_scope", root=tmp_path)
+    assert v.verdict == "**inconclusive** (not run yet)" and not len(v.table)
+    real = runs.claim_verdict("loss_scope")
+    assert real.number == v.number and len(real.table) > 0
