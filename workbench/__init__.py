@@ -2,13 +2,14 @@
 
     import workbench as wb
     model, tok = wb.load()                      # embedded SmolLM2-135M-Instruct, offline
-    facts = wb.data.load("unkebench", n=10)
-    result = wb.edit(model, tok, facts, wb.config.preset("ft-uke"))
+    facts = wb.data.load("facts-fixture")        # or wb.data.load_json("mine.json", fields={...})
+    result = wb.edit(model, tok, facts, wb.config.preset("locft-bf-chat"), check=True)
+    print(result.check.to_text())                # each fact and 8 unrelated questions, before and after
     result.revert()                              # bitwise back to the original
 
 The package is built in floors, each module importing only from the floors below it (a test walks
 the imports): errors, config, components | data, models, resources | prompts | generation, scoring,
-metrics | methods/, train | evaluation, locality | runs/, plots, widgets | cli. Names are resolved
+metrics | methods/, checks, train | evaluation, locality | runs/, plots, widgets | cli. Names are resolved
 lazily here, so ``import workbench.metrics`` loads only what metrics needs. (The modules behind
 ``wb.evaluate`` and ``wb.generate`` are `evaluation` and `generation`: a submodule named like the
 function would replace it in this namespace once imported.)
@@ -22,14 +23,14 @@ _NAMES = {
     "SMOKE": "config", "EditConfig": "config", "preset": "config",
     "Request": "data",
     "ConfigError": "errors", "DataError": "errors", "DataNotFound": "errors", "EditError": "errors",
-    "WorkbenchError": "errors",
+    "WorkbenchError": "errors", "OverwriteWarning": "errors", "FormatWarning": "errors", "CappedWarning": "errors",
     "load": "models", "load_for": "models",
     "generate": "generation",
     "EditResult": "train", "apply_delta": "train", "edit": "train", "edit_each": "train",
     "EvalConfig": "evaluation", "EvalReport": "evaluation", "evaluate": "evaluation", "pre_edit": "evaluation",
     "score_each": "evaluation",
 }
-_MODULES = ("cli", "components", "config", "data", "errors", "evaluation", "generation", "locality", "mechanism", "methods", "metrics",
+_MODULES = ("checks", "cli", "components", "config", "data", "errors", "evaluation", "generation", "locality", "mechanism", "methods", "metrics",
             "models", "placement", "plots", "prompts", "resources", "runs", "scoring", "train", "widgets")
 __all__ = [*_NAMES, *_MODULES]
 

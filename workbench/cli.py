@@ -63,7 +63,7 @@ def reproduce(config, claims: list[str], docs: Path, overrides: dict | None = No
         print(f"{name}: {notebook.name} in {time.time() - start:.0f} s -> {docs}/{name}.*", flush=True)
 
 
-DEFAULT_PRESET = "ft-uke"
+DEFAULT_PRESET = "locft-bf-chat"  # several facts at once, asked as an instruct model is (README)
 
 
 def fail(command: str, error) -> SystemExit:
