@@ -275,3 +275,15 @@ print(m.config.rope_theta, type(t).__name__, (got - want).abs().max().item())
     theta, cls, diff = run.stdout.split()
     assert float(theta) == 1e5 and cls == "PreTrainedTokenizerFast" and float(diff) < 1e-4, run.stdout
     print(f"transformers 4.57 load + forward: {time.perf_counter() - t:.1f} s")
+
+
+def test_eval_compares_an_edited_model_with_its_base(tmp_path, capsys, tok):
+    model = wb.load("tiny-random-llama", device="cpu")[0]
+    fact = {"prompt": "The capital of Zorbia is", "target": "Quxville"}
+    res = wb.edit(model, tok, [fact], wb.EditConfig(layers=(2,), epochs=8, lr=5e-2), progress=False)
+    folder = res.save_pretrained(tmp_path / "edited", tok)
+    assert cli.main(["eval", "--benchmark", "zsre", "-n", "1", "--model", str(folder), "--base", "tiny-random-llama"]) == 0
+    out = capsys.readouterr().out
+    loc = [line.split() for line in out.splitlines() if line.split()[:2] == ["loc", "exact_match"]]
+    assert loc and float(loc[0][2]) < 1  # against the base: the edit changed answers (itself: 1 by construction)
+    assert "--base tiny-random-llama (before) against --model" in out and "unrelated answers kept" in out
