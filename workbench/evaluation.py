@@ -50,8 +50,7 @@ METRICS = ("sentence_cosine", "rouge_recall", "rougeL", "bertscore", "exact_matc
 # score column -> the EvalConfig.metrics entry that produces it
 COLUMNS = {"sentence_cosine": "sentence_cosine", "rouge1_recall": "rouge_recall", "rouge2_recall": "rouge_recall",
            "rougeL_recall": "rouge_recall", "rougeL_f1": "rougeL", "bertscore_f1": "bertscore",
-           "exact_match": "exact_match", "token_acc": "token_acc",
-           "recall_ceiling": "rouge_recall"}  # present only when a reference is longer than max_new_tokens
+           "exact_match": "exact_match", "token_acc": "token_acc"}
 CAPABILITY = ("mmlu", "perplexity")  # and "lm_eval:<task>": any lm-evaluation-harness task (scoring.lm_eval_capability)
 LM_EVAL = "lm_eval:"
 
@@ -323,7 +322,8 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig | None = None, pre: PreE
         longest = max(len(target_ids(tok, r, cfg.chat_template)) - 1 for r in table.reference[table.split != "loc"])
         warnings.warn(f"{capped} reference answer(s) are longer than max_new_tokens={cfg.max_new_tokens} (the longest "
                       f"{longest} tokens): their recall cannot exceed {min(ceilings):.3f}. Recorded as the "
-                      "'recall_ceiling' column of per_probe and summary rows; raise max_new_tokens to score them whole.",
+                      "'recall_ceiling' column of per_probe and, per split, in provenance['recall_ceiling']; raise "
+                      "max_new_tokens to score them whole.",
                       CappedWarning, stacklevel=2)
     summary = summarize(table, protocols)
     capability = {}
@@ -346,6 +346,9 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig | None = None, pre: PreE
                             "rougeL_f1": "rouge-score, rougeL, F1, no stemming"},
                   "loc_probes_in_edit_set": leaked,
                   "references_over_budget": capped,
+                  # per split, the mean most recall its probes' generations could reach (1: nothing capped)
+                  "recall_ceiling": ({k: float(v) for k, v in table.groupby("split", sort=False).recall_ceiling.mean().items()}
+                                     if capped else {}),
                   "averaging": {"sub": "mean over each request's sub-answers, then over requests",
                                 "other splits": "mean over probes"},
                   "model": str(getattr(model, "name_or_path", "")), "versions": versions(),
