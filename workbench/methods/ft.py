@@ -92,7 +92,9 @@ def example_losses(model: nn.Module, batch: dict) -> torch.Tensor:
     logits = out.logits[:, :-1].float()  # positions T-keep .. T-2 predict tokens T-keep+1 .. T-1
     target = labels[:, T - keep + 1:]
     bag = batch.get("bag")
-    if bag is not None and bag.any():
+    # `to_device` decides this on the host: a device tensor in an `if` would wait for the device
+    has_bag = batch["has_bag"] if "has_bag" in batch else (bag is not None and bool(bag.any()))
+    if has_bag:
         # prompt_last (EasyEdit's FT-L): every labelled token of a bag example is scored against the
         # distribution at its last prompt position, the one that predicts its first labelled token.
         anchor = logits[torch.arange(len(logits), device=logits.device), (target != IGNORE).int().argmax(1)]
@@ -111,9 +113,10 @@ def logits_needed(labels: torch.Tensor) -> int:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    """A collated batch (on the host) on `device`, with ``keep`` (`logits_needed`) counted before the
-    copy; pinned and non-blocking on a GPU, so the copy overlaps the previous step's kernels."""
-    out = {"keep": logits_needed(batch["labels"])}
+    """A collated batch (on the host) on `device`, with ``keep`` (`logits_needed`) and ``has_bag`` (any
+    example scored from one position, loss scope ``prompt_last``) decided before the copy; pinned and
+    non-blocking on a GPU, so the copy overlaps the previous step's kernels."""
+    out = {"keep": logits_needed(batch["labels"]), "has_bag": "bag" in batch and bool(batch["bag"].any())}
     cuda = device.type == "cuda"
     for k, v in batch.items():
         out[k] = v.pin_memory().to(device, non_blocking=True) if cuda else v.to(device)
