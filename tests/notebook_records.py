@@ -41,6 +41,8 @@ def check(name: str, got: dict) -> None:
         assert 1 <= got["steps"] <= 8 and 1 <= got["batch.steps"] <= 4  # smoke caps steps and epochs
         assert 0.0 <= got["token_accuracy_paraphrase"] <= 1.0 and 0.0 <= got["token_accuracy_question"] <= 1.0
         assert {"batch.reliability", "batch.generalisation", "batch.locality_ours"} <= set(got)
+        # your own facts: from a JSON file with a field mapping, checked, saved and reloaded by transformers
+        assert got["own.facts"] == 3 and 0 <= got["own.learnt"] <= 3 and got["own.reloaded_same"] is True
     elif name == "06_batch_size":
         assert axis_values(got, "steps") == {"1", "5", "10", "25", "50"}
         steps = [got[f"{b}/steps"] for b in (1, 5, 10, 25, 50)]

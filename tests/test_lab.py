@@ -61,6 +61,11 @@ def lab(tmp_path):
     labconfig.mkdir(parents=True)
     (labconfig / "page_config.json").write_text(json.dumps(
         {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    # every cell stays in the page (JupyterLab 4 otherwise renders only the cells near the view, and a
+    # figure above a long output is then not in the DOM to find)
+    tracker = tmp_path / ".jupyter" / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     log = open(tmp_path / "server.log", "w")
     # smoke parameters (the tiny model) unless WORKBENCH_LAB_SMOKE=0: how docs/playground.png was made
     env = {**os.environ, "WORKBENCH_SMOKE": os.environ.get("WORKBENCH_LAB_SMOKE", "1"), "WORKBENCH_RESULTS": str(tmp_path / "results"),

@@ -4,12 +4,16 @@ bars. `save()` writes a self-contained HTML file beside the results and, where k
 Chrome/Chromium are installed (``pip install -e .[report]``), a static PNG for documents.
 
 `show(fig)` is how notebooks display a figure: one output carrying the interactive plotly figure
-(JupyterLab, VS Code) *and* a static PNG of it (nbconvert, GitHub, any viewer without plotly's
-JavaScript), with a one-line text note. Where kaleido or a browser is missing the PNG is left out
-and the note says why; nothing raises, so a notebook re-executed on a bare machine still runs."""
+(JupyterLab, VS Code) *and* a static PNG of it as an ``<img>`` in its ``text/html`` (nbconvert, GitHub,
+any viewer without plotly's JavaScript), with a one-line text note. The PNG goes in the HTML, not in
+an ``image/png`` entry: JupyterLab's plotly renderer shows a bundle's ``image/png`` *instead of* the
+interactive figure, while it takes precedence over ``text/html`` (tests/test_lab.py). Where kaleido
+or a browser is missing the PNG is left out and the note says why; nothing raises, so a notebook
+re-executed on a bare machine still runs."""
 from __future__ import annotations
 
 import base64
+import html
 import logging
 import warnings
 from pathlib import Path
@@ -180,7 +184,8 @@ def show(fig: go.Figure, out_dir=None, name: str | None = None, smoke: bool = Fa
     bundle = dict(pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_dict()))
     image = png(fig)
     if image is not None:
-        bundle["image/png"] = base64.b64encode(image).decode()
+        data = base64.b64encode(image).decode()
+        bundle["text/html"] = f'<img src="data:image/png;base64,{data}" alt="{html.escape(_title(fig))}"/>'
         bundle["text/plain"] = f"[figure: {_title(fig)}] (interactive in Jupyter; static PNG beside it)"
     else:
         bundle["text/plain"] = (f"[figure: {_title(fig)}] (interactive in Jupyter only: no static PNG on this machine, "
