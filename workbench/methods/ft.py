@@ -187,10 +187,7 @@ class _Loop:
         # the step's losses reach the host once (the stop rule and the log need them): one sync per step
         read = torch.cat([*parts, torch.stack([p.sum() for p in parts])]).tolist()
         self.example_loss.update(zip(idx, read[:len(idx)]))  # for skip_converged
-        loss = 0.0
-        for part_sum in read[len(idx):]:  # summed per micro-batch, in order: the numbers of a loop that read each
-            loss += part_sum
-        loss /= len(idx)
+        loss = sum(read[len(idx):]) / len(idx)  # micro-batch sums added in order, as a loop reading each would
         step_no = len(self.rows)
         if not math.isfinite(loss):
             raise EditError(f"loss became {loss} at step {step_no} (epoch {epoch}) on requests "
