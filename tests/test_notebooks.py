@@ -62,7 +62,7 @@ COMMITTED = sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
 # Notebooks whose committed outputs predate plots.show and report_findings (issue 45): each still needs
 # the conversion 01 and 05 had and a papermill re-execution (`make smoke-notebooks`). Remove a name here
 # once its outputs are regenerated; these two tests then hold it.
-PENDING = {"07_method_comparison", "08_lifelong", "10_batch_editing", "11_baselines"}
+PENDING: set[str] = set()
 
 
 def _pending(path):
