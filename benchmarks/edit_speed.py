@@ -34,7 +34,7 @@ import workbench as wb
 from workbench import data, prompts
 from workbench.components import family_table, resolve
 from workbench.models import input_device, spec
-from workbench.methods.ft import _optimizer
+from workbench.methods.ft import make_optimizer
 from workbench.prompts import position_ids
 
 
@@ -53,7 +53,7 @@ def plain_loop(model, tok, requests, cfg, freeze: bool = True) -> float:
     params = [model.get_submodule(t.name).weight for t in resolve(model, cfg.components, cfg.layers)]
     for p in params:
         p.requires_grad_(True)
-    opt = _optimizer(cfg, params)
+    opt = make_optimizer(cfg, params)
     device = input_device(model)
     gen = torch.Generator().manual_seed(cfg.seed)  # the order wb.edit draws
     t0 = time.perf_counter()

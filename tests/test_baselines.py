@@ -102,13 +102,13 @@ def test_unke_preserves_chat_samples_drawn_for_each_edit(tok):
 @pytest.mark.parametrize("decay_norms", [False, True])
 def test_unke_exempts_the_layer_norms_from_weight_decay(tiny, tok, monkeypatch, decay_norms):
     seen = []
-    original = unke._optimizer
+    original = unke.make_optimizer
 
     def record(cfg, params):
         seen.append(params)
         return original(cfg, params)
 
-    monkeypatch.setattr(unke, "_optimizer", record)
+    monkeypatch.setattr(unke, "make_optimizer", record)
     cfg = wb.preset("unke", **SMALL, v_steps=2, unke_steps=1, n_preserve=2, decay_norms=decay_norms)
     result = wb.edit(tiny, tok, [STORY], cfg, progress=False)
     result.revert()

@@ -19,7 +19,8 @@ The loss scope of an edit is *only* a label mask built here (`encode`):
 * ``prompt_target``: every token after the first.
 
 Batches are left-padded (`collate`) and positions skip the padding (`position_ids`), so a padded
-example is encoded exactly as an unpadded one.
+example is encoded exactly as an unpadded one; `forward` runs a model on such a batch, the one call
+that edits, statistics and scores share.
 """
 from __future__ import annotations
 
@@ -129,3 +130,12 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding (as generation computes them), so a left-padded example is
     encoded exactly as an unpadded one, for absolute (GPT-2) and rotary positions alike."""
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def forward(model, batch: dict, **kwargs):
+    """`model` on a left-padded batch (``input_ids``, ``attention_mask`` [B, T]; `collate`), with the
+    positions that skip the padding: ``batch["position_ids"]`` when the batch carries them (a batch cut
+    after a cached past), else `position_ids` of its mask. `kwargs` go to the model as they are
+    (``logits_to_keep``, ``use_cache``, a cache). Returns the model's output."""
+    ids = batch["position_ids"] if "position_ids" in batch else position_ids(batch["attention_mask"])
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=ids, **kwargs)

@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import placement, prompts, resources, threads
+from .. import files, placement, prompts, resources, threads
 from ..components import Target, num_layers, resolve
 from ..config import EditConfig
 from ..errors import EditError
@@ -85,8 +85,7 @@ def example_losses(model: nn.Module, batch: dict) -> torch.Tensor:
     # slice is made contiguous first.
     handle = model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
     try:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    position_ids=prompts.position_ids(batch["attention_mask"]), logits_to_keep=keep, use_cache=False)
+        out = prompts.forward(model, batch, logits_to_keep=keep, use_cache=False)
     finally:
         handle.remove()
     logits = out.logits[:, :-1].float()  # positions T-keep .. T-2 predict tokens T-keep+1 .. T-1
@@ -127,7 +126,7 @@ def _contiguous_input(module, args):
     return (args[0].contiguous(), *args[1:])
 
 
-def _selected_parameters(model: nn.Module, targets: list[Target]) -> tuple[dict, dict]:
+def selected_parameters(model: nn.Module, targets: list[Target]) -> tuple[dict, dict]:
     """Parameters under each target, and for fused slices a mask of the entries that may change."""
     params, masks = {}, {}
     for t in targets:
@@ -144,7 +143,8 @@ def _selected_parameters(model: nn.Module, targets: list[Target]) -> tuple[dict,
     return params, {n: m for n, m in masks.items() if m is not None}
 
 
-def _optimizer(cfg: EditConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(cfg: EditConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The config's optimiser (``sgd``, ``adamw`` or ``adam``) over `params`, at ``lr`` and ``weight_decay``."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -160,7 +160,7 @@ class _Loop:
         self.cache: prefix.PrefixCache | None = cache
         self.rows: list[dict] = []
         self.device = input_device(model)
-        self.optimizer = _optimizer(cfg, list(trainable.values()))
+        self.optimizer = make_optimizer(cfg, list(trainable.values()))
         self.example_loss: dict[int, float] = {}  # each example's loss when it was last in a batch
         self.checkpoint: EpochCheckpoint | None = None
         self.resumed_s = 0.0  # seconds earlier processes spent on this edit (a resumed checkpoint)
@@ -213,7 +213,7 @@ class _Loop:
         cfg, n = self.cfg, len(self.examples)
         for edit, start in enumerate(range(0, n, cfg.batch_size)):
             idx = list(range(start, min(start + cfg.batch_size, n)))
-            self.optimizer = _optimizer(cfg, list(self.trainable.values()))  # each edit starts afresh
+            self.optimizer = make_optimizer(cfg, list(self.trainable.values()))  # each edit starts afresh
             for _ in range(cfg.steps_per_edit):
                 # The loss is measured before the update, so a converged edit stops without a step.
                 if self.step(idx, epoch=0, edit=edit, skip_below=cfg.early_stop_loss or None) < cfg.early_stop_loss:
@@ -312,10 +312,8 @@ class EpochCheckpoint:
         return state
 
     def write(self, state: dict) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.part")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"identity": self.identity, **state}, tmp)
-        tmp.replace(self.path)
+        with files.atomic(self.path) as tmp:
+            torch.save({"identity": self.identity, **state}, tmp)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -353,8 +351,8 @@ def edit(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: bool 
 
     targets = resolve(model, cfg.components, cfg.layers)
     lowest = min(t.layer for t in targets)
-    cache_note = prefix.plan(cfg, lowest, model, examples)  # None: the prefix cache will run
-    selected = _selected_parameters(model, targets) if cfg.method == "ft" else None  # changes nothing yet
+    cache_note = prefix.why_off(cfg, lowest, model, examples)  # None: the prefix cache will run
+    selected = selected_parameters(model, targets) if cfg.method == "ft" else None  # changes nothing yet
     if selected is not None:
         placement.trainable_on_device(model, selected[0])
     resources.check_edit(model, cfg, examples, _trainable_estimate(model, targets, cfg, selected), lowest,
@@ -397,7 +395,7 @@ def edit(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: bool 
             loop = _Loop(model, cfg, examples, ids, pad_id, trainable, originals, masks, adapter, cache, bar)
             if checkpoint is not None:
                 loop.checkpoint = EpochCheckpoint(checkpoint, identity, t0)
-            getattr(loop, cfg.schedule)()
+            {"depth_first": loop.depth_first, "breadth_first": loop.breadth_first}[cfg.schedule]()
             if loop.checkpoint is not None:
                 loop.checkpoint.remove()  # the edit is complete: its result, not the file, is what lasts
         if cache is not None:
@@ -428,7 +426,7 @@ def edit(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: bool 
 
 def _trainable_estimate(model: nn.Module, targets: list[Target], cfg: EditConfig, selected: tuple | None) -> int:
     """Parameters the edit will train, counted before anything is changed (`selected`: full
-    fine-tuning's `_selected_parameters`)."""
+    fine-tuning's `selected_parameters`)."""
     if selected is not None:
         return sum(p.numel() for p in selected[0].values())
     # an upper bound for the memory guard: LoRA trains rank x (in + out) per wrapped Linear, AdaLoRA

@@ -44,7 +44,7 @@ from ..config import EditConfig
 from ..errors import ConfigError, EditError, WorkbenchError
 from ..models import input_device, spec
 from . import prefix
-from .ft import _optimizer, _selected_parameters, constrain, example_losses, to_device
+from .ft import constrain, example_losses, make_optimizer, selected_parameters, to_device
 from .locate import frozen_eval
 from .result import EditResult
 
@@ -99,7 +99,7 @@ def edit_each(model: nn.Module, tok, requests: list, cfg: EditConfig, progress: 
     targets, params, masks, _ = _selection(model, cfg)
     placement.trainable_on_device(model, params)
     lowest = min(t.layer for t in targets)
-    cache_note = prefix.plan(cfg, lowest, model, examples)
+    cache_note = prefix.why_off(cfg, lowest, model, examples)
     per_copy = sum(p.numel() for p in params.values())
     resources.check_edit(model, cfg, examples, per_copy * len(requests), lowest, num_layers(model),
                          prefix.host_bytes(model, examples, cfg) if cache_note is None else 0,
@@ -172,7 +172,7 @@ def _selection(model, cfg: EditConfig):
     """The targets, parameters, fused-slice masks and owning modules `edit_each` trains, or a
     ConfigError saying why it cannot (only Linear / Conv1D weights are stacked)."""
     targets = resolve(model, cfg.components, cfg.layers)
-    params, masks = _selected_parameters(model, targets)
+    params, masks = selected_parameters(model, targets)
     owners = {name.rsplit(".", 1)[0] for name in params}
     for owner in owners:
         module = model.get_submodule(owner)
@@ -202,7 +202,7 @@ def _train(model, cfg, examples, ids, copies, stacked, masks, originals, cache, 
     from tqdm.auto import tqdm
 
     device = input_device(model)
-    optimizer = _optimizer(cfg, [p for c in copies for p in c.values()])
+    optimizer = make_optimizer(cfg, [p for c in copies for p in c.values()])
     steps = cfg.steps_per_edit if cfg.schedule == "depth_first" else cfg.epochs
     active = list(range(len(examples)))
     for step in tqdm(range(steps), desc=f"edit_each ({len(examples)} edits)", disable=not progress, leave=False):

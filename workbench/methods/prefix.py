@@ -116,8 +116,7 @@ class PrefixCache:
                 idx = order[s:s + chunk]
                 b = {k: v.to(self.device) for k, v in prompts.collate([examples[i] for i in idx], self.pad_id).items()}
                 try:
-                    self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                               position_ids=prompts.position_ids(b["attention_mask"]), use_cache=False)
+                    prompts.forward(self.model, b, use_cache=False)
                 except _Stop:
                     pass
                 h, width = captured.pop("h"), b["input_ids"].shape[1]
@@ -186,8 +185,8 @@ def host_bytes(model: nn.Module, examples: list, cfg) -> int:
     return need if need <= max(DEVICE_BUDGET_BYTES, HOST_SHARE * available_bytes("cpu")) else 0
 
 
-def plan(cfg, lowest_layer: int, model: nn.Module, examples: list) -> str | None:
-    """Why the cache does not apply to this edit, or None when it does."""
+def why_off(cfg, lowest_layer: int, model: nn.Module, examples: list) -> str | None:
+    """Why the cache does not apply to this edit (what `EditResult.prefix_cache` says), or None when it does."""
     if not cfg.prefix_cache:
         return "off (prefix_cache=False)"
     if lowest_layer == 0:

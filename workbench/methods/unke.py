@@ -48,7 +48,7 @@ from ..errors import ConfigError
 from ..models import spec
 from ..prompts import IGNORE, Encoded, collate, encode
 from . import locate
-from .ft import _optimizer
+from .ft import make_optimizer
 from .prefix import PrefixCache
 from .result import EditResult
 from .weights import float32_master, remove_hooks, restore
@@ -205,7 +205,7 @@ def train_layer(model, tok, layer: int, seq: Encoded, positions: list[int], delt
     else:  # UnKE's code exempts the layer norms from AdamW's decay
         groups = [{"params": [p for p in trainable.values() if id(p) not in norms]},
                   {"params": [p for p in trainable.values() if id(p) in norms], "weight_decay": 0.0}]
-    opt = _optimizer(cfg, groups)
+    opt = make_optimizer(cfg, groups)
     losses = []
     try:
         if cache is not None:
