@@ -12,6 +12,9 @@ Files are found on a search path (``$WORKBENCH_DATA``, the project's ``data/``, 
 checked against the sha256 in ``data/benchmarks.yaml``, which also names each file's public source;
 nothing is downloaded unless `download()` is called.
 
+Plain-text corpora (`corpus`: the MMLU questions, or a .txt / .jsonl of passages) are read here too, for
+the locate-and-edit methods' second-moment statistics.
+
 Turning a request into tokens is `prompts.py`'s job: nothing here touches a tokenizer.
 """
 from __future__ import annotations
@@ -26,9 +29,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import DataError, DataNotFound
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from . import files
+from .errors import ConfigError, DataError, DataNotFound
+from .files import PROJECT_ROOT  # the checkout; many modules import it from here
 REGISTRY_FILE = PROJECT_ROOT / "data" / "benchmarks.yaml"
 
 
@@ -135,15 +138,10 @@ def download(name: str, dest: str | os.PathLike | None = None) -> Path:
     if not entry.get("url"):
         raise DataNotFound(f"benchmark {name!r} has no public download; see data/benchmarks.yaml")
     target = Path(dest or PROJECT_ROOT / "data") / entry["file"]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
-    try:
+    with files.atomic(target) as tmp:  # never a half-written benchmark on the search path
         urllib.request.urlretrieve(entry["url"], tmp)
         if entry.get("sha256") and sha256(tmp) != entry["sha256"]:
             raise DataError(f"downloaded file does not match the registry's sha256 {entry['sha256']}", file=entry["url"])
-        tmp.replace(target)  # atomic: never a half-written benchmark on the search path
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 
@@ -176,6 +174,53 @@ def read_records(path: str | os.PathLike) -> list:
     if not isinstance(data, list):
         raise DataError(f"expected a JSON list of records at the top level, got {type(data).__name__}", file=path)
     return data
+
+
+# -------------------------------------------------------------------------------------- corpora
+def mmlu_passages() -> list[str]:
+    """Every MMLU test and dev question with its four choices, one passage each (question and choices
+    joined by spaces), from the CSVs (``test/*.csv``, ``dev/*.csv``) beside the MMLU probe file, in the
+    order of their sorted paths."""
+    import csv
+
+    folder = find("mmlu-probe").parent
+    texts = []
+    for path in sorted(folder.glob("*/*.csv")):
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                texts.append(" ".join([row["question"]] + [row[f"choice{i}"] for i in range(4)]))
+    if not texts:
+        raise DataError("no MMLU CSVs (test/*.csv, dev/*.csv) beside the probe file", file=folder)
+    return texts
+
+
+def corpus(source: str) -> tuple[list[str], str]:
+    """Passages of a text corpus and a name that identifies their content: ``"mmlu"`` (`mmlu_passages`,
+    named ``mmlu-<hash of the text>``) or a .txt (one passage per line) / .jsonl ("text" field) file (named
+    ``<stem>-<hash of the file>``); blank passages are dropped. Read once per process and file version."""
+    path = Path(source)
+    stamp = path.stat().st_mtime if source != "mmlu" and path.is_file() else None
+    texts, name = _corpus(source, stamp)
+    return list(texts), name
+
+
+@lru_cache(maxsize=4)
+def _corpus(source: str, stamp) -> tuple[tuple[str, ...], str]:
+    if source == "mmlu":
+        texts = mmlu_passages()
+        digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+        return tuple(texts), f"mmlu-{digest}"
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"mom2_corpus={source!r}: give 'mmlu' or a .txt / .jsonl file")
+    if path.suffix == ".jsonl":
+        texts = [r.get("text", "") if isinstance(r, dict) else "" for r in read_records(path)]
+    else:
+        texts = path.read_text(encoding="utf-8").splitlines()
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise DataError("no text in the corpus", file=path)
+    return tuple(texts), f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
 
 
 # One request schema. A record's keys are read by a mapping: request field -> record key (dotted for

@@ -20,14 +20,13 @@ import torch.nn.functional as F
 
 from .data import Request, find
 from .models import cache_argument, input_device, spec
-from .prompts import IGNORE, Encoded, collate, encode, position_ids, prompt_ids, target_ids
+from .prompts import IGNORE, Encoded, collate, encode, forward, prompt_ids, target_ids
 
 
 def _forward(model, tok, examples: list[Encoded]):
     device = input_device(model)
     b = {k: v.to(device, non_blocking=True) for k, v in collate(examples, spec(tok).pad_id).items()}
-    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                   position_ids=position_ids(b["attention_mask"]), use_cache=False).logits
+    logits = forward(model, b, use_cache=False).logits
     return logits[:, :-1].float(), b["labels"][:, 1:]
 
 
@@ -109,8 +108,8 @@ def _continuation_logprobs(model, tok, prompts: list[list[int]], owner: list[int
     ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
     past = DynamicCache()  # every layer keeps every key (a sliding window is the mask's business)
     name = cache_argument(model)
-    first = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
-                  logits_to_keep=1, **{name: past}).logits[:, -1].float().log_softmax(-1)  # predicts token 1
+    first = forward(model, {"input_ids": ids, "attention_mask": mask}, use_cache=True, logits_to_keep=1,
+                    **{name: past}).logits[:, -1].float().log_softmax(-1)  # predicts token 1
     kv = [(layer.keys, layer.values) for layer in past.layers]
     n = torch.tensor([len(c) for c in conts], device=device)
     lp = first[torch.tensor(owner, device=device)].gather(
