@@ -259,8 +259,8 @@ def stats(check: Check) -> dict:
                          ("tiny-random-llama" if check.dry else "random:llama-3-8b", check.n["stats8b"])):
         model, tok = wb.load(name, device=DEVICE, dtype="bfloat16" if "8b" in name else "float32")
         layer = num_layers(model) // 2
-        locate._STATS.clear()  # computed, not read back: this layer's cached file goes first
-        key = locate._stats_key(model, layer, locate.corpus_texts("mmlu")[1], tokens)
+        locate.STATS.clear()  # computed, not read back: this layer's cached file goes first
+        key = locate.stats_key(model, layer, data.corpus("mmlu")[1], tokens)
         (models.cache_dir() / "stats" / f"{key}.pt").unlink(missing_ok=True)
         sync()
         t = time.perf_counter()
@@ -269,7 +269,7 @@ def stats(check: Check) -> dict:
         out[name] = {"layer": layer, "tokens": tokens, "seconds": time.perf_counter() - t, "d_in": c.shape[0],
                      "finite": bool(torch.isfinite(c).all())}
         del model
-    locate._STATS.clear()
+    locate.STATS.clear()
     return out
 
 

@@ -44,7 +44,7 @@ def main() -> None:
     for name in ("a pass per layer", "one pass"):
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["WORKBENCH_CACHE"] = tmp  # nothing cached: every statistic computed here
-            locate._STATS.clear()
+            locate.STATS.clear()
             t = time.perf_counter()
             if name == "one pass":
                 stats = locate.second_moments(model, tok, args.layers, "mmlu", args.tokens, progress=False)

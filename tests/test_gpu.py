@@ -104,10 +104,10 @@ def test_statistics_on_the_card_match_the_cpu(tmp_path, monkeypatch):
     got = []
     for i, device in enumerate(("cpu", "cuda")):
         monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / device))
-        locate._STATS.clear()
+        locate.STATS.clear()
         model, tok = wb.load(UNTIED, device=device, dtype="float32")
         got.append(locate.second_moments(model, tok, [1, 2], n_tokens=2000, progress=False))
-    locate._STATS.clear()
+    locate.STATS.clear()
     for layer in (1, 2):
         assert got[1][layer].device.type == "cpu"  # kept on the CPU between edits (the solves move it)
         assert relative(got[1][layer], got[0][layer]) < 1e-5

@@ -215,12 +215,12 @@ def test_statistics_of_several_layers_from_one_pass_equal_a_pass_per_layer(tiny,
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "a"))
     together = locate.second_moments(tiny, tok, [3, 1], "mmlu", 400, progress=False)
     assert sorted(together) == [1, 3]
-    locate._STATS.clear()  # nothing in memory, a fresh disk cache: each layer from its own pass
+    locate.STATS.clear()  # nothing in memory, a fresh disk cache: each layer from its own pass
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "b"))
     for layer in (1, 3):
         assert torch.equal(locate.second_moment(tiny, tok, layer, "mmlu", 400, progress=False), together[layer])
     assert not torch.equal(together[1], together[3])
-    locate._STATS.clear()  # from disk, with one layer more: only that one is computed
+    locate.STATS.clear()  # from disk, with one layer more: only that one is computed
     both = locate.second_moments(tiny, tok, [1, 2, 3], "mmlu", 400, progress=False)
     assert torch.equal(both[1], together[1]) and len(list((tmp_path / "b" / "stats").glob("*.pt"))) == 3
 

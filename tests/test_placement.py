@@ -255,13 +255,13 @@ def test_statistics_of_an_offloaded_model_are_those_of_its_weights(untied, tmp_p
     from workbench.methods import locate
 
     plain, spread, tok = untied
-    assert locate._stats_key(spread, 2, "mmlu-x", 100) == locate._stats_key(plain, 2, "mmlu-x", 100)
+    assert locate.stats_key(spread, 2, "mmlu-x", 100) == locate.stats_key(plain, 2, "mmlu-x", 100)
     got = []
     for i, model in enumerate((plain, spread)):
         monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / str(i)))  # computed, not read from a cache
-        locate._STATS.clear()
+        locate.STATS.clear()
         got.append(locate.second_moments(model, tok, [2, 3], n_tokens=200, progress=False))
-    locate._STATS.clear()
+    locate.STATS.clear()
     for layer in (2, 3):
         assert torch.allclose(got[0][layer], got[1][layer], rtol=1e-5, atol=1e-7)
 
