@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workbench as wb  # noqa: E402
-from workbench import data, models, placement, prompts, resources  # noqa: E402
+from workbench import data, files, models, placement, prompts, resources  # noqa: E402
 from workbench.components import num_layers, resolve  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -62,7 +62,7 @@ def peak_gib() -> float | None:
 
 def smollm2() -> str:
     """The embedded model where its weights are here, else its shape with random weights."""
-    if (models.cache_dir() / "models" / models.DEFAULT_MODEL / "model.safetensors").exists():
+    if (files.cache_root() / "models" / models.DEFAULT_MODEL / "model.safetensors").exists():
         return models.DEFAULT_MODEL
     return "random:smollm2-135m"
 
@@ -261,7 +261,7 @@ def stats(check: Check) -> dict:
         layer = num_layers(model) // 2
         locate.STATS.clear()  # computed, not read back: this layer's cached file goes first
         key = locate.stats_key(model, layer, data.corpus("mmlu")[1], tokens)
-        (models.cache_dir() / "stats" / f"{key}.pt").unlink(missing_ok=True)
+        (files.cache_root() / "stats" / f"{key}.pt").unlink(missing_ok=True)
         sync()
         t = time.perf_counter()
         c = locate.second_moments(model, tok, [layer], n_tokens=tokens, progress=False)[layer]

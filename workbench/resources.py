@@ -22,13 +22,14 @@ from collections import Counter
 
 import torch
 
+from . import files
 from .errors import ResourceError
 
 HEADROOM = 0.9  # refuse when the estimate exceeds this share of the free memory
 
 
 def guard_disabled() -> bool:
-    return os.environ.get("WORKBENCH_NO_MEMORY_GUARD", "0") not in ("", "0", "false", "False")
+    return files.flag("WORKBENCH_NO_MEMORY_GUARD")
 
 
 def available_bytes(device) -> int:

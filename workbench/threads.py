@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from . import files
+
 _depth = 0  # nested active() blocks (a run that calls wb.edit) register once
 _last_check = 0.0
 RECHECK_S = 5.0  # how often a long edit looks again at who else is computing
@@ -49,8 +51,7 @@ def _policy_off(setting: str) -> bool:
 
 
 def _folder() -> Path:
-    root = Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench"))
-    return root / "active"
+    return files.cache_root() / "active"
 
 
 def alive(pid: int) -> bool:

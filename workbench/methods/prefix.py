@@ -41,9 +41,9 @@ import tempfile
 import torch
 import torch.nn as nn
 
-from .. import prompts
+from .. import files, prompts
 from ..components import family_table
-from ..models import cache_dir, input_device, model_dtype
+from ..models import input_device, model_dtype
 from ..resources import available_bytes
 
 # States larger than this stay in host memory and move to the device a batch at a time.
@@ -83,7 +83,7 @@ class PrefixCache:
         if need <= HOST_SHARE * available_bytes("cpu"):
             self.where = "cpu"
             return torch.empty(tokens, d, dtype=self.store_dtype)
-        folder = cache_dir() / "prefix"
+        folder = files.cache_root() / "prefix"
         folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(suffix=".bin", dir=folder)
         os.close(fd)

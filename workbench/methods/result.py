@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from .. import files
 from ..config import EditConfig
 from ..errors import FormatWarning, WorkbenchError
 from .weights import remove_hooks, restore
@@ -137,12 +138,10 @@ class EditResult:
         if self.reverted:
             raise WorkbenchError("this edit was reverted; there is no delta to save")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
         meta = {"workbench": "delta-v1", "config": json.dumps(self.cfg.to_dict()),
                 "model": str(getattr(self.model, "name_or_path", "")), "requests": json.dumps(self.request_ids)}
-        save_file({n: d.contiguous() for n, d in self.deltas().items()}, str(tmp), metadata=meta)
-        tmp.replace(path)
+        with files.atomic(path) as tmp:
+            save_file({n: d.contiguous() for n, d in self.deltas().items()}, str(tmp), metadata=meta)
         return path
 
 
@@ -153,8 +152,6 @@ class EditResult:
         ``from_pretrained`` load it like any other model, with transformers 5 or 4.x (`legacy_compatible`:
         the RoPE settings where 4.x reads them, a tokenizer class 4.x has). Written under a temporary
         name and renamed, so a failed save leaves no half folder."""
-        import shutil
-
         from .. import __version__
         from ..placement import state_dict
 
@@ -162,8 +159,6 @@ class EditResult:
             raise WorkbenchError("this edit was reverted; load the model again or save before revert()")
         tok = tok if tok is not None else self.tok
         folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".part")
-        shutil.rmtree(tmp, ignore_errors=True)
         if self.adapter is not None:  # base weights + the adapter's delta, under the base model's names
             base = self.adapter.peft_model.base_model.model
             sd = {n.replace(".base_layer.", "."): t for n, t in state_dict(base).items() if "lora_" not in n}
@@ -174,14 +169,12 @@ class EditResult:
             sd, owner = dict(state_dict(self.model)), self.model
             for n, o in self.originals.items():  # a weight upcast for training is saved in the model's dtype
                 sd[n] = sd[n].to(o.dtype)
-        owner.save_pretrained(tmp, state_dict={n: t.detach().cpu().contiguous() for n, t in sd.items()})
-        if tok is not None:
-            tok.save_pretrained(tmp)
-        legacy_compatible(tmp)
-        (tmp / "README.md").write_text(self._card(__version__))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        with files.atomic(folder) as tmp:  # replaces an older folder
+            owner.save_pretrained(tmp, state_dict={n: t.detach().cpu().contiguous() for n, t in sd.items()})
+            if tok is not None:
+                tok.save_pretrained(tmp)
+            legacy_compatible(tmp)
+            (tmp / "README.md").write_text(self._card(__version__))
         return folder
 
     def _card(self, version: str) -> str:

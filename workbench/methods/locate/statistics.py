@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ... import data, files, placement, resources
 from ...components import family_table
-from ...models import cache_dir, spec, tensor_sums
+from ...models import spec, tensor_sums
 from ...prompts import IGNORE, Encoded, collate
 from .sites import capture_inputs, site
 
@@ -64,7 +64,7 @@ def second_moments(model, tok, layers: list[int], corpus: str = "mmlu", n_tokens
     sites = {s.layer: s for s in (site(model, layer) for layer in layers)}
     texts, corpus_id = data.corpus(corpus)
     keys = {layer: stats_key(model, layer, corpus_id, n_tokens) for layer in sites}
-    folder = cache_dir() / "stats"
+    folder = files.cache_root() / "stats"
 
     def cached() -> dict:
         for layer, key in keys.items():
