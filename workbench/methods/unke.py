@@ -41,7 +41,7 @@ import time
 import pandas as pd
 import torch
 
-from .. import placement
+from .. import data, placement
 from ..components import family_table
 from ..config import EditConfig
 from ..errors import ConfigError
@@ -136,7 +136,7 @@ def preserved(tok, cfg, req=None) -> list[Encoded]:
         if req is None:
             raise ConfigError("preserve_set='chat_per_edit' draws the preserved samples per request: pass it")
         return instruction_samples(tok, cfg, random.Random(f"preserve-{cfg.seed}-{req.id}"))
-    texts, _ = locate.corpus_texts(cfg.mom2_corpus)
+    texts, _ = data.corpus(cfg.mom2_corpus)
     picks = random.Random(f"preserve-{cfg.seed}").sample(range(len(texts)), min(cfg.n_preserve, len(texts)))
     out = []
     for i in picks:
