@@ -64,10 +64,7 @@ def answers(model, tok, prompts: list[str], chat_template: bool, max_new_tokens:
     else:
         out = generate(model, tok, list(prompts), chat_template, max_new_tokens) if prompts else []
         if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".part")
-            tmp.write_text(json.dumps(out))
-            tmp.replace(path)
+            files.write_text(path, json.dumps(out))
     if cache:
         _CACHE[digest] = list(out)
     return list(out)
