@@ -137,7 +137,7 @@ def test_an_identical_run_finished_elsewhere_is_copied_not_rerun(store, monkeypa
     def no_training(*args, **kwargs):
         raise AssertionError("the identical run should have been reused")
 
-    monkeypatch.setattr(wb.train, "edit", no_training)
+    monkeypatch.setattr(wb.editing, "edit", no_training)
     assert runs.execute(SPEC, "two") == first
     assert (store / "two" / SPEC.hash() / "per_probe.jsonl").read_text() == \
         (store / "one" / SPEC.hash() / "per_probe.jsonl").read_text()

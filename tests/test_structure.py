@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 FLOORS = {"errors": 1, "files": 1, "config": 1, "components": 1, "data": 2, "models": 2, "placement": 2, "resources": 2, "threads": 2, "prompts": 3,
-          "generation": 4, "scoring": 4, "metrics": 4, "methods": 5, "checks": 5, "train": 5, "evaluation": 6, "locality": 6,
+          "generation": 4, "scoring": 4, "metrics": 4, "methods": 5, "checks": 5, "editing": 5, "evaluation": 6, "locality": 6,
           "runs": 7, "plots": 7, "mechanism": 7, "widgets": 7, "cli": 8}
 
 

@@ -9,7 +9,7 @@
 
 The package is built in floors, each module importing only from the floors below it (a test walks
 the imports): errors, config, components | data, models, resources | prompts | generation, scoring,
-metrics | methods/, checks, train | evaluation, locality | runs/, plots, widgets | cli. Names are resolved
+metrics | methods/, checks, editing | evaluation, locality | runs/, plots, widgets | cli. Names are resolved
 lazily here, so ``import workbench.metrics`` loads only what metrics needs. (The modules behind
 ``wb.evaluate`` and ``wb.generate`` are `evaluation` and `generation`: a submodule named like the
 function would replace it in this namespace once imported.)
@@ -26,12 +26,12 @@ _NAMES = {
     "WorkbenchError": "errors", "OverwriteWarning": "errors", "FormatWarning": "errors", "CappedWarning": "errors",
     "load": "models", "load_for": "models",
     "generate": "generation",
-    "EditResult": "train", "apply_delta": "train", "edit": "train", "edit_each": "train",
+    "EditResult": "editing", "apply_delta": "editing", "edit": "editing", "edit_each": "editing",
     "EvalConfig": "evaluation", "EvalReport": "evaluation", "evaluate": "evaluation", "pre_edit": "evaluation",
-    "score_each": "evaluation",
+    "score_each": "runs.protocols",
 }
 _MODULES = ("checks", "cli", "components", "config", "data", "errors", "evaluation", "generation", "locality", "mechanism", "methods", "metrics",
-            "models", "placement", "plots", "prompts", "resources", "runs", "scoring", "train", "widgets")
+            "models", "placement", "plots", "prompts", "resources", "runs", "scoring", "editing", "widgets")
 __all__ = [*_NAMES, *_MODULES]
 
 

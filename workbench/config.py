@@ -1,33 +1,41 @@
 """One configuration for every edit: each ablation axis of both papers is a field.
 
-``EditConfig`` is a frozen dataclass with one comment per field (nanoGPT style). Values are checked
-when it is built: a bad choice raises a `ConfigError` listing the valid ones, an unknown key is an
-error, and YAML's habit of reading ``1e-4`` as a string is undone by coercing numbers. Presets live as
-YAML files in ``configs/`` (`preset("ft-uke")`); `to_dict()` is saved with every result and `hash()`
-keys the results cache.
+``EditConfig`` is a frozen dataclass with one comment per field (nanoGPT style). Its fields are what every
+method shares (model, where to edit, loss, schedule, optimiser, seed); a method's own parameters are a
+`MethodParams` dataclass next to the method's code, registered with it (`register_method`, as peft registers
+each method with its config class), and held in ``params``; settings that only change speed are ``speed``.
+Both read and write by name as if they were fields (``preset("rome", v_lr=0.3).v_lr``), so presets stay flat.
+
+Values are checked when a config is built: a bad choice raises a `ConfigError` listing the valid ones, an
+unknown key is an error (naming the method it belongs to, if any), and YAML's habit of reading ``1e-4`` as a
+string is undone by coercing numbers. Presets live as YAML files in ``configs/`` (`preset("ft-uke")`).
+
+A config's identity (`identity()`: the schema version, the shared fields, the method's parameters, never
+``speed``) names its results: `hash()` keys caches and, through `RunSpec`, the results store. Adding a
+parameter with a default to one method changes no other method's identity.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import importlib
 import math
 import os
 import types
 import typing
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
 import yaml
 
 from .errors import ConfigError
+from .files import flag, short_hash
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 # SMOKE=1 (set by CI and `make smoke-notebooks`) shrinks notebook runs to seconds.
-SMOKE = os.environ.get("WORKBENCH_SMOKE", "0") not in ("", "0", "false", "False")
+SMOKE = flag("WORKBENCH_SMOKE")
 
 
 LOSS_SCOPES = ("prompt_last", "first_token", "target", "prompt_target")  # see prompts.encode
@@ -45,28 +53,147 @@ def loss_scope_name(scope: str) -> str:
     return scope
 
 
-# Fields added after runs were stored: left out of `to_dict()` (so of every hash) at these defaults,
-# so the stored runs keep their hashes.
-ADDED_LATER = {"skip_converged": False, "length_buckets": False, "prefix_cache_dtype": "auto", "parallel_edits": 1,
-               "value_batch": 16,
-               # issue 42 (the locate-and-edit baselines as their authors run them): what every run stored before
-               # computed. The presets now say the official values, so a preset run names a new folder.
-               "target_eot": True, "v_stop_loss": 5e-2, "key_mean": "flat", "preserve_set": "mmlu_fixed",
-               "decay_norms": True}
-# Fields that change how fast an edit runs, never what it computes beyond float rounding: not in `hash()`.
-NOT_HASHED = ("parallel_edits", "value_batch")
+SCHEMA = 3  # the version of a config's identity, so of every run's hash; runs/migrate.py moved runs stored before
+
+
+class Options:
+    """What the frozen option dataclasses share (`EditConfig`, `Speed`, each method's `MethodParams`):
+    every value coerced to its field's type when built (YAML reads ``1e-4`` as a string; notebooks pass
+    "3"), range checks declared by name, and plain-type (de)serialisation."""
+
+    AT_LEAST_ONE: typing.ClassVar[tuple[str, ...]] = ()  # fields that must be >= 1
+    NON_NEGATIVE: typing.ClassVar[tuple[str, ...]] = ()  # fields that must be >= 0
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def _validate(self, skip: tuple[str, ...] = ()) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            if f.name not in skip:
+                object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        for name in self.AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in self.NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+
+    def to_dict(self) -> dict:
+        """Every field in plain JSON/YAML types (tuples as lists)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config"):
+        unknown = [k for k in d if k not in cls.names()]
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown} in {source}; valid options: {', '.join(cls.names())}")
+        return cls(**d)
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 @dataclass(frozen=True)
-class EditConfig:
+class MethodParams(Options):
+    """A method's own parameters: a frozen dataclass next to the method's code, registered with it
+    (`register_method`). Only a config of that method carries them, so only its runs are named by them:
+    a new parameter (with its default) of one method leaves every other method's runs where they are."""
+
+    # caps for a few-second version (CI and nbval): field -> its largest value in `smoke()`
+    SMOKE: typing.ClassVar[dict[str, int]] = {}
+
+    def __post_init__(self):
+        self._validate()
+
+    def smoke(self) -> "MethodParams":
+        """A few-second version for CI and nbval: every field named in ``SMOKE`` at most its cap."""
+        return dataclasses.replace(self, **{k: min(getattr(self, k), cap) for k, cap in self.SMOKE.items()})
+
+
+@dataclass(frozen=True)
+class Speed(Options):
+    """Settings that change how fast an edit runs, never what it computes beyond float rounding. Saved with
+    every run, but not part of its identity: `EditConfig.identity()` leaves this part out by structure."""
+
+    # run once per example, not every step, what the edit cannot change: the layers below the lowest edited (or
+    # value) layer (prefix.py) and, for locate-and-edit values, every position before the key token (locate.Before)
+    prefix_cache: bool = True
+    parallel_edits: int = 1  # single editing (`edit_each`, runs' protocol "single"): requests trained, then scored (`score_each`), at once, each alone
+    value_batch: int = 16  # locate-and-edit: requests whose values (δ) are optimised in one batch, each alone (locate.optimize_deltas)
+
+    AT_LEAST_ONE = ("parallel_edits", "value_batch")
+
+    def __post_init__(self):
+        self._validate()
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered editing method: its name, its parameters' dataclass, and its edit function
+    ``edit(model, tok, requests, cfg, progress=True, **extra) -> EditResult`` (methods/__init__.py)."""
+
+    name: str
+    params: type[MethodParams]
+    edit: typing.Callable
+
+
+# The built-in methods, each with the module of workbench.methods whose import registers it (at the bottom of
+# that module, with `register_method`). Found by name and imported when first asked for, as transformers finds
+# its model classes: the one place a lower floor names a higher one, as a string. A method that is not built in
+# registers itself when its own module is imported; nothing here changes for it.
+BUILTIN_METHODS = {"ft": "ft", "lora": "ft", "adalora": "ft", "rome": "rome", "memit": "memit", "alphaedit": "memit",
+                   "unke": "unke", "anyedit": "unke"}
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, params: type[MethodParams], edit: typing.Callable) -> Method:
+    """Make `name` a value of ``EditConfig.method``: configs of it carry a `params` (a `MethodParams`
+    dataclass) and `workbench.edit` calls `edit`. Call it at the bottom of the method's module."""
+    if not (isinstance(params, type) and issubclass(params, MethodParams) and dataclasses.is_dataclass(params)):
+        raise ConfigError(f"method {name!r}: params must be a frozen dataclass subclassing MethodParams")
+    clash = sorted(set(params.names()) & (set(EditConfig.shared_names()) | set(Speed.names())))
+    if clash:
+        raise ConfigError(f"method {name!r}: parameter(s) {clash} are already EditConfig fields of every method")
+    _METHODS[name] = Method(name, params, edit)
+    return _METHODS[name]
+
+
+def method(name: str) -> Method:
+    """The registered method `name` (a built-in one is imported the first time it is asked for)."""
+    if name not in _METHODS and name in BUILTIN_METHODS:
+        importlib.import_module(f"workbench.methods.{BUILTIN_METHODS[name]}")  # its module registers it
+    if name not in _METHODS:
+        raise ConfigError.bad_choice("method", name, methods())
+    return _METHODS[name]
+
+
+def methods() -> list[str]:
+    """The names ``EditConfig.method`` takes: the built-in ones, then those registered since."""
+    return list(dict.fromkeys([*BUILTIN_METHODS, *_METHODS]))
+
+
+def _owners(name: str) -> list[str]:
+    """The methods whose parameters include `name` (for an error message)."""
+    return [m for m in methods() if name in method(m).params.names()]
+
+
+@dataclass(frozen=True, init=False)
+class EditConfig(Options):
+    """Every choice of an edit. The fields below are shared by every method; the method's own parameters
+    are ``params`` (its `MethodParams`), the speed-only settings ``speed``. Both also read and write as if
+    they were fields: ``EditConfig(method="rome", v_lr=0.3)``, ``cfg.v_lr``, ``cfg.replace(value_batch=4)``."""
+
     # --- model (used by `wb.load_for(cfg)`, runs and notebooks; `wb.edit` takes the model it is given)
     model_name: str = "smollm2-135m-instruct"  # embedded default, "tiny-random-llama", an HF id or a local path
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", "dispatch" (spread over devices, models.load_for)
     dtype: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16"
     # --- where to edit
     # ft: fine-tune the selected weights; lora / adalora: a peft adapter on them; rome, memit, alphaedit, unke,
-    # anyedit: the locate-and-edit baselines (methods/), which use `layers` and the fields of their section below
-    method: Literal["ft", "lora", "adalora", "rome", "memit", "alphaedit", "unke", "anyedit"] = "ft"
+    # anyedit: the locate-and-edit baselines (methods/); or a method registered since (`register_method`)
+    method: str = "ft"
     components: tuple[str, ...] = ("down",)  # abstract names: q k v o gate up down mlp attn block (components.py)
     layers: tuple[int, ...] | str = (15,)  # layer indices (negative counts from the end), or "all"
     # --- what the loss sees (applied only as a label mask, prompts.encode)
@@ -83,88 +210,59 @@ class EditConfig:
     steps_per_edit: int = 25  # depth-first: most optimiser steps per edit (or per batch of edits)
     early_stop_loss: float = 1e-2  # DF: stop an edit below it; BF: skip a batch below it, stop when an epoch's mean is below it
     shuffle: bool = True  # breadth-first: reshuffle the edits every epoch
+    # opt-in speed-ups that change the optimisation (off in the papers' presets; benchmarks/README.md measures them)
+    skip_converged: bool = False  # breadth-first: an example whose own loss is below early_stop_loss leaves later epochs
+    length_buckets: bool = False  # breadth-first: each epoch's batches drawn from length-sorted runs (less padding)
     # --- optimiser
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 5e-4
     weight_decay: float = 0.0
     max_grad_norm: float = 0.0  # clip the gradient norm of the trainable weights; 0 = off
-    norm_constraint: float = 0.0  # FT-L: keep every edited weight within +-this of its original; 0 = off
-    # --- adapters (method lora / adalora)
-    lora_rank: int = 8  # LoRA r; AdaLoRA's target rank (it starts at 1.5x this and prunes)
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.1
-    # AdaLoRA rank pruning as peft's (tinit, tfinal, deltaT); empty: no pruning, the rank stays at its start
-    # (1.5 x lora_rank) as in EasyEdit's AdaLoRA, which never calls update_and_allocate
-    adalora_schedule: tuple[int, ...] = ()
-    adalora_orth_reg: float = 0.5  # weight of AdaLoRA's orthogonal regulariser on its A and B (peft's orth_reg_weight)
-    merge_adapter: bool = False  # merge the adapter into the base weights after the edit (revert still exact)
-    # --- locate-and-edit (methods rome, memit, alphaedit, unke, anyedit; methods/locate.py explains each)
-    # the key token: the subject's last (ROME, MEMIT, AlphaEdit) or the prompt's last (UnKE, AnyEdit, and the
-    # fallback for requests without a subject)
-    key_position: Literal["subject_last", "prompt_last"] = "subject_last"
-    v_lr: float = 0.5  # lr of the value optimisation (the vector δ added at the key token)
-    v_steps: int = 25  # its most steps (it stops below v_stop_loss)
-    # a request's value loop stops once its loss is below this (checked before a step, as the originals do); 0:
-    # never early. Official: ROME/MEMIT/AlphaEdit 5e-2, UnKE none, AnyEdit 5e-3 (its MEMIT base 1e-2)
-    v_stop_loss: float = 5e-2
-    # the value's target ends with the end-of-turn (chat template) / EOS (plain), as fine-tuning's does. ROME's,
-    # MEMIT's and AlphaEdit's code trains the target alone (false in their presets); UnKE and AnyEdit append it
-    target_eot: bool = True
-    v_weight_decay: float = 1e-3  # penalty weight on ||δ|| / ||h||²
-    clamp_norm: float = 4.0  # ||δ|| is kept below clamp_norm x ||h||
-    kl_factor: float = 0.0625  # ROME's KL term at "{subject} is a" (0: off)
-    n_prefixes: int = 10  # model-generated prefixes the key and value average over, besides the bare prompt
-    # the key over the bare prompt and the prefixes: "flat" (one mean over all rows: ROME's compute_u) or
-    # "two_group" (the mean of the bare-prompt key and the prefixes' mean key: MEMIT's compute_ks, AlphaEdit)
-    key_mean: Literal["flat", "two_group"] = "flat"
-    prefix_tokens: int = 10  # tokens per prefix
-    mom2_tokens: int = 100_000  # tokens of text behind C = E[kkᵀ] (0: no statistics; ROME then uses C = I)
-    mom2_corpus: str = "mmlu"  # "mmlu" (the MMLU CSVs of the data folder) or a .txt / .jsonl file of passages
-    mom2_weight: float = 15000.0  # MEMIT's λ: weight of the preserved keys' statistics in the solve
-    nullspace_threshold: float = 2e-2  # AlphaEdit: eigenvalues of C below this span the null space
-    alphaedit_l2: float = 10.0  # AlphaEdit's ridge term α
-    unke_steps: int = 50  # UnKE / AnyEdit: optimiser steps (`optimizer`, `lr`) on the decoder layer
-    n_preserve: int = 20  # UnKE / AnyEdit: unrelated passages whose layer outputs are kept
-    # UnKE / AnyEdit: what they are. "mmlu_fixed": the same n_preserve MMLU questions (plain text) for every edit;
-    # "chat_per_edit": n_preserve instruction samples in the chat template (an MMLU question with its choices, the
-    # right choice as the reply), drawn afresh for each edit (UnKE's code draws 20 Alpaca samples per edit)
-    preserve_set: Literal["mmlu_fixed", "chat_per_edit"] = "mmlu_fixed"
-    decay_norms: bool = True  # UnKE / AnyEdit: weight decay on the layer norms too (false: exempt, as UnKE's code)
-    chunk_tokens: int = 40  # AnyEdit: answer tokens per chunk
-    anyedit_base: Literal["unke", "memit"] = "unke"  # AnyEdit: the method that writes the chunks' values
-    # --- opt-in speed-ups that change the optimisation (off in the papers' presets; benchmarks/README.md measures them)
-    skip_converged: bool = False  # breadth-first: an example whose own loss is below early_stop_loss leaves later epochs
-    length_buckets: bool = False  # breadth-first: each epoch's batches drawn from length-sorted runs (less padding)
-    # --- speed (the same edit up to float rounding)
-    # run once per example, not every step, what the edit cannot change: the layers below the lowest edited (or
-    # value) layer (prefix.py) and, for locate-and-edit values, every position before the key token (locate.Before)
-    prefix_cache: bool = True
-    prefix_cache_dtype: Literal["auto", "bfloat16"] = "auto"  # the cache's storage: "auto" = the model's dtype
-    parallel_edits: int = 1  # single editing (`edit_each`, runs' protocol "single"): requests trained, then scored (`score_each`), at once, each alone
-    value_batch: int = 16  # locate-and-edit: requests whose values (δ) are optimised in one batch, each alone (locate.optimize_deltas)
+    # --- precision of the prefix cache (`speed.prefix_cache`): "auto" = the model's dtype. bfloat16 rounds
+    # the cached activations, so it is part of what an edit computes
+    prefix_cache_dtype: Literal["auto", "bfloat16"] = "auto"
     # --- reproducibility
-    seed: int = 0  # shuffling, adapter init and dropout
+    seed: int = 0  # shuffling, adapter init, dropout, prefixes and preserved samples
+    # --- the method's own parameters (its `MethodParams`: methods/<family>.py) and the speed-only settings
+    params: MethodParams | None = None  # None: the method's defaults
+    speed: Speed = field(default_factory=Speed)
+
+    AT_LEAST_ONE = ("batch_size", "epochs", "steps_per_edit")
+    NON_NEGATIVE = ("micro_batch_size", "lr", "weight_decay", "max_grad_norm", "early_stop_loss")
+
+    def __init__(self, _source: str = "config", **options):
+        """Shared fields by name; the method's parameters and the speed settings by name too (or whole, as
+        ``params=`` / ``speed=``, a dataclass or a dict). An option no part has is an error naming the valid
+        ones (and, when it is another method's parameter, that method)."""
+        name = options.get("method", "ft")
+        if not isinstance(name, str):
+            raise ConfigError(f"method={name!r}: expected a string")
+        kind = method(name).params
+        params, speed = options.pop("params", None), options.pop("speed", None)
+        params = kind() if params is None else kind.from_dict(params, _source) if isinstance(params, dict) else params
+        speed = Speed() if speed is None else Speed.from_dict(speed, _source) if isinstance(speed, dict) else speed
+        if type(params) is not kind:
+            raise ConfigError(f"params={type(params).__name__}(...): method {name!r} takes {kind.__name__}")
+        own = {k: options.pop(k) for k in list(options) if k in kind.names()}
+        fast = {k: options.pop(k) for k in list(options) if k in Speed.names()}
+        unknown = [k for k in options if k not in self.shared_names()]
+        if unknown:
+            others = {k: _owners(k) for k in unknown}
+            hint = "".join(f"; {k} is a parameter of {', '.join(v)}, not of {name!r}" for k, v in others.items() if v)
+            raise ConfigError(f"unknown option(s) {unknown} in {_source}{hint}; valid options: "
+                              f"{', '.join([*self.shared_names(), *kind.names(), *Speed.names()])}")
+        for f in fields(self):
+            if f.name not in ("params", "speed"):
+                object.__setattr__(self, f.name, options.get(f.name, f.default))
+        object.__setattr__(self, "params", dataclasses.replace(params, **own) if own else params)
+        object.__setattr__(self, "speed", dataclasses.replace(speed, **fast) if fast else speed)
+        self.__post_init__()
 
     def __post_init__(self):
         object.__setattr__(self, "loss_scope", loss_scope_name(self.loss_scope))  # deprecated aliases
-        hints = typing.get_type_hints(type(self))
-        for f in fields(self):
-            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
-        for name in ("batch_size", "epochs", "steps_per_edit", "lora_rank", "v_steps", "prefix_tokens", "unke_steps",
-                     "chunk_tokens", "parallel_edits", "value_batch"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        self._validate(skip=("method", "params", "speed"))
         if self.max_length < 2:
             raise ConfigError(f"max_length={self.max_length} must be >= 2 (a prompt token and a target token)")
-        if self.adalora_schedule and (len(self.adalora_schedule) != 3 or min(self.adalora_schedule) < 0
-                                      or self.adalora_schedule[2] < 1):
-            raise ConfigError(f"adalora_schedule={list(self.adalora_schedule)}: give [tinit, tfinal, deltaT] "
-                              "(steps >= 0, deltaT >= 1), or [] for no rank pruning")
-        for name in ("micro_batch_size", "lr", "weight_decay", "max_grad_norm", "norm_constraint", "early_stop_loss",
-                     "lora_dropout", "adalora_orth_reg", "v_lr", "v_weight_decay", "v_stop_loss", "clamp_norm", "kl_factor", "n_prefixes",
-                     "mom2_tokens", "mom2_weight", "nullspace_threshold", "alphaedit_l2", "n_preserve"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
         if self.micro_batch_size > self.batch_size:
             raise ConfigError(f"micro_batch_size={self.micro_batch_size} exceeds batch_size={self.batch_size}")
         if not self.components or not self.layers:
@@ -177,6 +275,26 @@ class EditConfig:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError.bad_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
 
+    def __getattr__(self, name: str):
+        """The method's parameters and the speed settings read as fields (``cfg.v_lr``, ``cfg.value_batch``)."""
+        if name.startswith("__") or name in ("params", "speed"):
+            raise AttributeError(name)
+        for part in (self.params, self.speed):
+            if name in type(part).names():
+                return getattr(part, name)
+        owners = _owners(name) if name in _all_params() else []
+        raise AttributeError(f"{name!r}: a parameter of {', '.join(owners)}, not of method {self.method!r}" if owners
+                             else f"EditConfig has no option {name!r}")
+
+    @classmethod
+    def shared_names(cls) -> tuple[str, ...]:
+        """The fields every method has (all but ``params`` and ``speed``)."""
+        return tuple(n for n in cls.names() if n not in ("params", "speed"))
+
+    def options(self) -> tuple[str, ...]:
+        """Every name this config takes: the shared fields, its method's parameters, the speed settings."""
+        return (*self.shared_names(), *type(self.params).names(), *Speed.names())
+
     # ------------------------------------------------------------------ derived
     @property
     def micro(self) -> int:
@@ -186,11 +304,8 @@ class EditConfig:
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "EditConfig":
-        valid = [f.name for f in fields(cls)]
-        unknown = [k for k in d if k not in valid]
-        if unknown:
-            raise ConfigError(f"unknown option(s) {unknown} in {source}; valid options: {', '.join(valid)}")
-        return cls(**d)
+        """From `to_dict()`'s nested form or the flat form of presets (every option at the top level)."""
+        return cls(_source=source, **d)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "EditConfig":
@@ -286,34 +401,39 @@ class EditConfig:
         return cls.from_dict({**out, **overrides}, source=str(path))
 
     def to_dict(self) -> dict:
-        """Plain JSON/YAML types (tuples as lists): what is saved with every result. Fields added after
-        runs were stored are left out at their defaults (`ADDED_LATER`)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()
-                if not (k in ADDED_LATER and v == ADDED_LATER[k])}
+        """Every field in plain JSON/YAML types, the method's parameters under ``params`` and the speed settings
+        under ``speed``: what is saved with every result, and reads back with `from_dict`."""
+        out = {n: _plain(getattr(self, n)) for n in self.shared_names()}
+        return {**out, "params": self.params.to_dict(), "speed": self.speed.to_dict()}
 
-    def hash_dict(self) -> dict:
-        """`to_dict()` without the speed-only fields (`NOT_HASHED`): what names the edit's outcome."""
-        return {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
+    def identity(self) -> dict:
+        """What names the edit's outcome: the schema version, the shared fields and the method's parameters
+        (not ``speed``)."""
+        out = self.to_dict()
+        del out["speed"]
+        return {"schema": SCHEMA, **out}
 
     def hash(self) -> str:
-        """12 hex digits of the sha256 of the canonical JSON of `hash_dict()` (the results cache key)."""
-        blob = json.dumps(self.hash_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        """12 hex digits naming `identity()` (`files.short_hash`): the results cache key."""
+        return short_hash(self.identity())
 
     def replace(self, **changes) -> "EditConfig":
-        valid = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - valid)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {unknown}; valid options: {', '.join(sorted(valid))}")
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes` (shared fields, the method's parameters or speed settings, by name). A change
+        of ``method`` keeps the parameters the new method has too, at their values here."""
+        if "method" in changes and changes["method"] != self.method and "params" not in changes:
+            kind = method(changes["method"]).params
+            changes["params"] = {k: v for k, v in self.params.to_dict().items() if k in kind.names()}
+        return EditConfig(**{**{n: getattr(self, n) for n in self.names()}, **changes})
 
     def smoke(self) -> "EditConfig":
         """A few-second version of this config for CI and nbval (fewer epochs and steps)."""
         return self.replace(epochs=min(self.epochs, 4), steps_per_edit=min(self.steps_per_edit, 8),
-                            v_steps=min(self.v_steps, 5), unke_steps=min(self.unke_steps, 5),
-                            n_prefixes=min(self.n_prefixes, 2), prefix_tokens=min(self.prefix_tokens, 4),
-                            mom2_tokens=min(self.mom2_tokens, 2000), n_preserve=min(self.n_preserve, 4))
+                            params=self.params.smoke())
+
+
+def _all_params() -> set[str]:
+    """Every parameter name of every method."""
+    return {n for m in methods() for n in method(m).params.names()}
 
 
 def _read_mapping(path, what: str = "it", of: str = "hyper-parameters") -> dict:
@@ -420,5 +540,5 @@ def from_params(namespace: dict, base: EditConfig | str | None = None) -> EditCo
     """Build a config from a notebook's parameters: every name in `namespace` that is a config field
     overrides `base` (a config or a preset name; default `EditConfig()`)."""
     base = preset(base) if isinstance(base, str) else base or EditConfig()
-    names = {f.name for f in fields(EditConfig)}
+    names = set(base.options()) | set(method(namespace.get("method", base.method)).params.names())
     return base.replace(**{k: v for k, v in namespace.items() if k in names})

@@ -21,7 +21,32 @@ import torch
 import torch.nn as nn
 
 from ..components import Target
+from ..config import MethodParams
 from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AdapterParams(MethodParams):
+    """The parameters of methods ``lora`` and ``adalora`` (registered in ft.py, whose loop trains them)."""
+
+    lora_rank: int = 8  # LoRA r; AdaLoRA's target rank (it starts at 1.5x this and prunes)
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.1
+    # AdaLoRA rank pruning as peft's (tinit, tfinal, deltaT); empty: no pruning, the rank stays at its start
+    # (1.5 x lora_rank) as in EasyEdit's AdaLoRA, which never calls update_and_allocate
+    adalora_schedule: tuple[int, ...] = ()
+    adalora_orth_reg: float = 0.5  # weight of AdaLoRA's orthogonal regulariser on its A and B (peft's orth_reg_weight)
+    merge_adapter: bool = False  # merge the adapter into the base weights after the edit (revert still exact)
+
+    AT_LEAST_ONE = ("lora_rank",)
+    NON_NEGATIVE = ("lora_dropout", "adalora_orth_reg")
+
+    def __post_init__(self):
+        super().__post_init__()
+        s = self.adalora_schedule
+        if s and (len(s) != 3 or min(s) < 0 or s[2] < 1):
+            raise ConfigError(f"adalora_schedule={list(s)}: give [tinit, tfinal, deltaT] (steps >= 0, deltaT >= 1), "
+                              "or [] for no rank pruning")
 
 
 @dataclass

@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -51,16 +52,25 @@ from tqdm.auto import tqdm
 
 from .. import files, placement, prompts, resources, threads
 from ..components import Target, num_layers, resolve
-from ..config import EditConfig
+from ..config import EditConfig, MethodParams, register_method
 from ..errors import EditError
 from ..models import fingerprint, input_device, spec
 from ..prompts import IGNORE
 from . import prefix
-from .adapters import AdapterHandle, attach_adapter, linear_targets
+from .adapters import AdapterHandle, AdapterParams, attach_adapter, linear_targets
 from .result import EditResult
 from .weights import float32_master, remove_hooks, restore
 
 log = logging.getLogger("workbench")
+
+
+@dataclass(frozen=True)
+class FtParams(MethodParams):
+    """The parameters of method ``ft`` beyond the shared loss, schedule and optimiser fields."""
+
+    norm_constraint: float = 0.0  # FT-L: keep every edited weight within +-this of its original; 0 = off
+
+    NON_NEGATIVE = ("norm_constraint",)
 
 
 # ------------------------------------------------------------------------------------ the loss
@@ -281,8 +291,8 @@ def constrain(cfg: EditConfig, trainable: dict, originals: dict, masks: dict) ->
     for name, mask in masks.items():
         p = trainable[name]
         p.copy_(torch.where(mask.to(p.device), p, originals[name].to(p.device, p.dtype)))
-    if cfg.norm_constraint:
-        eps = cfg.norm_constraint
+    eps = getattr(cfg.params, "norm_constraint", 0.0)  # FT-L's bound; an adapter's parameters have none
+    if eps:
         for name, p in trainable.items():
             o = originals[name].to(p.device, p.dtype)
             p.copy_(torch.clamp(p, o - eps, o + eps))
@@ -448,3 +458,9 @@ def _reset(model: nn.Module, grad_flags: dict, was_training: bool) -> None:
         if n in grad_flags:
             p.requires_grad_(grad_flags[n])
     model.train(was_training)
+
+
+# This module's door: the methods it edits with, each with its parameters (config.register_method).
+register_method("ft", FtParams, edit)
+register_method("lora", AdapterParams, edit)
+register_method("adalora", AdapterParams, edit)

@@ -27,12 +27,14 @@ Differs from the originals: statistics from offline text (`locate`); one key def
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
-from ..config import EditConfig
+from ..config import EditConfig, register_method
 from . import locate
+from .locate.params import KeyParams
 from .result import EditResult
 from .weights import restore
 
@@ -108,3 +110,23 @@ def alphaedit_solve(resid: torch.Tensor, k: torch.Tensor, p: torch.Tensor, previ
         a = a + locate.beside(previous, k, "the preserved keys' K_p K_pᵀ").double()
     lhs = p @ a + alpha * torch.eye(len(p), dtype=torch.float64, device=k.device)
     return torch.linalg.solve(lhs, p @ k @ r.T).T.float()
+
+
+@dataclass(frozen=True)
+class MemitParams(KeyParams):
+    mom2_weight: float = 15000.0  # MEMIT's λ: weight of the preserved keys' statistics in the solve
+
+    NON_NEGATIVE = KeyParams.NON_NEGATIVE + ("mom2_weight",)
+
+
+@dataclass(frozen=True)
+class AlphaEditParams(KeyParams):
+    nullspace_threshold: float = 2e-2  # AlphaEdit: eigenvalues of C below this span the null space
+    alphaedit_l2: float = 10.0  # AlphaEdit's ridge term α
+
+    NON_NEGATIVE = KeyParams.NON_NEGATIVE + ("nullspace_threshold", "alphaedit_l2")
+
+
+# This module's door: the methods it edits with, each with its parameters (config.register_method).
+register_method("memit", MemitParams, edit)
+register_method("alphaedit", AlphaEditParams, edit)

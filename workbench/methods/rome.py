@@ -17,13 +17,15 @@ prefixes are sampled with a seed, and one prefix length is used (ROME: 10 of 5 a
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
-from ..config import EditConfig
+from ..config import EditConfig, register_method
 from ..errors import ConfigError
 from . import locate
+from .locate.params import KeyParams
 from .result import EditResult
 from .weights import restore
 
@@ -67,3 +69,12 @@ def rank_one(w: torch.Tensor, k: torch.Tensor, k_bar: torch.Tensor, delta: torch
     u = k_bar if c is None else torch.linalg.solve(locate.beside(c, k, "the second-moment statistics C").double(), k_bar)
     v_star = w @ k + delta
     return (torch.outer(v_star - w @ k, u) / (u @ k)).float()
+
+
+@dataclass(frozen=True)
+class RomeParams(KeyParams):
+    """ROME's parameters: the value optimisation and the prefix-averaged key (locate/params.py); its solve
+    needs nothing more."""
+
+
+register_method("rome", RomeParams, edit)  # this module's door

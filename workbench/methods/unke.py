@@ -37,17 +37,20 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import pandas as pd
 import torch
 
 from .. import data, placement
 from ..components import family_table
-from ..config import EditConfig
+from ..config import EditConfig, register_method
 from ..errors import ConfigError
 from ..models import spec
 from ..prompts import IGNORE, Encoded, collate, encode
 from . import locate
+from .locate.params import ValueParams
 from .ft import make_optimizer
 from .prefix import PrefixCache
 from .result import EditResult
@@ -258,3 +261,33 @@ def memit_write(model, tok, sites, top, seq: Encoded, positions: list[int], delt
         update = locate.solve((z - h) / (len(sites) - j), k, stats.get(s.layer), cfg.mom2_weight,
                               extra=rest.T @ rest)
         s.add(update)
+
+
+@dataclass(frozen=True)
+class UnkeParams(ValueParams):
+    unke_steps: int = 50  # optimiser steps (`optimizer`, `lr`) on the decoder layer
+    n_preserve: int = 20  # unrelated passages whose layer outputs are kept
+    # what they are. "mmlu_fixed": the same n_preserve MMLU questions (plain text) for every edit;
+    # "chat_per_edit": n_preserve instruction samples in the chat template (an MMLU question with its choices, the
+    # right choice as the reply), drawn afresh for each edit (UnKE's code draws 20 Alpaca samples per edit)
+    preserve_set: Literal["mmlu_fixed", "chat_per_edit"] = "mmlu_fixed"
+    decay_norms: bool = True  # weight decay on the layer norms too (false: exempt, as UnKE's code)
+
+    AT_LEAST_ONE = ValueParams.AT_LEAST_ONE + ("unke_steps",)
+    NON_NEGATIVE = ValueParams.NON_NEGATIVE + ("n_preserve",)
+    SMOKE = {**ValueParams.SMOKE, "unke_steps": 5, "n_preserve": 4}
+
+
+@dataclass(frozen=True)
+class AnyEditParams(UnkeParams):
+    chunk_tokens: int = 40  # answer tokens per chunk
+    anyedit_base: Literal["unke", "memit"] = "unke"  # the method that writes the chunks' values
+    mom2_weight: float = 15000.0  # the MEMIT base's λ (anyedit_base: memit)
+
+    AT_LEAST_ONE = UnkeParams.AT_LEAST_ONE + ("chunk_tokens",)
+    NON_NEGATIVE = UnkeParams.NON_NEGATIVE + ("mom2_weight",)
+
+
+# This module's door: the methods it edits with, each with its parameters (config.register_method).
+register_method("unke", UnkeParams, edit)
+register_method("anyedit", AnyEditParams, edit)

@@ -9,25 +9,26 @@ things in different papers:
   scored **after the last edit**;
 * ``single``: each edit alone on the unedited model, scored, then reverted (FT-UKE's single editing).
 
-`RunSpec.hash()` keys the results store (`store.py`).
+A sequence (``chunk_size`` > 0: `sweep.lifelong`) applies the requests in chunks, each on top of the
+ones before, and scores every edit so far after each chunk.
+
+A run's identity (`RunSpec.identity()`) is every field here, with the config's `EditConfig.identity()` (the
+schema version, the shared fields and the method's parameters, never the speed settings); `RunSpec.hash()`, its
+`files.short_hash`, names the run's folder in the results store (`store.py`). ``spec.json`` holds `to_dict()`:
+every field, so a stored spec reads back with `from_dict` and hashes to its folder (a test).
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import NOT_HASHED, EditConfig, preset
+from ..config import SCHEMA, EditConfig, method, preset
 from ..errors import ConfigError
+from ..files import short_hash
 from ..evaluation import EvalConfig
 
 LONG_FORM = ("unkebench", "mquake-cf", "unkebench-loc", "akew-loc")  # scored the FT-UKE way
-
-
-# Spec fields added after results were stored, with their defaults (see `RunSpec.to_dict`).
-ADDED_LATER = {"eval_chat_template": None, "exclude": None}
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class RunSpec:
     # version of the scorers and locality sets: 2 = the UnKE lineage's scorers, FT-L's prompt_last, locality sets
     # that exclude the edit set. In the hash, so runs scored the old way are never read back as new ones.
     scoring: int = 2
+    chunk_size: int = 0  # a sequence (`sweep.lifelong`): edits arrive this many at a time; 0: not a sequence
+    score_every: int = 1  # a sequence scores after every k-th chunk and the last (the stages between: steps, seconds)
 
     def __post_init__(self):
         if self.protocol not in ("batch", "single"):
@@ -58,6 +61,11 @@ class RunSpec:
             raise ConfigError.bad_choice("eval", self.eval, ("auto", "uke", "locft"))
         object.__setattr__(self, "splits", tuple(self.splits))
         object.__setattr__(self, "capability", tuple(self.capability))
+        if self.chunk_size < 0 or self.score_every < 1 or (self.score_every > 1 and not self.chunk_size):
+            raise ConfigError(f"chunk_size={self.chunk_size}, score_every={self.score_every}: a sequence needs "
+                              "chunk_size >= 1 and score_every >= 1 (score_every only with chunk_size)")
+        if self.chunk_size and self.protocol != "batch":
+            raise ConfigError("a sequence (chunk_size > 0) edits each chunk on top of the ones before: protocol='batch'")
         if self.protocol == "single" and self.capability:
             raise ConfigError("capability is measured after the edits of a 'batch' run; with protocol='single' "
                               "each edit is reverted before the next, so there is no edited model to measure")
@@ -77,29 +85,30 @@ class RunSpec:
         return cfg.replace(max_new_tokens=self.max_new_tokens) if self.max_new_tokens else cfg
 
     def to_dict(self) -> dict:
+        """Every field in plain types, the config as `EditConfig.to_dict()`: what ``spec.json`` holds."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name, default in ADDED_LATER.items():  # left out at their default: stored runs keep their hash
-            if d[name] == default:
-                del d[name]
         d["edit"] = self.edit.to_dict()
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
+    def identity(self) -> dict:
+        """What names the run: the schema version, every field, the config's identity (no speed settings)."""
+        return {**self.to_dict(), "schema": SCHEMA, "edit": self.edit.identity()}
+
     def hash(self) -> str:
-        d = {**self.to_dict(), "edit": self.edit.hash_dict()}  # speed-only edit fields do not name a run
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        """12 hex digits naming `identity()`: the run's folder in the store."""
+        return short_hash(self.identity())
 
     def replace(self, **changes) -> "RunSpec":
         """Change spec fields or, by name, EditConfig fields (``spec.replace(lr=1e-3, n_edits=50)``).
 
         ``preset="lora"`` swaps in that preset's config, keeping this spec's model, device and dtype
-        and its speed-only settings (``parallel_edits``).
+        and its speed-only settings (``parallel_edits``, ...).
         """
         own = {f.name for f in dataclasses.fields(self)}
         edit = self.edit
         if "preset" in changes:
             name = changes.pop("preset")
-            edit = preset(name, model_name=edit.model_name, device=edit.device, dtype=edit.dtype,
-                          **{k: getattr(edit, k) for k in NOT_HASHED})
+            edit = preset(name, model_name=edit.model_name, device=edit.device, dtype=edit.dtype, speed=edit.speed)
         edit_changes = {k: v for k, v in changes.items() if k not in own}
         spec_changes = {k: v for k, v in changes.items() if k in own}
         edit = edit.replace(**edit_changes) if edit_changes else edit
@@ -121,13 +130,16 @@ class RunSpec:
         EditConfig field, so a typo in a parameters cell fails here instead of being ignored.
         """
         spec_fields = {f.name for f in dataclasses.fields(cls)} - {"edit"}
-        edit_fields = {f.name for f in dataclasses.fields(EditConfig)}
+        chosen = list(namespace) if names is None else names
+        base = preset(namespace["preset"]) if "preset" in chosen else EditConfig()
+        kind = method(namespace["method"]).params if "method" in chosen else type(base.params)
+        edit_fields = set(base.shared_names()) | set(kind.names()) | set(type(base.speed).names())
         if names is None:
             names = [k for k in namespace if k in spec_fields | edit_fields | {"preset"}]
         unknown = sorted(set(names) - spec_fields - edit_fields - {"preset"})
         if unknown:
-            raise ConfigError(f"parameters {unknown} are neither run-spec nor EditConfig fields")
-        base = preset(namespace["preset"]) if "preset" in names else EditConfig()
+            raise ConfigError(f"parameters {unknown} are neither run-spec fields nor options of method "
+                              f"{namespace.get('method', base.method)!r}")
         edit = base.replace(**{k: namespace[k] for k in names if k in edit_fields})
         return cls(edit=edit, **{k: namespace[k] for k in names if k in spec_fields})
 

@@ -98,9 +98,14 @@ def load(experiment: str) -> pd.DataFrame:
     rows = []
     for folder in sorted((results_root() / experiment).glob("*/metrics.json")):
         spec = json.loads((folder.parent / "spec.json").read_text())
-        edit = spec.pop("edit")
-        rows.append({**edit, **spec, **json.loads(folder.read_text()), "hash": folder.parent.name})
+        rows.append({**flat_edit(spec.pop("edit")), **spec, **json.loads(folder.read_text()), "hash": folder.parent.name})
     return pd.DataFrame(rows)
+
+
+def flat_edit(edit: dict) -> dict:
+    """A stored config (`EditConfig.to_dict()`) with its method's parameters and speed settings as columns."""
+    return {**{k: v for k, v in edit.items() if k not in ("params", "speed")}, **edit.get("params", {}),
+            **edit.get("speed", {})}
 
 
 def plain(value):
