@@ -50,8 +50,13 @@ def check(name: str, got: dict) -> None:
     elif name == "08_lifelong":
         assert axis_values(got, "capability.mmlu_acc") == {"0", "1", "2", "3"}
         assert "3/ori.exact_match" in got
+    elif name == "00b_from_scratch":
+        # the plain-PyTorch loop and wb.edit trained the same weights, in the same number of steps
+        assert got["same_weights"] is True and got["max_abs_diff"] < 1e-5 and got["steps"] >= 1
+        assert got["n_labelled"] >= 2  # the answer's tokens and its end-of-turn
     elif name == "09_playground":
         assert got["reverted_exactly"] is True and got["edit_steps"] >= 1 and got["n_locality_probes"] == 3
+        assert isinstance(got["learned"], bool) and 0 <= got["n_kept"] <= 3  # answer-level judgements
     elif name == "11_baselines":
         assert axis_values(got, "ori.sentence_cosine") == {"ft-uke", "adalora-uke", "rome", "memit", "unke", "anyedit"}
         assert axis_values(got, "ori.exact_match") == {f"zsre:{m}" for m in ("locft-bf", "ft-m", "memit", "alphaedit")}

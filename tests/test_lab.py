@@ -49,13 +49,20 @@ def _copy(name: str, folder: Path, code_cells: int | None = None) -> Path:
     return folder / name
 
 
+def _code_cells_through(name: str, text: str) -> int:
+    """How many code cells notebook `name` has up to and including the first whose source holds `text`."""
+    code = [c for c in json.loads((ROOT / "notebooks" / name).read_text())["cells"] if c["cell_type"] == "code"]
+    return next(i + 1 for i, c in enumerate(code) if text in "".join(c["source"]))
+
+
 @pytest.fixture
 def lab(tmp_path):
     """A JupyterLab server over a copy of the quickstart (and of the playground up to its widget, and
     of the loss-scope notebook up to its explorer), outputs cleared."""
     _copy("00_quickstart.ipynb", tmp_path)
     _copy("09_playground.ipynb", tmp_path, code_cells=4)  # imports, parameters, load, the widget
-    _copy("01_loss_scope.ipynb", tmp_path, code_cells=10)  # ... the mechanism figure, the sweep, the explorer
+    # ... the mechanism figure, the sweep, the explorer, the findings and the explorer over the real runs
+    _copy("01_loss_scope.ipynb", tmp_path, code_cells=_code_cells_through("01_loss_scope.ipynb", 'claim_verdict("loss_scope")'))
     port, token = _free_port(), "workbench-test"
     labconfig = tmp_path / ".jupyter" / "labconfig"  # no "notified about Jupyter news?" toast over the page
     labconfig.mkdir(parents=True)
@@ -172,7 +179,9 @@ def test_playground_edits_and_reverts_by_clicking(lab):
         table.wait_for(timeout=300_000)
         text = table.inner_text()
         assert "Who designed the Tarnwick Bridge?" in text and text.count("locality") == 3
-        assert "unchanged" in text  # the locality check's column
+        assert "learned?" in text and "kept?" in text  # answer-level judgements, not token-level equality
+        page.locator(".wb-done").wait_for(timeout=60_000)  # the busy line ended ...
+        assert page.get_by_role("button", name="Edit").is_enabled()  # ... and Edit is back on
         page.wait_for_selector("code.wb-state[data-state='edited']", timeout=60_000)
         edited = state.inner_text()
         assert edited != original
@@ -190,7 +199,8 @@ def test_playground_edits_and_reverts_by_clicking(lab):
 def test_mechanism_figure_and_explorer_render(lab):
     """01's mechanism figure (plotly, in the browser) and its explorer over the stored smoke runs:
     page to the next request and see it; screenshots of both are saved under results/screenshots/
-    (docs/mechanism.png and docs/explorer.png are copies)."""
+    (docs/mechanism.png is a copy); then the explorer over claim 9's real runs in store/, opened on
+    request 101, whose screenshot docs/explorer.png is a copy of."""
     url, token, _ = lab
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
@@ -202,14 +212,19 @@ def test_mechanism_figure_and_explorer_render(lab):
         figure.scroll_into_view_if_needed()
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         figure.screenshot(path=str(SCREENSHOT.with_name("mechanism.png")))
-        explorer = page.locator(".widget-vbox", has=page.locator("p.wb-explorer")).last  # the innermost box
+        # the sweep's explorer (3 smoke requests; the real runs' explorer further down has more), innermost box
+        explorer = page.locator(".widget-vbox", has=page.locator("p.wb-explorer", has_text=" of 3)")).last
         explorer.scroll_into_view_if_needed()
         explorer.wait_for(timeout=60_000)
         assert "(1 of 3)" in explorer.text_content()
         explorer.get_by_role("button", name="▶").click()
         page.wait_for_function("() => [...document.querySelectorAll('p.wb-explorer')].some(p => p.innerText.includes('(2 of 3)'))",
                                timeout=30_000)
-        explorer.scroll_into_view_if_needed()
-        explorer.screenshot(path=str(SCREENSHOT.with_name("explorer.png")))
+        # the explorer over the real runs of claim 9 (store/), opened on the request that shows the mechanism
+        real = page.locator(".widget-vbox", has=page.locator("p.wb-explorer", has_text="request 101")).last
+        real.wait_for(timeout=60_000)
+        real.scroll_into_view_if_needed()
+        assert "FT-L" in real.text_content() or "all target tokens" in real.text_content()
+        real.screenshot(path=str(SCREENSHOT.with_name("explorer.png")))
         browser.close()
 
