@@ -68,7 +68,7 @@ def main() -> None:
 
 
 def score(model, tok, reqs, results) -> None:
-    from workbench.evaluation import score_each
+    from workbench.runs.protocols import score_each
 
     ecfg = wb.EvalConfig.preset("uke")
     pre = wb.pre_edit(model, tok, reqs, ecfg)

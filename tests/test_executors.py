@@ -1,4 +1,4 @@
-"""Sweeps beyond one process: claims, local workers, submitit's local executor, failures, threads."""
+"""Sweeps beyond one process: run locks, local workers, submitit's local executor, failures, threads."""
 import json
 import os
 import signal
@@ -14,7 +14,7 @@ import torch
 
 import workbench as wb
 from workbench import runs, threads
-from workbench.runs import RunSpec, claims, executors
+from workbench.runs import RunSpec, executors, locks
 
 TINY = wb.EditConfig(model_name="tiny-random-llama", device="cpu", layers=(2,), lr=1e-2, epochs=10, batch_size=2)
 SPEC = RunSpec(edit=TINY, benchmark="facts-fixture", n_edits=2, max_new_tokens=4, eval="locft", splits=("ori",))
@@ -44,11 +44,11 @@ def test_two_local_workers_run_each_point_once(store):
     # read back, not rerun
     again = runs.sweep(SPEC, grid, "race", progress=False, executor="local:2")
     assert executed(store, "race") == done and sorted(again.hash) == sorted(df.hash)
-    assert not list((store / "race").glob(".*"))  # no claims or work folders left
+    assert not list((store / "race").glob(".*"))  # no locks or work folders left
 
 
 def test_a_killed_worker_is_taken_over(store, tmp_path):
-    """A worker is killed with SIGKILL mid-run; a second sweep takes its claim and completes the grid."""
+    """A worker is killed with SIGKILL mid-run; a second sweep takes its lock and completes the grid."""
     slow = SPEC.replace(epochs=400)  # long enough to be killed while running
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(f"""
@@ -62,46 +62,46 @@ def test_a_killed_worker_is_taken_over(store, tmp_path):
                             stderr=subprocess.DEVNULL)
     first = runs.run_folder(slow.replace(lr=1e-2), "killed")
     deadline = time.time() + 120
-    while time.time() < deadline and not claims.claim_path(first).exists():
+    while time.time() < deadline and not locks.lock_path(first).exists():
         time.sleep(0.2)
     time.sleep(1.0)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    held = claims.read_claim(first)
+    held = locks.read_lock(first)
     assert held and held["pid"] == proc.pid and not (first / "metrics.json").exists()  # killed mid-run
-    df = runs.sweep(slow, {"lr": [1e-2, 2e-2]}, "killed", progress=False)  # the dead pid's claim is free at once
+    df = runs.sweep(slow, {"lr": [1e-2, 2e-2]}, "killed", progress=False)  # the dead pid's lock is free at once
     assert len(df) == 2 and sorted(executed(store, "killed")) == sorted(df.hash)
 
 
 def test_a_claim_from_another_host_waits_for_the_stale_timeout(store):
     folder = runs.run_folder(SPEC, "foreign")
     folder.parent.mkdir(parents=True)
-    claims.claim_path(folder).write_text(json.dumps({"host": "elsewhere", "pid": 1, "start": time.time()}))
-    assert claims.try_claim(folder, stale_s=60) is None  # fresh: a live worker elsewhere holds it
+    locks.lock_path(folder).write_text(json.dumps({"host": "elsewhere", "pid": 1, "start": time.time()}))
+    assert locks.try_lock(folder, stale_s=60) is None  # fresh: a live worker elsewhere holds it
     t0 = time.time()
     executors.run([executors.Task(folder, lambda: runs.execute(SPEC, "foreign"))], stale_s=3, progress=False)
     assert time.time() - t0 >= 3 and (folder / "metrics.json").exists()  # taken over after the timeout
-    assert executed(store, "foreign") == [folder.name] and not claims.claim_path(folder).exists()
+    assert executed(store, "foreign") == [folder.name] and not locks.lock_path(folder).exists()
 
 
-def test_only_one_of_two_takers_wins_a_stale_claim(tmp_path):
+def test_only_one_of_two_takers_wins_a_stale_lock(tmp_path):
     folder = tmp_path / "run"
-    claims.claim_path(folder).write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345}))
-    first = claims.try_claim(folder)  # the pid does not exist: stale
-    assert first is not None and claims.try_claim(folder) is None  # the second sees a live claim
+    locks.lock_path(folder).write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345}))
+    first = locks.try_lock(folder)  # the pid does not exist: stale
+    assert first is not None and locks.try_lock(folder) is None  # the second sees a live lock
     first.release()
-    assert not claims.claim_path(folder).exists()
+    assert not locks.lock_path(folder).exists()
 
 
 def test_a_failed_run_is_recorded_and_does_not_block_the_others(store):
     with pytest.raises(runs.SweepError, match=r"1 of 2 runs failed") as err:
         runs.sweep(SPEC, [{"layers": [2]}, {"layers": [99]}], "failing", progress=False)
     bad = runs.run_folder(SPEC.replace(layers=[99]), "failing")
-    assert str(claims.failure_path(bad)) in str(err.value)
-    record = json.loads(claims.failure_path(bad).read_text())
+    assert str(locks.failure_path(bad)) in str(err.value)
+    record = json.loads(locks.failure_path(bad).read_text())
     assert "out of range" in record["error"] and "Traceback" in record["traceback"]
     assert (runs.run_folder(SPEC.replace(layers=[2]), "failing") / "metrics.json").exists()
-    assert not claims.claim_path(bad).exists()
+    assert not locks.lock_path(bad).exists()
 
 
 def test_submitit_local_executor_runs_a_grid(store, tmp_path):
@@ -149,7 +149,7 @@ def test_a_serial_sweep_skips_ahead_of_a_run_another_worker_holds(store):
     held = runs.run_folder(SPEC.replace(lr=1e-2), "shared")
     free = runs.run_folder(SPEC.replace(lr=2e-2), "shared")
     held.parent.mkdir(parents=True)
-    claims.claim_path(held).write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+    locks.lock_path(held).write_text(json.dumps({"host": "elsewhere", "pid": 1}))
     tasks = [executors.Task(held, lambda: runs.execute(SPEC.replace(lr=1e-2), "shared")),
              executors.Task(free, lambda: runs.execute(SPEC.replace(lr=2e-2), "shared"))]
     executors.run(tasks, stale_s=5, progress=False)

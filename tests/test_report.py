@@ -1,11 +1,12 @@
 """The second edition of the reproduction report: verdicts by rule, numbers only from the store."""
 import json
+from pathlib import Path
 
 import pytest
 from scipy import stats
 
 import workbench as wb
-from workbench.runs import report
+from workbench.runs import campaign, cost, report
 from workbench.runs.verdicts import Paired, paired, verdict
 
 
@@ -77,7 +78,7 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
                  "score": ["capability.mmlu_acc"], "margin": 0.25}}}
     path = tmp_path / "claims.yaml"
     path.write_text(json.dumps(claims))  # JSON is YAML
-    report.run(["once", "seq"], "serial", path, progress=False, root=tmp_path / "store")
+    campaign.run(["once", "seq"], "serial", path, progress=False, root=tmp_path / "store")
     once, seq, kept = report.read(path).claims
     for claim, stored in ((once, wb.runs.load("exp")), (seq, None)):
         df = report.stored_runs(report.table(claim, tmp_path / "store"))
@@ -94,18 +95,18 @@ def test_claims_are_run_into_the_store_and_rendered_from_it(tmp_path, monkeypatc
     df = report.table(kept, tmp_path / "store")  # each sequence's stage 0 is an arm "<label> before"
     assert list(df.label) == ["long", "long before"] * 2 + ["short", "short before"] * 2 and "short before |" in md
     p = paired(df, "label", "long", "long before", "score")
-    firsts = {s: [json.loads(x) for x in (report.Path(f) / "stages.jsonl").read_text().splitlines()]
+    firsts = {s: [json.loads(x) for x in (Path(f) / "stages.jsonl").read_text().splitlines()]
               for s, f in zip(df.seed[df.label == "long"], df.folder[df.label == "long"])}
     assert p.diffs == tuple(pytest.approx(st[-1]["capability.mmlu_acc"] - st[0]["capability.mmlu_acc"])
                             for st in firsts.values()) and firsts[0][0]["n_edits"] == 0
     assert f"| capability kept | it does | vs long before: {report._diff(p)} | **{verdict(p, 'higher', 0.25)}** |" in md
     mean_first = (firsts[0][0]["capability.mmlu_acc"] + firsts[1][0]["capability.mmlu_acc"]) / 2
     assert f"| long | capability.mmlu_acc | {report._num(mean_first)} |" in md  # every stage, from stages.jsonl
-    env = report.Path(df["folder"].iloc[0]) / "env.json"  # one run computed in bf16, as dtype "auto" is on a GPU
+    env = Path(df["folder"].iloc[0]) / "env.json"  # one run computed in bf16, as dtype "auto" is on a GPU
     env.write_text(json.dumps({**json.loads(env.read_text()), "dtype": "bfloat16"}))
     with pytest.raises(wb.ConfigError, match="seq: its stored runs computed in bfloat16, float32, and on this machine "
                                              "dtype='auto' is float32"):
-        report.run(["seq"], "serial", path, progress=False, root=tmp_path / "store")
+        campaign.run(["seq"], "serial", path, progress=False, root=tmp_path / "store")
     fig = report.figure(once, report.table(once, tmp_path / "store"))  # the bars the report's figure draws
     assert list(fig.data[0].x) == ["long", "short"] and fig.data[-1].name == "score"
     fig = report.figure(kept, df)  # a sequence's: the score and capability over the edits so far, one line per arm
@@ -130,11 +131,11 @@ def test_runs_no_stored_run_of_their_claim_can_time_are_priced_by_their_editing_
     zsre, long_form = ("ft", "batch", False), ("ft", "single", True)
     rates = {"f1": (zsre, 30.0), "f2": (zsre, 90.0), "f3": (zsre, 36.0), "f4": (long_form, 1e6)}
     owed = {"a": (None, zsre, 100), "b": (None, ("lora", "batch", False), 5), "c": (7200.0, zsre, 10)}
-    line = report._owed_line(owed, rates)  # "a": 100 edits x the median 36 s; "b": no stored lora run prices it
+    line = cost.owed_line(owed, rates)  # "a": 100 edits x the median 36 s; "b": no stored lora run prices it
     assert "Still to run: 3 runs. 1 of them belong to claims or calibrations with stored runs: roughly 2 h" in line
     assert "comes to roughly 1 h for the 1 of them" in line and "the other 1 have no stored run of their method" in line
-    assert report._merge({"a": (None, zsre, 100)}, {"a": (60.0, zsre, 100)})["a"][0] == 60.0  # timed where either can
-    assert report._merge({"a": (60.0, zsre, 100)}, {"a": (None, zsre, 100)})["a"][0] == 60.0
+    assert cost.merge({"a": (None, zsre, 100)}, {"a": (60.0, zsre, 100)})["a"][0] == 60.0  # timed where either can
+    assert cost.merge({"a": (60.0, zsre, 100)}, {"a": (None, zsre, 100)})["a"][0] == 60.0
 
 
 def test_a_bad_claims_file_names_the_claim_and_the_field(tmp_path):
@@ -176,7 +177,7 @@ def test_a_calibration_chooses_by_its_rule_before_the_claim_that_uses_it_runs(tm
     assert "waiting for the calibration of lr" in report.render(path, tmp_path / "store")
     with pytest.raises(wb.ConfigError, match="calibration 'lr' is not finished"):
         wb.runs.calibrated("lr", path, tmp_path / "store")
-    report.run(["c"], "serial", path, progress=False, root=tmp_path / "store")  # runs the calibration first
+    campaign.run(["c"], "serial", path, progress=False, root=tmp_path / "store")  # runs the calibration first
     p = report.read(path)
     cal, claim = p.calibrations[0], p.claims[0]
     df = report.table(cal, tmp_path / "store")
@@ -224,7 +225,7 @@ def test_the_summary_marks_a_verdict_provisional_while_an_other_arm_has_no_paire
 def test_a_campaign_runs_a_later_claims_free_runs_before_waiting_on_one_another_holds(tmp_path, monkeypatch):
     """Two campaigns over overlapping claims: while another worker holds claim a's run, this one runs
     claim b's first and waits on a's only after (here until the holder's heartbeat is stale)."""
-    from workbench.runs import claims as held_claims
+    from workbench.runs import locks
 
     monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path / "store"))
     base = {"edit": {"model_name": "tiny-random-llama", "device": "cpu", "layers": [2], "epochs": 2},
@@ -239,7 +240,7 @@ def test_a_campaign_runs_a_later_claims_free_runs_before_waiting_on_one_another_
     folders = {label: a.folder(tmp_path / "store", spec) for label, _, spec in a.runs()}
     folders["b"] = next(b.folder(tmp_path / "store", spec) for label, _, spec in b.runs() if label == "y")
     folders["x"].parent.mkdir(parents=True)
-    held_claims.claim_path(folders["x"]).write_text(json.dumps({"host": "elsewhere", "pid": 1}))  # a live holder
-    report.run(["a", "b"], "serial", path, progress=False, root=tmp_path / "store", stale_s=5)
+    locks.lock_path(folders["x"]).write_text(json.dumps({"host": "elsewhere", "pid": 1}))  # a live holder
+    campaign.run(["a", "b"], "serial", path, progress=False, root=tmp_path / "store", stale_s=5)
     log = [line.split()[-1] for line in (tmp_path / "store" / "exp" / "runs.log").read_text().splitlines()]
     assert log == [folders["y"].name, folders["b"].name, folders["x"].name]  # a's held run last, b's shared one once

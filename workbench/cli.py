@@ -8,6 +8,7 @@
     workbench sweep NOTEBOOK --grid grid.yaml  run a notebook once per grid point, resumable
           [--executor local:4 | submitit] [-o partition gpu -o gpus 1 ...]
     workbench reproduce [CLAIM ...]        the first edition's runs, docs/REPRODUCTION-1.md (docs/reproduction.yaml)
+    workbench report [--check] [--run [CLAIM ...]]  the second edition, docs/REPRODUCTION.md, from store/
 """
 from __future__ import annotations
 
@@ -17,9 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from .data import PROJECT_ROOT
-from .placement import is_random
-from .runs import markdown_table, read, results_root, run_notebook
+from .runs import run_notebook
 
 
 def _literal(text: str):
@@ -27,40 +26,6 @@ def _literal(text: str):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text  # a bare word is a string
-
-
-def reproduce(config, claims: list[str], docs: Path, overrides: dict | None = None) -> None:
-    """Execute each claim's notebook with its parameters into ``results/reproduction/<claim>/`` and
-    copy what the report cites into `docs`: ``<claim>.ipynb`` (executed, with its tables),
-    ``<claim>.png`` (the figure) and ``<claim>.json`` (the recorded metrics)."""
-    import json
-    import shutil
-    import time
-
-    import yaml
-
-    table = yaml.safe_load(Path(config).read_text())
-    unknown = sorted(set(claims) - set(table))
-    if unknown:
-        raise SystemExit(f"{config}: no claim {unknown}; valid: {sorted(table)}")
-    docs.mkdir(parents=True, exist_ok=True)
-    for name in claims or list(table):
-        entry = table[name]
-        model = {**entry.get("params", {}), **(overrides or {})}.get("model_name", "")
-        if is_random(model):
-            raise SystemExit(f"{config}: claim {name!r} would run on {model!r}, a shape with random weights: "
-                             "its numbers measure speed and memory, never editing, and the report refuses them")
-        notebook = PROJECT_ROOT / entry["notebook"]
-        out = results_root() / "reproduction" / name
-        start = time.time()
-        executed = run_notebook(notebook, {**entry.get("params", {}), **(overrides or {})}, out)
-        shutil.copy(executed, docs / f"{name}.ipynb")
-        for png in out.glob("*.png"):
-            shutil.copy(png, docs / f"{name}.png")
-        recorded = read(executed)
-        (docs / f"{name}.json").write_text(json.dumps(recorded, indent=1, sort_keys=True))
-        (docs / f"{name}.md").write_text(markdown_table(recorded))
-        print(f"{name}: {notebook.name} in {time.time() - start:.0f} s -> {docs}/{name}.*", flush=True)
 
 
 DEFAULT_PRESET = "locft-bf-chat"  # several facts at once, asked as an instruct model is (README)
@@ -143,7 +108,7 @@ def edit_command(args) -> int:
 
     from . import models
     from .errors import OverwriteWarning, WorkbenchError
-    from .train import edit
+    from .editing import edit
 
     try:
         cfg, reqs, what = validate_edit(args)
@@ -203,15 +168,90 @@ def eval_command(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def prepare_command(args) -> int:
+    """``workbench prepare``: convert the embedded model into the cache."""
+    from .models import prepare_default
+
+    print(f"embedded model ready: {prepare_default()}")
+    return 0
+
+
+def notebook_command(args) -> int:
+    """``workbench notebook``: execute a notebook headless with papermill."""
+    executed = run_notebook(args.notebook, {k: _literal(v) for k, v in args.param}, args.out)
+    print(f"executed notebook: {executed}\nfigures: {executed.parent}/*.html")
+    return 0
+
+
+def sweep_command(args) -> int:
+    """``workbench sweep``: execute a notebook once per point of a grid, resumable."""
+    import yaml
+
+    from .runs import sweep_notebook
+
+    grid = yaml.safe_load(open(args.grid))
+    if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
+        raise SystemExit(f"{args.grid}: expected a mapping of parameter name -> list of values")
+    df = sweep_notebook(args.notebook, grid, args.experiment, executor=args.executor,
+                        executor_options={k: _literal(v) for k, v in args.option})
+    print(df.to_string(index=False))
+    return 0
+
+
+def reproduce_command(args) -> int:
+    """``workbench reproduce``: the first edition's notebook runs (`runs.first_edition`)."""
+    from .runs import first_edition
+
+    if args.tables:
+        first_edition.rewrite_tables(Path(args.docs))
+    else:
+        first_edition.reproduce(args.config, args.claims, Path(args.docs), {k: _literal(v) for k, v in args.param})
+    return 0
+
+
+def report_command(args) -> int:
+    """``workbench report``: render the second edition from store/ (or check the committed one)."""
+    from .runs import campaign, report
+
+    claims, out = args.claims or report.CLAIMS, Path(args.out or report.REPORT)
+    if args.run is not None:
+        campaign.run(args.run, args.executor, claims)
+    if args.check:
+        fresh = report.render(claims, out=out)
+        if not out.exists() or out.read_text() != fresh:
+            print(f"{out} differs from what {claims} and store/ render: run `workbench report`")
+            return 1
+        print(f"{out} is what {claims} and store/ render")
+    else:
+        print(f"report written: {report.write(claims, out)}")
+    return 0
+
+
+# subcommand -> (what runs it, its one-line help), in the order `workbench --help` lists them
+COMMANDS = {
+    "prepare": (prepare_command, "convert the embedded SmolLM2 model into the cache (once)"),
+    "notebook": (notebook_command, "execute a notebook with papermill"),
+    "edit": (edit_command, "edit a model on your own facts (--data) or benchmark requests, check and save"),
+    "eval": (eval_command, "evaluate a model on benchmark requests (against --base: an edited one)"),
+    "sweep": (sweep_command, "execute a notebook once per point of a grid (YAML: name -> list)"),
+    "reproduce": (reproduce_command, "run the reproduction report's notebooks (docs/reproduction.yaml)"),
+    "report": (report_command, "render the second edition of the reproduction report from store/ "
+                               "(docs/claims.yaml -> docs/REPRODUCTION.md)"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: a subparser per entry of `COMMANDS`, with its arguments."""
+    from .runs.first_edition import CONFIG, DOCS
+
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("prepare", help="convert the embedded SmolLM2 model into the cache (once)")
-    nb = sub.add_parser("notebook", help="execute a notebook with papermill")
+    p = {name: sub.add_parser(name, help=help) for name, (_, help) in COMMANDS.items()}
+    nb = p["notebook"]
     nb.add_argument("notebook")
     nb.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     nb.add_argument("--out", default=None, help="output folder (default results/<notebook>/)")
-    ed = sub.add_parser("edit", help="edit a model on your own facts (--data) or benchmark requests, check and save")
+    ed = p["edit"]
     ed.add_argument("--data", default=None, metavar="FILE", help="your facts: a .json list or .jsonl of records "
                     "(our field names or EasyEdit's: prompt, target_new, subject, rephrase_prompt, ...)")
     ed.add_argument("--field", action="append", default=[], metavar="FIELD=KEY",
@@ -228,7 +268,7 @@ def main(argv=None) -> int:
                     "unrelated questions")
     ed.add_argument("--sequential", action="store_true", help="a depth-first preset may train the facts one after "
                     "another (sequential editing: a later fact can overwrite an earlier one) without a warning")
-    ev = sub.add_parser("eval", help="evaluate a model on benchmark requests (against --base: an edited one)")
+    ev = p["eval"]
     ev.add_argument("--benchmark", default="zsre")
     ev.add_argument("-n", type=int, default=50)
     ev.add_argument("--model", default=None)
@@ -238,7 +278,7 @@ def main(argv=None) -> int:
                     help="probe format (default: the eval preset's)")
     ev.add_argument("--eval", default="locft", choices=["uke", "locft"])
     ev.add_argument("--capability", nargs="*", default=[])
-    sw = sub.add_parser("sweep", help="execute a notebook once per point of a grid (YAML: name -> list)")
+    sw = p["sweep"]
     sw.add_argument("notebook")
     sw.add_argument("--grid", required=True)
     sw.add_argument("--experiment", default=None)
@@ -246,67 +286,26 @@ def main(argv=None) -> int:
                     "or a share of the cores each) or submitit (a SLURM job array)")
     sw.add_argument("-o", "--option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="a submitit option: partition, gpus, cpus, time_min, parallelism, jobs, mem_gb, cluster, folder")
-    rp = sub.add_parser("reproduce", help="run the reproduction report's notebooks (docs/reproduction.yaml)")
+    rp = p["reproduce"]
     rp.add_argument("claims", nargs="*", help="names in the file (default: all, in order)")
-    rp.add_argument("--config", default=str(PROJECT_ROOT / "docs" / "reproduction.yaml"))
-    rp.add_argument("--docs", default=str(PROJECT_ROOT / "docs" / "reproduction"))
+    rp.add_argument("--config", default=str(CONFIG))
+    rp.add_argument("--docs", default=str(DOCS))
     rp.add_argument("--tables", action="store_true", help="only rewrite the Markdown tables from the recorded metrics")
     rp.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="override a parameter of the claims run (e.g. -p only_finished True)")
-    rr = sub.add_parser("report", help="render the second edition of the reproduction report from store/ "
-                        "(docs/claims.yaml -> docs/REPRODUCTION.md)")
+    rr = p["report"]
     rr.add_argument("--claims", default=None, help="claims file (default docs/claims.yaml)")
     rr.add_argument("--out", default=None, help="Markdown file (default docs/REPRODUCTION.md)")
     rr.add_argument("--check", action="store_true", help="render and compare with --out; exit 1 when they differ")
     rr.add_argument("--run", nargs="*", default=None, metavar="CLAIM",
                     help="first execute the runs these claims (none named: all) still lack, into store/")
     rr.add_argument("--executor", default="serial", help="for --run: serial, local:N or submitit")
-    args = parser.parse_args(argv)
+    return parser
 
-    if args.command == "prepare":
-        from .models import prepare_default
 
-        print(f"embedded model ready: {prepare_default()}")
-    elif args.command == "notebook":
-        executed = run_notebook(args.notebook, {k: _literal(v) for k, v in args.param}, args.out)
-        print(f"executed notebook: {executed}\nfigures: {executed.parent}/*.html")
-    elif args.command == "edit":
-        return edit_command(args)
-    elif args.command == "eval":
-        return eval_command(args)
-    elif args.command == "sweep":
-        import yaml
-
-        from .runs import sweep_notebook
-
-        grid = yaml.safe_load(open(args.grid))
-        if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
-            raise SystemExit(f"{args.grid}: expected a mapping of parameter name -> list of values")
-        df = sweep_notebook(args.notebook, grid, args.experiment, executor=args.executor,
-                            executor_options={k: _literal(v) for k, v in args.option})
-        print(df.to_string(index=False))
-    elif args.command == "reproduce" and args.tables:
-        import json
-
-        for recorded in sorted(Path(args.docs).glob("*.json")):
-            recorded.with_suffix(".md").write_text(markdown_table(json.loads(recorded.read_text())))
-    elif args.command == "report":
-        from .runs import report
-
-        claims, out = args.claims or report.CLAIMS, Path(args.out or report.REPORT)
-        if args.run is not None:
-            report.run(args.run, args.executor, claims)
-        if args.check:
-            fresh = report.render(claims, out=out)
-            if not out.exists() or out.read_text() != fresh:
-                print(f"{out} differs from what {claims} and store/ render: run `workbench report`")
-                return 1
-            print(f"{out} is what {claims} and store/ render")
-        else:
-            print(f"report written: {report.write(claims, out)}")
-    elif args.command == "reproduce":
-        reproduce(args.config, args.claims, Path(args.docs), {k: _literal(v) for k, v in args.param})
-    return 0
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    return COMMANDS[args.command][0](args)
 
 
 if __name__ == "__main__":

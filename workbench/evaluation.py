@@ -23,6 +23,11 @@ How a split is averaged follows the lineage: sub-question scores are the mean ov
 sub-answers, then the mean over requests (EasyEdit's ``Sub Questions``); every other split is the
 mean over its probes. LocFT-BF reports no locality at all (its third axis is general capability):
 the ``loc`` rows of a LocFT-scored run are our addition and say so in their protocol.
+
+The module is one pipeline (probes, the pre-edit reference, generation, every scorer, the summary
+and its provenance) over one probe table whose columns each step adds, which is why it runs past
+400 lines: split, each part would only make sense beside the others. Scoring K single edits at
+once (`score_each`) is a run protocol and lives in `runs.protocols`, with the methods it routes.
 """
 from __future__ import annotations
 
@@ -37,12 +42,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import data, metrics, scoring
+from . import data, files, metrics, scoring
 from .errors import CappedWarning, ConfigError, WorkbenchError
 from .generation import generate
 from .methods.result import EditResult
 from .metrics import MINILM, MINILM_LAYER
-from .models import cache_dir, fingerprint
+from .models import fingerprint
 from .prompts import target_ids
 
 SPLITS = ("ori", "para", "loc", "sub")
@@ -142,7 +147,7 @@ def pre_edit(model, tok, requests, eval_cfg: EvalConfig = UKE, cache: bool = Tru
     fp = fingerprint(model)
     key = json.dumps([fp, eval_cfg.decoding(), prompts], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-    path = cache_dir() / "pre_edit" / f"{digest}.json"
+    path = files.cache_root() / "pre_edit" / f"{digest}.json"
     if cache and digest in _PRE:
         return _PRE[digest]
     if cache and path.exists():
@@ -154,10 +159,7 @@ def pre_edit(model, tok, requests, eval_cfg: EvalConfig = UKE, cache: bool = Tru
                                           eval_cfg.batch_size)
         pre = PreEdit(fp, dict(zip(prompts, gens)), dict(zip(prompts, preds)))
         if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".part")
-            tmp.write_text(json.dumps(asdict(pre)))
-            tmp.replace(path)
+            files.write_text(path, json.dumps(asdict(pre)))
     if cache:
         _PRE[digest] = pre
     return pre
@@ -242,7 +244,7 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig | None = None, pre: PreE
             requests have locality items.
         route: score each request as if it alone were edited (single editing, several edits at once):
             called before every batch with the position in `requests` of each row's request, so that
-            the model computes that row with that request's edit (`score_each`). A prompt
+            the model computes that row with that request's edit (`runs.protocols.score_each`). A prompt
             asked for two requests is then asked twice, and locality probes are checked against their
             own request only.
     """
@@ -356,24 +358,6 @@ def evaluate(model, tok, requests, eval_cfg: EvalConfig | None = None, pre: PreE
     return EvalReport(table, summary, capability, provenance)
 
 
-def score_each(model, tok, requests, results, eval_cfg: EvalConfig = UKE, pre: PreEdit | None = None) -> EvalReport:
-    """Score `edit_each`'s pending results at once: request k's probes run with edit k's weights.
-
-    The K edits' probes share the generation and teacher-forced batches that K rounds of
-    ``apply(); evaluate(); revert()`` would run one by one (`parallel.routed` computes each row with
-    its own edit's weights), and the report is those rounds' reports concatenated: per-probe scores
-    to float rounding, since a batch now mixes other prompts and so its padding differs
-    (tests/test_parallel.py). The model is left as it was and every result stays pending.
-    Capability is per model: score it after ``apply()``.
-    """
-    from .methods.parallel import routed
-
-    if len(results) != len(requests):
-        raise WorkbenchError(f"score_each: {len(results)} results for {len(requests)} requests (one each)")
-    with routed(model, results) as route:
-        return evaluate(model, tok, requests, eval_cfg, pre=pre, route=route)
-
-
 def _routed(route, owners: list[int]):
     """A batch callback for the scorers: the positions of a batch's items -> `route` with their requests."""
     if route is None:
@@ -428,11 +412,17 @@ def summarize(table: pd.DataFrame, protocols: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame(summary, columns=["split", "metric", "value", "n", "protocol"])
 
 
+def report_files(report: EvalReport) -> dict[str, str]:
+    """The text of ``per_probe.jsonl``, ``summary.csv`` and ``provenance.json``: a run folder's share of `report`."""
+    return {"per_probe.jsonl": report.per_probe.to_json(orient="records", lines=True, force_ascii=False),
+            "summary.csv": report.summary.to_csv(index=False),
+            "provenance.json": json.dumps({**report.provenance, "capability": report.capability}, indent=1)}
+
+
 def save_report(report: EvalReport, folder) -> Path:
     """Write per_probe.jsonl, summary.csv and provenance.json into `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    report.per_probe.to_json(folder / "per_probe.jsonl", orient="records", lines=True, force_ascii=False)
-    report.summary.to_csv(folder / "summary.csv", index=False)
-    (folder / "provenance.json").write_text(json.dumps({**report.provenance, "capability": report.capability}, indent=1))
+    for name, text in report_files(report).items():
+        (folder / name).write_text(text, encoding="utf-8")
     return folder

@@ -28,7 +28,7 @@ def generate(model, tok, prompts: list[str], chat_template: bool = True, max_new
         stop: cut each text at the first occurrence of any of these strings.
         batch_size: prompts per forward pass.
         on_batch: called with the positions (in `prompts`) of each batch's rows before it runs
-            (`evaluation.score_each` routes each row to its own edit's weights with it).
+            (`runs.protocols.score_each` routes each row to its own edit's weights with it).
     """
     from tqdm.auto import tqdm
 

@@ -2,8 +2,8 @@
 
 A *task* is one run of a grid: the store folder it finishes into (finished = ``metrics.json``) and a
 picklable callable that produces it (`execute` of a `RunSpec`, or one notebook execution). Every
-executor hands the same task list to workers that `walk` it: each task is claimed before it runs
-(`claims`), so any number of workers, started by any executor, in any number of processes or
+executor hands the same task list to workers that `walk` it: each task is locked before it runs
+(`locks`), so any number of workers, started by any executor, in any number of processes or
 machines sharing the store, execute each task once. Finished tasks are read back, never rerun.
 
 * ``"serial"`` (the default): this process walks the grid.
@@ -19,7 +19,7 @@ machines sharing the store, execute each task once. Finished tasks are read back
   executors, used by the tests), ``folder`` (submitit's logs; default ``<experiment>/.submitit``).
 
 Each executed run adds a line to ``<experiment>/runs.log`` (time, host, pid, run). One progress bar covers the grid (finished / running / failed), read from the store. A task that
-raises records its traceback beside its folder (`claims.record_failure`) and the walk goes on;
+raises records its traceback beside its folder (`locks.record_failure`) and the walk goes on;
 `run` raises `SweepError` at the end, naming every failed folder.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, WorkbenchError
 from .. import threads
-from . import claims
+from . import locks
 
 
 @dataclass(frozen=True)
@@ -55,30 +55,30 @@ class SweepError(WorkbenchError):
     """Some runs of a sweep failed; their tracebacks are in the store beside their folders."""
 
 
-def walk(tasks: list[Task], since: float, stale_s: float = claims.STALE_S, poll_s: float = 2.0,
+def walk(tasks: list[Task], since: float, stale_s: float = locks.STALE_S, poll_s: float = 2.0,
          wait: bool = True) -> None:
-    """Run every unfinished task this worker can claim; wait for those other workers hold; return
+    """Run every unfinished task this worker can lock; wait for those other workers hold; return
     when each task is finished or has failed since `since` (``wait=False``: after one pass, leaving
     the tasks others hold to them)."""
     pending = list(tasks)
     while pending:
         waiting = []
         for task in pending:
-            if task.done or claims.failed_since(task.folder, since):
+            if task.done or locks.failed_since(task.folder, since):
                 continue
-            claim = claims.try_claim(task.folder, stale_s)
-            if claim is None:
+            lock = locks.try_lock(task.folder, stale_s)
+            if lock is None:
                 waiting.append(task)
                 continue
-            with claim:
-                if task.done:  # the previous holder finished just before we claimed
+            with lock:
+                if task.done:  # the previous holder finished just before we locked it
                     continue
                 try:
                     task.fn()
                 except Exception as e:  # recorded, reported at the end; Ctrl-C still stops the worker
-                    claims.record_failure(task.folder, {"task": task.label}, e)
+                    locks.record_failure(task.folder, {"task": task.label}, e)
                 else:
-                    claims.failure_path(task.folder).unlink(missing_ok=True)
+                    locks.failure_path(task.folder).unlink(missing_ok=True)
                     _log(task.folder)
         pending = waiting if wait else []
         if pending:
@@ -93,14 +93,14 @@ def _log(folder: Path) -> None:
 
 
 def status(tasks: list[Task], since: float) -> dict:
-    """Counts of finished / running (claimed) / failed tasks, read from the store."""
+    """Counts of finished / running (locked) / failed tasks, read from the store."""
     out = {"finished": 0, "running": 0, "failed": 0}
     for t in tasks:
         if t.done:
             out["finished"] += 1
-        elif claims.failed_since(t.folder, since):
+        elif locks.failed_since(t.folder, since):
             out["failed"] += 1
-        elif claims.claim_path(t.folder).exists():
+        elif locks.lock_path(t.folder).exists():
             out["running"] += 1
     return out
 
@@ -119,11 +119,11 @@ def parse(executor: str | None) -> tuple[str, int]:
 
 
 def run(tasks: list[Task], executor: str | None = None, options: dict | None = None, progress: bool = True,
-        desc: str = "sweep", stale_s: float = claims.STALE_S, wait: bool = True) -> None:
+        desc: str = "sweep", stale_s: float = locks.STALE_S, wait: bool = True) -> None:
     """Finish every task with `executor` (see the module docstring); raise `SweepError` if any failed.
     ``wait=False`` (serial and local workers; submitit's jobs always help with the whole grid): run
     what no other worker holds and return, leaving the held tasks to their holders (a campaign of
-    several grids passes over them all before it waits on any: `report.run`)."""
+    several grids passes over them all before it waits on any: `campaign.run`)."""
     kind, workers = parse(executor)
     tasks = sorted(tasks, key=lambda t: t.group)  # stable: the grid's order within a model
     since = time.time()
@@ -150,11 +150,11 @@ def run(tasks: list[Task], executor: str | None = None, options: dict | None = N
             for h in handles:
                 h.check()
         show()
-    failed = [(t, claims.failed_since(t.folder, since)) for t in tasks if not t.done]
+    failed = [(t, locks.failed_since(t.folder, since)) for t in tasks if not t.done]
     if not wait:  # the tasks other workers still hold are theirs, not failures
         failed = [(t, f) for t, f in failed if f]
     if failed:
-        lines = [f"  {claims.failure_path(t.folder)}: {(f or {}).get('error', 'not finished')}" for t, f in failed]
+        lines = [f"  {locks.failure_path(t.folder)}: {(f or {}).get('error', 'not finished')}" for t, f in failed]
         raise SweepError(f"{len(failed)} of {len(tasks)} runs failed (tracebacks in the files):\n" + "\n".join(lines))
 
 
@@ -167,7 +167,7 @@ class _Process:
         return not self.proc.is_alive()
 
     def check(self) -> None:
-        self.proc.join()  # a worker that died (killed, OOM) leaves its claim to be taken over: not fatal
+        self.proc.join()  # a worker that died (killed, OOM) leaves its lock to be taken over: not fatal
 
 
 def _worker(tasks: list[Task], since: float, stale_s: float, n_threads: int | None, wait: bool = True) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import files
 from ..errors import WorkbenchError
 from .store import plain
 
@@ -66,8 +67,4 @@ def export_easyedit(folder, path, pre_folder=None) -> Path:
               "method": spec.get("edit", {}).get("method"),
               "note": "rewrite_acc / rephrase_acc: teacher-forced token accuracy (EasyEdit's definition); "
                       "everything else is ours, under 'workbench', scored as the run's provenance.json says"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps([{**r, "workbench_meta": header} for r in records], indent=1))
-    tmp.replace(path)
-    return path
+    return files.write_text(path, json.dumps([{**r, "workbench_meta": header} for r in records], indent=1))

@@ -1,15 +1,16 @@
 """Executing runs and sweeps: one run, a grid of runs, seeds, and lifelong (chunked sequential) editing.
 
-`execute(spec, experiment)` runs one `RunSpec` (or reads it back from the store); `sweep` runs every
-point of a grid over a base spec, optionally once per seed, with any executor (`executors`); `lifelong` edits in chunks on top of each
-other and scores everything after each chunk. Models are loaded once per process (`model_for`) and
-checked to be unedited before every run.
+`execute(spec, experiment)` runs one `RunSpec` by its protocol (`protocols`) and stores it (or reads it
+back from the store); `sweep` runs every point of a grid over a base spec, optionally once per seed,
+with any executor (`executors`); `lifelong` edits in chunks on top of each other and scores
+everything after each chunk. Models are loaded once per process (`model_for`) and checked to be
+unedited before every run.
 """
 from __future__ import annotations
 
 import itertools
+import io
 import json
-import os
 import platform
 import shutil
 import time
@@ -20,16 +21,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import data, locality, threads, train
+from .. import data, editing, locality, threads
 from ..config import EditConfig
 from ..errors import ConfigError
-from ..evaluation import EvalReport, evaluate, pre_edit, protocols_for, save_report, score_each, summarize, versions
-from ..methods.parallel import batchable
+from ..evaluation import EvalReport, evaluate, pre_edit, protocols_for, report_files, summarize, versions
 from ..methods.result import resume, snapshot
 from ..metrics import scorer_versions
 from ..models import fingerprint, input_device, load_for, model_dtype, revision
 from ..placement import clock, is_random
-from . import executors
+from . import executors, protocols
 from .executors import Task
 from .spec import RunSpec
 from .store import (check_writable, clear_leftovers, edit_checkpoint, git_sha, plain, results_root, run_folder,
@@ -129,62 +129,25 @@ def _execute(spec: RunSpec, experiment: str, progress: bool) -> dict:
     reqs = requests_for(spec)
     ecfg = spec.eval_config()
     pre = pre_edit(model, tok, reqs, ecfg)  # locality's reference, and each probe's answer before the edit
-    timings, steps, n_trainable, truncated = [], 0, 0, 0
     if spec.protocol == "batch":
         # a long breadth-first edit keeps an epoch checkpoint beside its folder: a run killed by a
         # time limit resumes its edit from the last epoch (its seconds count across the attempts)
         long = cfg.method == "ft" and cfg.schedule == "breadth_first" and cfg.epochs > 1
-        # a run's config is its protocol: a depth-first one trains its batches one after another on purpose
-        result = train.edit(model, tok, reqs, cfg, progress=progress, checkpoint=edit_checkpoint(folder) if long else None,
-                            sequential=True)
-        try:
-            report = evaluate(model, tok, reqs, ecfg, pre=pre)
-        finally:
-            result.revert()
-        results = [result]
+        report, results = protocols.batch(model, tok, reqs, cfg, ecfg, pre, progress,
+                                          checkpoint=edit_checkpoint(folder) if long else None)
     else:
-        tables, results = [], []
-        # edit_each trains k single edits at once (method ft on matrices; otherwise one wb.edit each)
-        k = cfg.parallel_edits if cfg.parallel_edits > 1 and batchable(model, cfg) else 1
-        with tqdm(total=len(reqs), desc="single edits", disable=not progress, leave=False) as bar:
-            for start in range(0, len(reqs), k):
-                group = reqs[start:start + k]
-                if k > 1:  # trained at once and scored at once, each request with its own edit
-                    done = train.edit_each(model, tok, group, cfg, progress=False)
-                    tables.append(score_each(model, tok, group, done, ecfg.replace(capability=()), pre).per_probe)
-                    results += done
-                    bar.update(len(group))
-                    continue
-                for r in group:
-                    res = train.edit(model, tok, [r], cfg, progress=False)
-                    try:
-                        tables.append(evaluate(model, tok, [r], ecfg.replace(capability=()), pre=pre).per_probe)
-                    finally:
-                        res.revert()
-                    results.append(res)
-                    bar.update(1)
-        report = evaluate(model, tok, reqs[:0], ecfg.replace(splits=()), pre=pre)  # provenance only
-        report.per_probe = pd.concat(tables, ignore_index=True)
-        report.summary = summarize(report.per_probe, protocols_for(ecfg))
-    for res in results:
-        timings.append(res.timings["total_s"])
-        steps += res.steps
-        truncated += res.n_truncated
-        n_trainable = res.n_trainable
-    metrics = {**report.scores(), "edit_s": sum(timings), "s_per_edit": sum(timings) / len(reqs), "steps": steps,
-               "n_trainable": n_trainable, "n_truncated": truncated, "n_edits": len(reqs),
+        report, results = protocols.single(model, tok, reqs, cfg, ecfg, pre, progress)
+    edit_s = sum(res.timings["total_s"] for res in results)
+    metrics = {**report.scores(), "edit_s": edit_s, "s_per_edit": edit_s / len(reqs),
+               "steps": sum(res.steps for res in results), "n_trainable": results[-1].n_trainable if results else 0,
+               "n_truncated": sum(res.n_truncated for res in results), "n_edits": len(reqs),
                "run_s": clock() - t0}  # the whole run: loading excepted, scoring included
-    if is_random(cfg.model_name):  # speed and memory only: the report refuses these (cli.reproduce)
+    if is_random(cfg.model_name):  # speed and memory only: the report refuses these (first_edition.reproduce)
         metrics["random_weights"] = True
-    tmp_report = folder.with_name(f".{folder.name}.report{os.getpid()}")
-    save_report(report, tmp_report)
-    files = {p.name: p.read_text() for p in tmp_report.iterdir()}
-    shutil.rmtree(tmp_report)
-    files.update({"spec.json": to_json(spec.to_dict()), "env.json": to_json({"versions": versions(), "git_sha": git_sha(),
-                                                                          "config_hash": spec.run_config().hash(),
-                                                                          **provenance(model, spec)}),
-                  "metrics.json": to_json(metrics)})
-    write_atomically(folder, files)
+    write_atomically(folder, {**report_files(report), "spec.json": to_json(spec.to_dict()),
+                              "env.json": to_json({"versions": versions(), "git_sha": git_sha(),
+                                                   "config_hash": cfg.hash(), **provenance(model, spec)}),
+                              "metrics.json": to_json(metrics)})
     return plain(metrics)
 
 
@@ -209,7 +172,7 @@ def sweep(base: RunSpec, grid: dict[str, list] | list[dict] | None = None, exper
 
     ``executor``: ``"serial"`` (default, this process), ``"local:N"`` (N worker processes, a GPU or a
     share of the cores each) or ``"submitit"`` (a SLURM job array; `executor_options` as in
-    `executors`). Any number of sweeps over the same store cooperate: each run is claimed before it
+    `executors`). Any number of sweeps over the same store cooperate: each run is locked before it
     starts and executes once. A run that fails records its traceback beside its folder and the others
     go on; `executors.SweepError` is raised at the end, naming the failed folders.
     Returns one row per run with its point's values and metrics (see `load`).
@@ -247,9 +210,9 @@ def by_chunk(report, seen: list, chunk_size: int, protocols: dict[str, str]) -> 
 
 
 def sequence_name(spec: RunSpec, chunk_size: int, score_every: int = 1) -> str:
-    """A sequence's folder name in its experiment: the spec's hash, its chunk size and, when not every
-    stage is scored, how often one is."""
-    return f"{spec.hash()}-chunk{chunk_size}" + (f"-every{score_every}" if score_every > 1 else "")
+    """A sequence's folder name in its experiment: the hash of the spec with its chunk size and how
+    often a stage is scored (`RunSpec.chunk_size`, `score_every`)."""
+    return spec.replace(chunk_size=chunk_size, score_every=score_every).hash()
 
 
 def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = True, seeds=None,
@@ -291,8 +254,7 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
     ecfg = spec.eval_config()
     pre = pre_edit(model, tok, reqs, ecfg)  # locality's reference, and each probe's answer before the edit
     partial = folder.with_name(folder.name + ".partial")
-    every = {"score_every": score_every} if score_every > 1 else {}  # absent at 1: older sequences keep their spec
-    spec_json = to_json({**spec.to_dict(), "chunk_size": chunk_size, **every})
+    spec_json = to_json(spec.replace(chunk_size=chunk_size, score_every=score_every).to_dict())
     done, shas, t0 = [], [git_sha()], time.perf_counter()
     state = _read_partial(partial, spec_json)
     if state is None:
@@ -308,7 +270,7 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
     try:
         for start in tqdm(range(first, len(reqs), chunk_size), desc=experiment, disable=not progress):
             chunk = reqs[start:start + chunk_size]
-            done.append(train.edit(model, tok, chunk, cfg, progress=False, sequential=True))  # lifelong: on purpose
+            done.append(editing.edit(model, tok, chunk, cfg, progress=False, sequential=True))  # lifelong: on purpose
             edit_s, steps = edit_s + done[-1].timings["total_s"], steps + done[-1].steps
             seen = reqs[:start + len(chunk)]
             scores = {}  # none for the stages a `score_every` sequence skips
@@ -339,10 +301,6 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
 def _write_partial(partial, spec_json: str, snap: dict, stages: list, shas: list) -> None:
     """The checkpoint after a stage: the snapshot, the stages so far (the last one holds the running
     edit_s, steps and run_s) and the git sha of each process that worked on the sequence."""
-    import io
-
-    import torch
-
     buf = io.BytesIO()
     torch.save(snap, buf)
     write_atomically(partial, {"spec.json": spec_json, "snapshot.pt": buf.getvalue(),
@@ -352,8 +310,6 @@ def _write_partial(partial, spec_json: str, snap: dict, stages: list, shas: list
 
 def _read_partial(partial, spec_json: str) -> dict | None:
     """The checkpoint of an unfinished sequence, or None (none, or one written for another spec)."""
-    import torch
-
     if not (partial / "progress.json").exists() or (partial / "spec.json").read_text() != spec_json:
         return None
     state = json.loads((partial / "progress.json").read_text())

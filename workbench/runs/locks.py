@@ -1,18 +1,21 @@
-"""Claims: many workers, one store, each run executed once.
+"""Run locks: many workers, one store, each run executed once.
 
-Before a worker starts a run it creates ``.<hash>.claim`` beside the run folder with an exclusive
-create (``O_CREAT | O_EXCL``: on one machine and on NFS v3+ / Lustre / GPFS only one creator wins).
-The file names the holder (host, pid, start time) and its mtime is the holder's heartbeat: a thread
-touches it every `HEARTBEAT_S` while the run lasts. Another worker may take a claim over when
+Before a worker starts a run it locks it: it creates ``.<hash>.claim`` beside the run folder with an
+exclusive create (``O_CREAT | O_EXCL``: on one machine and on NFS v3+ / Lustre / GPFS only one creator
+wins). The file names the holder (host, pid, start time) and its mtime is the holder's heartbeat: a
+thread touches it every `HEARTBEAT_S` while the run lasts. Another worker may take a lock over when
 
 * its holder is on the same host and that pid is gone (a killed worker, found at once), or
 * its heartbeat is older than ``stale_s`` (a worker on another host that died, or hung).
 
 Taking over renames the stale file to a unique name first (``os.rename`` of one source succeeds
-once), so two workers that both see a stale claim cannot both win. Finished runs are never claimed:
-``metrics.json`` is checked first, and again after the claim is won (the previous holder may have
-finished in between). A run that raised leaves ``.<hash>.failed.json`` (the traceback) and its claim
+once), so two workers that both see a stale lock cannot both win. Finished runs are never locked:
+``metrics.json`` is checked first, and again after the lock is won (the previous holder may have
+finished in between). A run that raised leaves ``.<hash>.failed.json`` (the traceback) and its lock
 is released; the sweep reports it and the next sweep retries it.
+
+(A lock file keeps the name ``.claim`` on disk, which stores written before the rename hold; the
+reproduction report's `Claim` is another thing: a paper's claim, `claimsfile.py`.)
 """
 from __future__ import annotations
 
@@ -25,13 +28,14 @@ import traceback
 import uuid
 from pathlib import Path
 
+from .. import files
 from ..threads import alive
 
 HEARTBEAT_S = 30.0
-STALE_S = 600.0  # a claim whose heartbeat is older than this is free (HEARTBEAT_S x 20)
+STALE_S = 600.0  # a lock whose heartbeat is older than this is free (HEARTBEAT_S x 20)
 
 
-def claim_path(folder: Path) -> Path:
+def lock_path(folder: Path) -> Path:
     return folder.with_name(f".{folder.name}.claim")
 
 
@@ -43,9 +47,9 @@ def _holder() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "start": time.time()}
 
 
-def read_claim(folder: Path) -> dict | None:
-    """The holder of `folder`'s claim, with ``age_s`` (since its last heartbeat), or None."""
-    path = claim_path(folder)
+def read_lock(folder: Path) -> dict | None:
+    """The holder of `folder`'s lock, with ``age_s`` (since its last heartbeat), or None."""
+    path = lock_path(folder)
     try:
         info = json.loads(path.read_text() or "{}")
         info["age_s"] = time.time() - path.stat().st_mtime
@@ -60,8 +64,8 @@ def is_stale(info: dict, stale_s: float) -> bool:
     return info["age_s"] > stale_s
 
 
-class Claim:
-    """A held claim: `release()` (or the context manager) ends it; a heartbeat thread keeps it fresh."""
+class RunLock:
+    """A held lock: `release()` (or the context manager) ends it; a heartbeat thread keeps it fresh."""
 
     def __init__(self, path: Path, heartbeat_s: float):
         self.path, self._stop = path, threading.Event()
@@ -89,15 +93,15 @@ class Claim:
         self.release()
 
 
-def try_claim(folder: Path, stale_s: float = STALE_S, heartbeat_s: float = HEARTBEAT_S) -> Claim | None:
-    """Claim `folder`'s run, or return None when a live worker holds it."""
-    path = claim_path(folder)
+def try_lock(folder: Path, stale_s: float = STALE_S, heartbeat_s: float = HEARTBEAT_S) -> RunLock | None:
+    """Lock `folder`'s run, or return None when a live worker holds it."""
+    path = lock_path(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):  # a second try after taking a stale claim over
+    for _ in range(2):  # a second try after taking a stale lock over
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            info = read_claim(folder)
+            info = read_lock(folder)
             if info is None:
                 continue  # released meanwhile: try again
             if not is_stale(info, stale_s):
@@ -111,18 +115,15 @@ def try_claim(folder: Path, stale_s: float = STALE_S, heartbeat_s: float = HEART
             continue
         with os.fdopen(fd, "w") as f:
             json.dump(_holder(), f)
-        return Claim(path, heartbeat_s)
+        return RunLock(path, heartbeat_s)
     return None
 
 
 def record_failure(folder: Path, spec: dict, error: BaseException) -> Path:
     """Write `error`'s traceback beside `folder` (atomically) and return the file."""
-    path = failure_path(folder)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({**_holder(), "spec": spec, "error": f"{type(error).__name__}: {error}",
-                               "traceback": "".join(traceback.format_exception(error))}, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
+    return files.write_text(failure_path(folder), json.dumps(
+        {**_holder(), "spec": spec, "error": f"{type(error).__name__}: {error}",
+         "traceback": "".join(traceback.format_exception(error))}, indent=1, default=str))
 
 
 def failed_since(folder: Path, since: float) -> dict | None:
