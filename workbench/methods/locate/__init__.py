@@ -35,9 +35,19 @@ passages, 1,242,345 tokens on SmolLM2's tokenizer cut at 256 each; ``mom2_tokens
 used, 100,000 by default, drawn in a seeded order), or a
 user's corpus (a .txt file, one passage per line, or a .jsonl with a "text" field). Exam questions
 are shorter and more formal than encyclopaedia text, so C (and AlphaEdit's null space) describes
-a narrower distribution of keys than the papers'.
-"""
+a narrower distribution of keys than the papers' (the corpus is read by `data.corpus`).
 
+The package, by job (every name above is importable from here, ``locate.keys`` as before):
+
+* `sites`: sites, the capture hooks (a forward pass that stops once it has what it needs), the frozen frame;
+* `rows`: key positions, context prefixes, a request's rows, keys and mean keys;
+* `deltas`: the value optimisation (`optimize_deltas`, batched, with the prefix cache and `Before`);
+* `statistics`: second moments, cached in memory (`STATS`) and on disk (`stats_key`);
+* `solves`: the closed-form solve and the null-space projector;
+* `params`: the methods' parameters.
+
+``rows`` and ``deltas`` are not called ``keys`` and ``values``: those are functions of this package.
+"""
 from __future__ import annotations
 
 from .deltas import Before, Values, optimize_deltas, value, values
