@@ -16,6 +16,9 @@ Plain-text corpora (`corpus`: the MMLU questions, or a .txt / .jsonl of passages
 the locate-and-edit methods' second-moment statistics.
 
 Turning a request into tokens is `prompts.py`'s job: nothing here touches a tokenizer.
+
+About 480 lines, kept in one module: the schema, the registry, the loaders (field mappings onto the
+schema) and the corpora are the one vocabulary of "what a file holds", and each part is short.
 """
 from __future__ import annotations
 
