@@ -5,7 +5,7 @@ LocFT-BF locates a single later-layer ``down_proj``. A config names components a
 (``components=("down",)``, ``layers=(20,)``) and this table turns them into module paths for each
 architecture, in the spirit of pyvene's per-family mappings and ROME's ``rewrite_module_tmp``.
 
-For the locate-and-edit methods (`methods/locate.py`) ``down`` is the MLP *output* matrix W (Llama,
+For the locate-and-edit methods (`methods/locate/`) ``down`` is the MLP *output* matrix W (Llama,
 Qwen2, Mistral, Gemma: ``mlp.down_proj``; GPT-2: ``mlp.c_proj``) and its input, the key, is what the
 MLP's *input* matrices (``gate``/``up``; GPT-2: ``up`` = ``mlp.c_fc``) produce after the activation.
 
