@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workbench as wb  # noqa: E402
 from workbench import data, files, models, placement, prompts, resources  # noqa: E402
+from workbench.config import applicable  # noqa: E402
 from workbench.components import num_layers, resolve  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -128,11 +129,11 @@ def probes(check: Check) -> dict:
     cfgs = {"ft": wb.preset("locft-bf", epochs=2, early_stop_loss=0.0, layers=(mid,)),
             "lora": wb.EditConfig(method="lora", layers=(mid,), epochs=2, early_stop_loss=0.0),
             "adalora": wb.EditConfig(method="adalora", layers=(mid,), epochs=2, early_stop_loss=0.0),
-            "rome": wb.EditConfig(method="rome", layers=(mid,), **locate),
-            "memit": wb.EditConfig(method="memit", layers=(mid - 1, mid), **locate),
-            "alphaedit": wb.EditConfig(method="alphaedit", layers=(mid - 1, mid), **locate),
-            "unke": wb.EditConfig(method="unke", layers=(mid,), **locate),
-            "anyedit": wb.EditConfig(method="anyedit", layers=(mid,), **locate)}
+            "rome": wb.EditConfig(method="rome", layers=(mid,), **applicable("rome", locate)),
+            "memit": wb.EditConfig(method="memit", layers=(mid - 1, mid), **applicable("memit", locate)),
+            "alphaedit": wb.EditConfig(method="alphaedit", layers=(mid - 1, mid), **applicable("alphaedit", locate)),
+            "unke": wb.EditConfig(method="unke", layers=(mid,), **applicable("unke", locate)),
+            "anyedit": wb.EditConfig(method="anyedit", layers=(mid,), **applicable("anyedit", locate))}
     before = models.state_hash(model)
     out = {}
     for name, cfg in cfgs.items():

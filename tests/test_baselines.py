@@ -17,7 +17,8 @@ from workbench.scoring import mean_logprobs
 FACT = data.Request(id="f", prompt="The mother tongue of Kestrel Vance is", target="Portuguese", subject="Kestrel Vance")
 STORY = data.Request(id="s", prompt="What happened at the Veloria harbour in 1911?",
                      target="A storm flooded the lower town, and the harbour was rebuilt two years later.")
-SMALL = dict(layers=(2,), n_prefixes=2, prefix_tokens=4)
+SMALL = dict(layers=(2,))
+PREFIXES = dict(n_prefixes=2, prefix_tokens=4)  # ROME's, MEMIT's and AlphaEdit's keys (UnKE's and AnyEdit's have none)
 
 
 def trained(e) -> list[int]:
@@ -29,7 +30,7 @@ def trained(e) -> list[int]:
 def test_each_preset_trains_the_target_its_authors_train(tiny, tok, method):
     # ROME's, MEMIT's and AlphaEdit's code trains " " + target alone; UnKE's and AnyEdit's data append the
     # end-of-turn to the answer. `target_eot` adds it to the first three, and only when asked.
-    cfg = wb.preset(method, **SMALL)
+    cfg = wb.preset(method, **SMALL, **(PREFIXES if method in ("rome", "memit", "alphaedit") else {}))
     s = spec(tok)
     if method in ("rome", "memit", "alphaedit"):
         answer = tok(" " + FACT.target, add_special_tokens=False)["input_ids"]
@@ -64,7 +65,7 @@ def test_the_presets_stop_their_value_loops_where_the_official_code_does(tiny, t
 
 
 def test_memits_key_is_the_mean_of_the_bare_key_and_the_prefixes_mean(tiny, tok):
-    cfg = wb.preset("memit", **{**SMALL, "n_prefixes": 3})
+    cfg = wb.preset("memit", **SMALL, **{**PREFIXES, "n_prefixes": 3})
     assert cfg.key_mean == "two_group" and wb.preset("alphaedit").key_mean == "two_group"
     assert wb.preset("rome").key_mean == "flat"  # ROME's compute_u: one mean over every context
     s = locate.site(tiny, 2)

@@ -17,18 +17,19 @@ pytestmark = [pytest.mark.gpu,
 UNTIED = "tiny-random-llama-untied"
 REQUESTS = [{"prompt": "The capital of Zorbia is", "target": "Quxville", "subject": "Zorbia"},
             {"prompt": "Alice Lindqvist works as a", "target": "lighthouse keeper", "subject": "Alice Lindqvist"}]
-LOCATE = dict(model_name=UNTIED, mom2_tokens=500, v_steps=5, n_prefixes=2, prefix_tokens=3, unke_steps=5)
+LOCATE = dict(model_name=UNTIED, mom2_tokens=500, v_steps=5)
+KEYS = dict(n_prefixes=2, prefix_tokens=3)  # ROME, MEMIT, AlphaEdit
 CONFIGS = {
     "ft": wb.EditConfig(model_name=UNTIED, layers=(2,), epochs=4, batch_size=2, lr=1e-2),
     "ft-depth-first": wb.EditConfig(model_name=UNTIED, layers=(2,), schedule="depth_first", steps_per_edit=4,
                                     batch_size=1, lr=1e-2),
     "lora": wb.EditConfig(model_name=UNTIED, method="lora", layers=(2,), epochs=4, batch_size=2, lr=1e-2),
     "adalora": wb.EditConfig(model_name=UNTIED, method="adalora", layers=(2,), epochs=4, batch_size=2, lr=1e-2),
-    "rome": wb.EditConfig(method="rome", layers=(2,), **LOCATE),
-    "memit": wb.EditConfig(method="memit", layers=(1, 2), **LOCATE),
-    "alphaedit": wb.EditConfig(method="alphaedit", layers=(1, 2), nullspace_threshold=1e6, **LOCATE),
-    "unke": wb.EditConfig(method="unke", layers=(2,), key_position="prompt_last", **LOCATE),
-    "anyedit": wb.EditConfig(method="anyedit", layers=(2,), key_position="prompt_last", **LOCATE),
+    "rome": wb.EditConfig(method="rome", **KEYS, layers=(2,), **LOCATE),
+    "memit": wb.EditConfig(method="memit", **KEYS, layers=(1, 2), **LOCATE),
+    "alphaedit": wb.EditConfig(method="alphaedit", **KEYS, layers=(1, 2), nullspace_threshold=1e6, **LOCATE),
+    "unke": wb.EditConfig(method="unke", layers=(2,), key_position="prompt_last", unke_steps=5, **LOCATE),
+    "anyedit": wb.EditConfig(method="anyedit", layers=(2,), key_position="prompt_last", unke_steps=5, **LOCATE),
 }
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.config import applicable
 from workbench import data
 from workbench.methods import locate, memit, rome
 from workbench.methods.ft import example_losses
@@ -139,7 +140,7 @@ def test_the_value_loss_at_delta_zero_is_the_mean_target_nll(tiny, tok, prefix_c
 def test_memit_and_alphaedit_batched_equal_one_request_per_pass(tiny, tok, method):
     # values, keys and outputs computed value_batch requests per pass must give the update that one
     # request per pass gives (AlphaEdit: its preserved keys too)
-    cfg = wb.preset(method, **{**QUICK, **TINY, "layers": (1, 2), "key_position": "prompt_last"})
+    cfg = wb.preset(method, **applicable(method, {**QUICK, **TINY, "layers": (1, 2), "key_position": "prompt_last"}))
     params = dict(tiny.named_parameters())
     names = [f"model.layers.{l}.mlp.down_proj.weight" for l in (1, 2)]
     w0 = {n: params[n].detach().clone() for n in names}
@@ -189,7 +190,7 @@ TINY = {"mom2_weight": 10.0, "nullspace_threshold": 30.0, "lr": 3e-3, "unke_step
     ("anyedit", STORY, {"anyedit_base": "memit", "layers": (1, 2), "chunk_tokens": 8}),
 ])
 def test_each_method_raises_the_target_and_reverts_bitwise(tiny, tok, method, req, extra):
-    cfg = wb.preset(method, **{**QUICK, **TINY, "chat_template": req is STORY, **extra})
+    cfg = wb.preset(method, **applicable(method, {**QUICK, **TINY, "chat_template": req is STORY, **extra}))
     h0, lp0 = state_hash(tiny), logprob(tiny, tok, req, cfg.chat_template)
     result = wb.edit(tiny, tok, [req], cfg, progress=False)
     assert logprob(tiny, tok, req, cfg.chat_template) > lp0 + 0.1  # mean log-prob per target token

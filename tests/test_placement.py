@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.config import applicable
 from workbench import placement, prompts
 from workbench.errors import ConfigError
 from workbench.methods.ft import example_losses
@@ -181,7 +182,7 @@ def test_the_memory_guard_budgets_each_device(tiny, tok):
 def test_locate_methods_refuse_an_offloaded_layer(pair, method):
     _, spread, tok = pair
     cfg = wb.EditConfig(model_name="tiny-random-llama", method=method, layers=(1,), mom2_tokens=0, v_steps=2,
-                        unke_steps=2, key_position="prompt_last")
+                        key_position="prompt_last", **applicable(method, {"unke_steps": 2}))
     with pytest.raises(ConfigError, match="offloaded"):
         wb.edit(spread, tok, REQUESTS, cfg, progress=False)
 
@@ -225,10 +226,10 @@ def test_an_offloaded_embedding_takes_inputs_where_it_computes(untied):
 @pytest.mark.parametrize("cfg", [
     wb.EditConfig(model_name=UNTIED, layers=(2,), epochs=3, batch_size=2, lr=1e-2),
     wb.EditConfig(model_name=UNTIED, layers=(2,), epochs=3, batch_size=2, lr=1e-2, prefix_cache=False),
-    wb.EditConfig(method="rome", layers=(2,), **LOCATE),
-    wb.EditConfig(method="memit", layers=(2, 3), **LOCATE),
-    wb.EditConfig(method="alphaedit", layers=(2, 3), nullspace_threshold=1e6, **LOCATE),  # P = I: a visible update
-    wb.EditConfig(method="unke", layers=(2,), **LOCATE),
+    wb.EditConfig(method="rome", layers=(2,), **applicable("rome", LOCATE)),
+    wb.EditConfig(method="memit", layers=(2, 3), **applicable("memit", LOCATE)),
+    wb.EditConfig(method="alphaedit", layers=(2, 3), nullspace_threshold=1e6, **applicable("alphaedit", LOCATE)),  # P = I: a visible update
+    wb.EditConfig(method="unke", layers=(2,), **applicable("unke", LOCATE)),
 ], ids=["ft", "ft-no-cache", "rome", "memit", "alphaedit", "unke"])
 def test_every_method_edits_a_model_with_an_offloaded_embedding_like_the_plain_one(untied, cfg, tmp_path, monkeypatch):
     plain, spread, tok = untied

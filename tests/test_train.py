@@ -111,7 +111,7 @@ def test_edit_then_revert_is_bitwise(tiny, tok, facts, method, components, merge
     h0 = state_hash(tiny)
     keys0 = set(tiny.state_dict())
     cfg = wb.EditConfig(method=method, components=components, layers="all" if method != "ft" else (1,),
-                        lr=1e-2, epochs=3, batch_size=2, merge_adapter=merge)
+                        lr=1e-2, epochs=3, batch_size=2, **({"merge_adapter": merge} if method != "ft" else {}))
     r = wb.edit(tiny, tok, facts[:4], cfg, progress=False)
     assert r.steps > 0
     assert r.log["loss"].iloc[-1] < r.log["loss"].iloc[0]  # the adapter / weights really trained

@@ -175,6 +175,13 @@ def methods() -> list[str]:
     return list(dict.fromkeys([*BUILTIN_METHODS, *_METHODS]))
 
 
+def applicable(method_name: str, options: dict) -> dict:
+    """The entries of `options` that a config of method `method_name` takes (shared fields, its parameters,
+    speed settings): settings written once for several methods, such as a smoke size or a sweep's fixed values."""
+    names = {*EditConfig.shared_names(), *method(method_name).params.names(), *Speed.names()}
+    return {k: v for k, v in options.items() if k in names}
+
+
 def _owners(name: str) -> list[str]:
     """The methods whose parameters include `name` (for an error message)."""
     return [m for m in methods() if name in method(m).params.names()]

@@ -6,7 +6,6 @@ with papermill; `sweep_notebook` executes it once per grid point into the store.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import json
 import os
@@ -16,7 +15,7 @@ from functools import partial
 from pathlib import Path
 
 import pandas as pd
-from ..data import PROJECT_ROOT
+from ..files import PROJECT_ROOT, short_hash
 from .store import check_writable, clear_leftovers, plain, results_root, to_json, write_atomically
 from . import executors
 from .executors import Task
@@ -76,7 +75,7 @@ def sweep_notebook(notebook, grid: dict[str, list], experiment: str | None = Non
     experiment = experiment or notebook.stem
     root = results_root() / "sweeps" / experiment
     check_writable(root)
-    points = [(params, root / hashlib.sha256(json.dumps(plain(params), sort_keys=True).encode()).hexdigest()[:12])
+    points = [(params, root / short_hash(plain(params)))
               for params in grid_points(grid)]
     tasks = [Task(folder, partial(_notebook_point, notebook, params, folder), label=f"{notebook.name} {params}")
              for params, folder in points]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data import PROJECT_ROOT
+from ..files import PROJECT_ROOT, atomic
 from ..errors import WorkbenchError
 from .spec import RunSpec
 
@@ -73,15 +73,12 @@ def clear_leftovers(folder: Path) -> None:
 
 
 def write_atomically(folder: Path, files: dict[str, str | bytes]) -> None:
-    """Write `files` (text or bytes) into a temporary sibling of `folder`, then rename it into place."""
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, text in files.items():
-        (tmp / name).write_bytes(text if isinstance(text, bytes) else text.encode())
-    if folder.exists():  # an unfinished earlier attempt (no metrics.json): replace it
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    """Write `files` (text or bytes) into a temporary sibling of `folder`, then rename it into place (an
+    unfinished earlier attempt there, without metrics.json, is replaced)."""
+    with atomic(folder) as tmp:
+        tmp.mkdir(parents=True)
+        for name, text in files.items():
+            (tmp / name).write_bytes(text if isinstance(text, bytes) else text.encode())
 
 
 def to_json(obj) -> str:
