@@ -11,7 +11,7 @@ recall), an unrelated answer is kept when it is the same text. The model is reve
 Arms: the presets as they are (`ft-uke`: depth-first, one request after another; `locft-bf`:
 breadth-first mini-batches, no template) and the two ways of putting every fact in at once with the
 FT-UKE recipe (batch editing: `batch_size` = n) and LocFT-BF's schedule with the chat template.
-This is the measurement behind README's "Thirty seconds of API".
+This is the measurement behind docs/methods.md's "Several facts in one call".
 """
 import argparse
 import json
