@@ -13,6 +13,10 @@ string is undone by coercing numbers. Presets live as YAML files in ``configs/``
 A config's identity (`identity()`: the schema version, the shared fields, the method's parameters, never
 ``speed``) names its results: `hash()` keys caches and, through `RunSpec`, the results store. Adding a
 parameter with a default to one method changes no other method's identity.
+
+One module at ~550 lines, since what a config is (its fields, their checks and coercion, the method registry
+it routes parameters through, the presets and the readers of EasyEdit's and LocFT's hyper-parameter files)
+is read together and sits on the lowest floor, below everything that takes a config.
 """
 from __future__ import annotations
 

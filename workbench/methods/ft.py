@@ -35,6 +35,10 @@ cast back to the model's dtype (`weights.float32_master`); the edited model keep
 The frozen model runs in eval mode (no dropout); an adapter's ``lora_dropout`` is active.
 A NaN/inf loss reverts the model and raises `EditError` naming the step and the requests; any other
 exception, KeyboardInterrupt included, reverts the model and re-raises.
+
+One module at ~470 lines because the loop, its two schedules, the epoch checkpoint and the memory estimate
+share one state (the trainable weights, their originals and masks, the optimiser) that splitting would
+have to pass around; the adapter and prefix-cache parts it uses are modules of their own.
 """
 
 from __future__ import annotations
