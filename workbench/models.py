@@ -20,6 +20,9 @@ The tokenizer is set up the way editing and batched generation need it: left pad
 and an end-of-turn token derived from the model's *own* chat template (never from the model's name:
 Qwen2.5-Instruct ends turns with ``<|im_end|>``, Llama-3 with ``<|eot_id|>``, Gemma with
 ``<end_of_turn>``). `spec(tok)` returns that family information.
+
+One module at ~410 lines: loading, the GGUF conversion behind the default model, the tokenizer set-up and the
+fingerprints that key caches are one path (a name in, a ready model and tokenizer out) and change together.
 """
 from __future__ import annotations
 
