@@ -253,10 +253,10 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
     reqs = requests_for(spec)
     ecfg = spec.eval_config()
     pre = pre_edit(model, tok, reqs, ecfg)  # locality's reference, and each probe's answer before the edit
-    partial = folder.with_name(folder.name + ".partial")
+    unfinished = folder.with_name(folder.name + ".partial")
     spec_json = to_json(spec.replace(chunk_size=chunk_size, score_every=score_every).to_dict())
     done, shas, t0 = [], [git_sha()], time.perf_counter()
-    state = _read_partial(partial, spec_json)
+    state = _read_partial(unfinished, spec_json)
     if state is None:
         before = evaluate(model, tok, reqs[:0], ecfg.replace(splits=()), pre=pre).capability
         stages = [{"n_edits": 0, **{f"capability.{k}": v for k, v in before.items()}}]
@@ -281,7 +281,7 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
                            "edit_s": edit_s, "steps": steps, "run_s": spent + time.perf_counter() - t0})
             snap = snapshot(model, done) if len(seen) < len(reqs) else None
             if snap is not None:
-                _write_partial(partial, spec_json, snap, stages, shas)
+                _write_partial(unfinished, spec_json, snap, stages, shas)
     finally:
         for r in reversed(done):  # undo in reverse order: each revert restores the state before its edit
             r.revert()
@@ -294,24 +294,24 @@ def lifelong(spec: RunSpec, chunk_size: int, experiment: str, progress: bool = T
                                                     **({"git_shas": shas} if len(set(shas)) > 1 else {}),
                                                     **hardware(model)}),  # the process that finished it
                                "metrics.json": to_json(stages[-1])})
-    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(unfinished, ignore_errors=True)
     return df.assign(hash=folder.name)
 
 
-def _write_partial(partial, spec_json: str, snap: dict, stages: list, shas: list) -> None:
+def _write_partial(unfinished, spec_json: str, snap: dict, stages: list, shas: list) -> None:
     """The checkpoint after a stage: the snapshot, the stages so far (the last one holds the running
     edit_s, steps and run_s) and the git sha of each process that worked on the sequence."""
     buf = io.BytesIO()
     torch.save(snap, buf)
-    write_atomically(partial, {"spec.json": spec_json, "snapshot.pt": buf.getvalue(),
+    write_atomically(unfinished, {"spec.json": spec_json, "snapshot.pt": buf.getvalue(),
                                # not to_json: its sorted keys would reorder the stages' columns
                                "progress.json": json.dumps(plain({"stages": stages, "git_shas": shas}), indent=1)})
 
 
-def _read_partial(partial, spec_json: str) -> dict | None:
+def _read_partial(unfinished, spec_json: str) -> dict | None:
     """The checkpoint of an unfinished sequence, or None (none, or one written for another spec)."""
-    if not (partial / "progress.json").exists() or (partial / "spec.json").read_text() != spec_json:
+    if not (unfinished / "progress.json").exists() or (unfinished / "spec.json").read_text() != spec_json:
         return None
-    state = json.loads((partial / "progress.json").read_text())
-    state["snapshot"] = torch.load(partial / "snapshot.pt", weights_only=True)
+    state = json.loads((unfinished / "progress.json").read_text())
+    state["snapshot"] = torch.load(unfinished / "snapshot.pt", weights_only=True)
     return state
