@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import workbench as wb
-from workbench import data, prompts
+from workbench import config, data, prompts
 from workbench.config import EditConfig
 from workbench.errors import ConfigError, DataError
 
@@ -123,7 +123,8 @@ def test_inline_requests_fail_with_the_record(items):
     assert all(r.prompt.strip() and r.target.strip() for r in reqs)
 
 
-FIELDS = [f for f in EditConfig.__dataclass_fields__]
+# the shared fields, every method's own parameters and the speed settings (all are options by name)
+FIELDS = [*EditConfig.names(), *sorted(config._all_params()), *config.Speed.names()]
 
 
 # numbers at the edges, and the strings YAML and notebooks hand us for them

@@ -70,7 +70,8 @@ import json, sys
 from workbench import runs
 from workbench.config import EditConfig
 spec = runs.RunSpec(edit=EditConfig(model_name="tiny-random-llama", device="cpu", layers=(1, 2), lr=1e-2,
-                                          epochs=8, batch_size=2, lora_dropout=0.1, method=sys.argv[1]),
+                                          epochs=8, batch_size=2, method=sys.argv[1],
+                                          **({"lora_dropout": 0.1} if sys.argv[1] == "lora" else {})),
                     benchmark="facts-fixture", n_edits=4, max_new_tokens=8, eval="locft")
 m = runs.execute(spec, "repeat")
 folder = runs.results_root() / "repeat" / spec.hash()

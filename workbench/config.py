@@ -179,6 +179,21 @@ def methods() -> list[str]:
     return list(dict.fromkeys([*BUILTIN_METHODS, *_METHODS]))
 
 
+def _part(kind: type, value, name: str, source: str):
+    """A config's ``params`` or ``speed`` given whole: a `kind` itself, a mapping of its fields, or None (its
+    defaults)."""
+    if value is None:
+        return kind()
+    if type(value) is kind:
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}={value!r}: expected a mapping of {kind.__name__}'s fields")
+    try:
+        return kind.from_dict(value, source)
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}") from None
+
+
 def applicable(method_name: str, options: dict) -> dict:
     """The entries of `options` that a config of method `method_name` takes (shared fields, its parameters,
     speed settings): settings written once for several methods, such as a smoke size or a sweep's fixed values."""
@@ -249,11 +264,8 @@ class EditConfig(Options):
         if not isinstance(name, str):
             raise ConfigError(f"method={name!r}: expected a string")
         kind = method(name).params
-        params, speed = options.pop("params", None), options.pop("speed", None)
-        params = kind() if params is None else kind.from_dict(params, _source) if isinstance(params, dict) else params
-        speed = Speed() if speed is None else Speed.from_dict(speed, _source) if isinstance(speed, dict) else speed
-        if type(params) is not kind:
-            raise ConfigError(f"params={type(params).__name__}(...): method {name!r} takes {kind.__name__}")
+        params = _part(kind, options.pop("params", None), "params", _source)
+        speed = _part(Speed, options.pop("speed", None), "speed", _source)
         own = {k: options.pop(k) for k in list(options) if k in kind.names()}
         fast = {k: options.pop(k) for k in list(options) if k in Speed.names()}
         unknown = [k for k in options if k not in self.shared_names()]
