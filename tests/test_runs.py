@@ -77,15 +77,16 @@ def test_unwritable_results_fail_up_front(store, monkeypatch):
 
 
 def test_notebook_sweep_resumes_after_sigkill(store, tmp_path):
-    """`workbench sweep` over 3 layers, killed after the first finished point, then rerun."""
+    """`workbench sweep` over 3 points of a one-cell notebook, killed after the first finished point, then
+    rerun (the notebooks' own smoke runs are nbval's; this is the sweep's bookkeeping)."""
     grid = tmp_path / "grid.yaml"
     grid.write_text("layers: [[10], [15], [20]]\nn_edits: [2]\n")
     env = {**os.environ, "WORKBENCH_SMOKE": "1", "WORKBENCH_RESULTS": str(store)}
-    cmd = [sys.executable, "-m", "workbench.cli", "sweep", "notebooks/04_layer.ipynb", "--grid", str(grid)]
+    cmd = [sys.executable, "-m", "workbench.cli", "sweep", "tests/notebooks/sweep_point.ipynb", "--grid", str(grid)]
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    exp = store / "sweeps" / "04_layer"
+    exp = store / "sweeps" / "sweep_point"
     deadline = time.time() + 300
     while time.time() < deadline and len(list(exp.glob("*/metrics.json"))) < 1:
         time.sleep(0.5)
