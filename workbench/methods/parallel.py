@@ -24,7 +24,7 @@ weights and losses to 1e-5).
 
 The model is unchanged when `edit_each` returns: each `EditResult` is *pending*. ``apply()`` writes
 its weights into the model and ``revert()`` takes them out (bitwise), so a single-editing loop is
-``for res in results: res.apply(); score(); res.revert()``, or `evaluation.score_each` scores all K
+``for res in results: res.apply(); score(); res.revert()``, or `runs.protocols.score_each` scores all K
 at once with the same routing of rows to copies (`routed`). Method ``ft`` only, on Linear (or
 GPT-2 Conv1D) weights: adapters and the locate-and-edit methods keep their own loops.
 """
@@ -147,7 +147,7 @@ def _stack(model: nn.Module, copies: list[dict[str, torch.Tensor]]) -> list[_Sta
 @contextmanager
 def routed(model: nn.Module, results: list[EditResult]):
     """Put K pending results (`edit_each`'s) into the model side by side, for scoring them at once
-    (`evaluation.score_each`): yields ``route(rows)``, which says whose edit each row of the next
+    (`runs.protocols.score_each`): yields ``route(rows)``, which says whose edit each row of the next
     batch is (an index into `results`); the trained modules then compute each row with that edit's
     weights, one product per edit present in the batch. The model is as before on exit, and each
     result stays pending."""

@@ -65,7 +65,7 @@ def edit_checkpoint(folder: Path) -> Path:
 
 def clear_leftovers(folder: Path) -> None:
     """Remove what a killed earlier attempt at `folder` left beside it (``.<name>.*`` work folders;
-    not the claim the caller holds, nor the failure record, which `runs.claims` manages, nor the
+    not the lock the caller holds, nor the failure record, which `runs.locks` manages, nor the
     epoch checkpoint the run resumes from)."""
     for stale in folder.parent.glob(f".{folder.name}.*"):
         if not stale.name.endswith((".claim", ".failed.json", ".edit.pt")):
