@@ -2,6 +2,8 @@
 
 * `spec.py`: `RunSpec`, one run: config, data, protocol (``batch`` or ``single``), evaluation;
 * `store.py`: the results store, ``results/<experiment>/<spec hash>/``, written atomically;
+* `migrate.py`: moves runs stored under an earlier identity scheme to their names under this one;
+* `expect.py`: `expect`, the minutes a grid will take, priced from the store's measured runs;
 * `protocols.py`: how a run edits and scores its requests (``batch``, ``single``; `score_each`);
 * `sweep.py`: `execute` one run, `sweep` a grid (with seeds), `lifelong` chunked sequential editing;
 * `locks.py`: a worker locks a run before it starts it, so many workers share one store;
