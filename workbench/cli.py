@@ -215,7 +215,7 @@ def report_command(args) -> int:
 
     claims, out = args.claims or report.CLAIMS, Path(args.out or report.REPORT)
     if args.run is not None:
-        campaign.run(args.run, args.executor, claims)
+        campaign.run(args.run, args.executor, claims, arms=args.arms)
     if args.check:
         fresh = report.render(claims, out=out)
         if not out.exists() or out.read_text() != fresh:
@@ -300,6 +300,8 @@ def parser() -> argparse.ArgumentParser:
     rr.add_argument("--run", nargs="*", default=None, metavar="CLAIM",
                     help="first execute the runs these claims (none named: all) still lack, into store/")
     rr.add_argument("--executor", default="serial", help="for --run: serial, local:N or submitit")
+    rr.add_argument("--arms", nargs="+", default=None, metavar="LABEL",
+                    help="for --run: only these arms of the named claims (e.g. --arms unedited)")
     return parser
 
 

@@ -21,25 +21,27 @@ from .executors import Task
 from .locks import STALE_S
 
 
-def tasks(item: Runs, root: Path = STORE, chosen: dict | None = None) -> list[Task]:
+def tasks(item: Runs, root: Path = STORE, chosen: dict | None = None, arms: list[str] | None = None) -> list[Task]:
     """A claim's or calibration's runs as executor tasks (`executors.Task`), seed-major, so that a
     campaign cut short leaves every arm with the same seeds; sequences resume from their
-    checkpoints. Runs waiting for a calibration are left out."""
+    checkpoints. Runs waiting for a calibration are left out; `arms` (labels): only those arms' runs."""
     from .sweep import execute, lifelong
 
     out = []
     runs = sorted(item.runs(chosen), key=lambda r: item.seeds.index(r[1]))  # stable: arms in order within a seed
     for label, seed, spec in runs:
-        if spec is None:
+        if spec is None or (arms is not None and label not in arms):
             continue
-        fn = partial(execute, spec, item.experiment) if item.chunk_size is None else \
-            partial(lifelong, spec, item.chunk_size, item.experiment, False, score_every=item.score_every)
+        chunk = item.sequence(spec)
+        fn = partial(execute, spec, item.experiment) if not chunk else \
+            partial(lifelong, spec, chunk, item.experiment, False, score_every=item.score_every if item.chunk_size
+                    else spec.score_every)
         out.append(Task(item.folder(root, spec), fn, spec.run_config().model_name, f"{item.name} {label} seed {seed}"))
     return out
 
 
 def run(names: list[str] | None = None, executor: str | None = None, claims_path=CLAIMS, progress: bool = True,
-        root: Path = STORE, stale_s: float = STALE_S) -> None:
+        root: Path = STORE, stale_s: float = STALE_S, arms: list[str] | None = None) -> None:
     """Execute every run the named claims and calibrations (default: all) still lack, into the
     tracked store, with `executor` (``serial``, ``local:N``, ``submitit``: see `executors`); the
     calibrations a claim names run first. Any number of these can run at once, on any machines
@@ -48,7 +50,8 @@ def run(names: list[str] | None = None, executor: str | None = None, claims_path
     Two passes: the first runs, entry by entry, what no other campaign holds; the second waits for
     (or takes over, once stale: `stale_s`) the runs others held, and then runs the arms that waited
     for a calibration another campaign was finishing. So a campaign never idles on one entry's run
-    that another campaign holds while a later entry has free runs."""
+    that another campaign holds while a later entry has free runs. `arms` (labels): run only those
+    arms of the named claims (``report --run loss_scope --arms unedited``); calibrations run whole."""
     claims_file = read(claims_path)
     items = {c.name: c for c in [*claims_file.calibrations, *claims_file.claims]}
     unknown = sorted(set(names or []) - set(items))
@@ -63,7 +66,8 @@ def run(names: list[str] | None = None, executor: str | None = None, claims_path
     wanted.sort(key=lambda c: not isinstance(c, Calibration))  # stable: calibrations first, else as named
     for wait in (False, True):
         for item in wanted:
-            executors.run(tasks(item, root, claims_file.chosen(root)), executor, progress=progress, desc=item.name,
+            only = arms if arms and not isinstance(item, Calibration) else None
+            executors.run(tasks(item, root, claims_file.chosen(root), only), executor, progress=progress, desc=item.name,
                           wait=wait, stale_s=stale_s)
 
 

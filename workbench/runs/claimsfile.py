@@ -43,6 +43,12 @@ class Runs:
     chunk_size: int | None = None  # a lifelong sequence in chunks of this size (None: one run per point and seed)
     score_every: int = 1  # sequences: score and probe capability after every k-th chunk and the last (lifelong)
     before: bool = False  # sequences: each run's stage 0 (the unedited model's probes) is also an arm, "<label> before"
+    unedited: str | None = None  # the label of the arm that is the unedited model (third edition: every claim has one)
+
+    def sequence(self, spec: RunSpec) -> int:
+        """The chunk size of `spec`'s run: the entry's, or the point's own (a point with ``chunk_size``
+        is a sequence among single runs: LocFT-BF's chunk-on-arrival arm beside its batch arm); 0: one run."""
+        return self.chunk_size or spec.chunk_size
 
     def runs(self, chosen: dict | None = None) -> list[tuple[str, int, RunSpec | None]]:
         """(label, seed, spec) of every run, as `sweep.seeded` places seeds. A point ``calibrated: X``
@@ -76,7 +82,9 @@ class Runs:
     def folder(self, root: Path, spec: RunSpec) -> Path:
         from .sweep import sequence_name
 
-        name = spec.hash() if self.chunk_size is None else sequence_name(spec, self.chunk_size, self.score_every)
+        if self.chunk_size is None:  # a point's own sequence names itself (chunk_size is in its spec)
+            return root / self.experiment / spec.hash()
+        name = sequence_name(spec, self.chunk_size, self.score_every)
         return root / self.experiment / name
 
 
@@ -94,6 +102,23 @@ class Claim(Runs):
     setting: str = ""
     differs: str = ""
     regenerate: str = ""
+    floor: bool = False  # a rival counts only if it beats the `unedited` arm (by the verdict rule, on the score)
+    # the sequential seed rule: the seeds listed first, then one more at a time, up to this many, while the
+    # interval against the strongest counting rival spans zero; intervals at 1 - 0.05 / (seeds_max - 1)
+    seeds_max: int | None = None
+    edition: int = 2  # the edition whose rules judge it (3: the unedited arm, the seed rule)
+
+    @property
+    def level(self) -> float:
+        """The intervals' level: 95 %, or under the sequential seed rule Bonferroni over its looks
+        (n = 2 .. seeds_max paired seeds: seeds_max - 1 looks)."""
+        return 0.95 if not self.seeds_max else 1 - 0.05 / max(self.seeds_max - 1, 1)
+
+    def with_seeds(self, seeds: list[int]) -> "Claim":
+        """The same claim over `seeds` (the seed rule's ceiling, priced by `report --plan`)."""
+        import dataclasses
+
+        return dataclasses.replace(self, seeds=list(seeds))
 
 
 @dataclass
@@ -173,6 +198,14 @@ def read(path=CLAIMS) -> ClaimsFile:
             unknown = sorted(set(c) - known)
             if unknown:
                 raise ConfigError(f"{what} has unknown field(s) {unknown}; valid: {sorted(known)}")
+            if cls is Claim and c.get("unedited") is not None and c["unedited"] not in {
+                    p.get("label", p.get("preset", p.get("calibrated"))) for p in c["points"]}:
+                raise ConfigError(f"{what}: unedited={c['unedited']!r} names no arm")
+            if cls is Claim and c.get("floor") and not c.get("unedited"):
+                raise ConfigError(f"{what}: floor needs the `unedited` arm it is judged against")
+            smax = c.get("seeds_max")
+            if smax is not None and (isinstance(smax, bool) or not isinstance(smax, int) or smax < len(c["seeds"])):
+                raise ConfigError(f"{what}: seeds_max={smax!r}, give a whole number at least the seeds listed")
             if c.get("direction", "higher") not in ("higher", "lower"):
                 raise ConfigError(f"{what}: direction={c['direction']!r}, give 'higher' or 'lower'")
             margin = c.get("margin")
@@ -210,6 +243,8 @@ def table(item: Runs, root: Path = STORE, chosen: dict | None = None) -> pd.Data
             metrics = json.loads(path.read_text())
             if "s_per_edit" not in metrics and metrics.get("n_edits"):  # a sequence: its last stage's totals
                 metrics["s_per_edit"] = metrics["edit_s"] / metrics["n_edits"]
+            if "steps" in metrics and metrics.get("n_edits") and label != item.unedited:  # the unedited arm trains none
+                metrics["steps_to_converge"] = metrics["steps"] / metrics["n_edits"]
             rows.append({"label": label, "seed": seed, **metrics, "folder": str(path.parent), "before": False})
             if item.shows_before:  # stage 0: the probes (capability) of the unedited model, before the first chunk
                 first = json.loads((path.parent / "stages.jsonl").read_text().splitlines()[0])

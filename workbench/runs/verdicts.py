@@ -17,6 +17,13 @@ one): **reproduced** when the whole interval lies above -m in the paper's direct
 most m worse, at 95 %), **not reproduced** when the whole interval lies below -m, **inconclusive**
 otherwise.
 
+Third edition (issue 44), for the claims marked ``edition: 3``: the unedited model is an arm; where
+the claim is about editing success (``floor``), a rival counts only if it beats the unedited arm by
+rule 3 on the score; the verdict is the one against the strongest counting rival, **inconclusive**
+when none counts. Seeds follow a sequential rule: the listed seeds first, then one more at a time up
+to ``seeds_max`` while the interval spans zero, every interval at 1 − 0.05/(seeds_max − 1)
+(Bonferroni over the looks at 2 .. seeds_max seeds). `RULES_3` says so in the report.
+
 `RULES` is that text, printed at the top of the report; `paired` and `verdict` apply it, nothing
 else decides a verdict.
 """
@@ -37,6 +44,26 @@ RULES = (
     "applies them, no verdict is typed by hand. A claim of no loss names a margin m before its runs "
     "(non-inferiority): **reproduced** when the whole interval lies above −m in the paper's direction (the arm "
     "is at most m worse), **not reproduced** when it lies wholly below −m, **inconclusive** otherwise.")
+
+RULES_3 = (
+    "Third edition (claims marked *3rd ed.*; written before their runs, issue 44): **the unedited model is an "
+    "arm** (the claim's own method run with lr 0: it moves no weight and is scored by the same code on the same "
+    "requests). Where the claim is about editing success, **a rival counts only if it beats the unedited model** "
+    "by the rule above on the claim's score; the verdict is the one against the strongest counting rival, and "
+    "**inconclusive (no rival beats the unedited model)** when none counts. **Seeds:** the seeds listed first "
+    "(2, or the 3 already stored), then one more at a time, up to 5, while the interval against the strongest "
+    "counting rival spans zero; every interval of such a claim is at 1 − 0.05/4 = 98.75 % (Bonferroni over "
+    "the four looks at 2, 3, 4 and 5 seeds) instead of 95 %. The summary shows the arm's lead over the unedited "
+    "model beside the paper's number.")
+
+
+def counts(p: "Paired", direction: str) -> bool | None:
+    """Whether a rival counts under the floor rule: its difference from the unedited arm (`p`: rival −
+    unedited) is "reproduced" in the claim's direction; None while they share no two seeds."""
+    if p.n < 2:
+        return None
+    return verdict(p, direction) == "reproduced"
+
 
 @dataclass(frozen=True)
 class Paired:
