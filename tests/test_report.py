@@ -244,3 +244,23 @@ def test_a_campaign_runs_a_later_claims_free_runs_before_waiting_on_one_another_
     campaign.run(["a", "b"], "serial", path, progress=False, root=tmp_path / "store", stale_s=5)
     log = [line.split()[-1] for line in (tmp_path / "store" / "exp" / "runs.log").read_text().splitlines()]
     assert log == [folders["y"].name, folders["b"].name, folders["x"].name]  # a's held run last, b's shared one once
+
+
+def test_plan_prices_every_owed_run_before_anything_runs():
+    """`workbench report --plan`: one row per run the claims file still owes (a run two claims share once),
+    none of them in the store, each priced from stored runs where any of its kind exist; the seed rule's
+    extra seeds apart ("if undecided"); the text has a total row."""
+    claims_file = report.read()
+    df = cost.plan(claims_file, report.STORE)
+    now = df[df["owed"] == "now"]
+    ledger, chosen = cost.Ledger(), claims_file.chosen(report.STORE)
+    for item in [*claims_file.calibrations, *claims_file.claims]:
+        ledger.add(item, report.table(item, report.STORE, chosen), report.STORE, chosen)
+    assert len(now) == len(ledger.owed)  # the same owed runs the report's "Still to run" counts
+    assert not any((Path(str(k)) / "metrics.json").exists() for k in ledger.owed)
+    priced = df["seconds"].dropna()
+    assert len(priced) and (priced > 0).all()
+    extra = df[df["owed"] == "if undecided"]
+    assert set(extra["entry"]) <= {c.name for c in claims_file.claims if c.seeds_max}
+    text = cost.plan_text(df)
+    assert "| **total** |" in text and f"| **total** | {len(now)} |" in text

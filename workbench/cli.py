@@ -8,7 +8,7 @@
     workbench sweep NOTEBOOK --grid grid.yaml  run a notebook once per grid point, resumable
           [--executor local:4 | submitit] [-o partition gpu -o gpus 1 ...]
     workbench reproduce [CLAIM ...]        the first edition's runs, docs/REPRODUCTION-1.md (docs/reproduction.yaml)
-    workbench report [--check] [--run [CLAIM ...]]  the second edition, docs/REPRODUCTION.md, from store/
+    workbench report [--check] [--plan [CLAIM ...]] [--run [CLAIM ...] [--arms LABEL ...]]  the third edition, docs/REPRODUCTION.md, from store/
 """
 from __future__ import annotations
 
@@ -214,6 +214,11 @@ def report_command(args) -> int:
     from .runs import campaign, report
 
     claims, out = args.claims or report.CLAIMS, Path(args.out or report.REPORT)
+    if args.plan is not None:  # price every owed run before anything runs
+        from .runs import cost
+
+        print(cost.plan_text(cost.plan(report.read(claims), report.STORE, args.plan or None)), end="")
+        return 0
     if args.run is not None:
         campaign.run(args.run, args.executor, claims, arms=args.arms)
     if args.check:
@@ -300,6 +305,8 @@ def parser() -> argparse.ArgumentParser:
     rr.add_argument("--run", nargs="*", default=None, metavar="CLAIM",
                     help="first execute the runs these claims (none named: all) still lack, into store/")
     rr.add_argument("--executor", default="serial", help="for --run: serial, local:N or submitit")
+    rr.add_argument("--plan", nargs="*", default=None, metavar="CLAIM",
+                    help="price the runs these claims and calibrations (none named: all) still owe, and exit")
     rr.add_argument("--arms", nargs="+", default=None, metavar="LABEL",
                     help="for --run: only these arms of the named claims (e.g. --arms unedited)")
     return parser

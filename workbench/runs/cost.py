@@ -135,3 +135,99 @@ class Ledger:
         return (f"\nCompute behind this report: {len(self.spent)} runs; editing (seconds in `wb.edit`, as each run "
                 f"recorded it) {edit_s / 3600:.2f} h; whole runs, scoring included, {sum(timed) / 3600:.2f} h over the "
                 f"{len(timed)} runs that recorded it." + owed_line(self.owed, self.rates) + "\n")
+
+
+# ------------------------------------------------------------------------- the plan: every owed run priced
+def price(spec: RunSpec, own: pd.DataFrame, rates: dict, walls: dict, scoring: dict | None = None,
+          unedited: bool = False) -> tuple[float | None, str]:
+    """Seconds one owed run of `spec` should take, and how it was priced: the mean wall time of the stored
+    runs of the same arm's kind in the same entry (`own`: the entry's stored runs of this `kind`, with
+    the same number of edits), else the median whole-run seconds per edit of stored runs of its `kind`
+    (`walls`: kind -> [run_s / n_edits]) times its edits, else its editing alone (`rates`), a floor."""
+    if len(own) and own["run_s"].notna().any():
+        return float(own["run_s"].dropna().mean()), "its arm's stored runs"
+    k = kind(spec)
+    if unedited and (scoring or {}).get(k):  # lr 0, one step or epoch: its scoring is all it costs
+        return statistics.median(scoring[k]) * spec.n_edits, "scoring of runs of its kind (it trains nothing)"
+    if walls.get(k):
+        return statistics.median(walls[k]) * spec.n_edits, "runs of its kind (whole runs)"
+    per_edit = [s for kk, s in rates.values() if kk == k]
+    if per_edit:
+        return statistics.median(per_edit) * spec.n_edits, "runs of its kind (editing only: a floor)"
+    return None, "no stored run of its kind"
+
+
+def plan(claims_file, root: Path, names: list[str] | None = None, ceiling: bool = True) -> pd.DataFrame:
+    """One row per owed run of the named entries (default: all), priced before anything runs: entry,
+    arm, seed, kind, edits, seconds and how they were priced. A claim under the seed rule (`seeds_max`)
+    is priced at its listed seeds (``owed: now``) and, with `ceiling`, at every seed the rule may add
+    (``owed: if undecided``). A run two entries share is one row (the first entry's)."""
+    from .claimsfile import table
+
+    chosen = claims_file.chosen(root)
+    items = [*claims_file.calibrations, *claims_file.claims]
+    items = [i for i in items if names is None or i.name in names]
+    # rates from every stored run of every entry: seconds per edit of editing, and of the whole run
+    rates, walls, scoring, tables = {}, {}, {}, {}
+    for item in [*claims_file.calibrations, *claims_file.claims]:
+        df = table(item, root, chosen)
+        tables[item.name] = df
+        rates.update(globals()["rates"](item, df, root, chosen))
+        runs = stored_runs(df)
+        folders = {str(item.folder(root, s)): s for _, _, s in item.runs(chosen) if s is not None}
+        for f, w, e in zip(runs.get("folder", []), runs.get("run_s", []), runs.get("edit_s", [])):
+            if f in folders and w == w and w:  # NaN and 0: not recorded
+                walls.setdefault(kind(folders[f]), []).append(float(w) / folders[f].n_edits)
+                scoring.setdefault(kind(folders[f]), []).append(max(float(w) - float(e), 0.0) / folders[f].n_edits)
+    rows, seen = [], set()
+    for item in items:
+        df = stored_runs(tables[item.name])
+        stages = [("now", item)]
+        smax = getattr(item, "seeds_max", None)
+        if ceiling and smax and smax > len(item.seeds):
+            extra = [s for s in range(max(item.seeds) + 1, max(item.seeds) + 1 + smax - len(item.seeds))]
+            stages.append(("if undecided", item.with_seeds(extra)))
+        for when, it in stages:
+            for label, seed, spec in it.runs(chosen):
+                key = (item.name, label, seed) if spec is None else str(it.folder(root, spec))
+                if key in seen or (spec is not None and (Path(key) / "metrics.json").exists()):
+                    continue
+                seen.add(key)
+                if spec is None:  # waits for a calibration: priced as its calibration's preset would run
+                    rows.append({"entry": item.name, "arm": label, "seed": seed, "owed": when, "kind": "waits for a calibration",
+                                 "edits": item.base.n_edits, "seconds": math.nan, "priced by": "its calibration first"})
+                    continue
+                own = df[(df["label"] == label)] if len(df) else df
+                s, how = price(spec, own, rates, walls, scoring, label == getattr(item, "unedited", None))
+                chunk = it.sequence(spec)
+                k = kind(spec)
+                rows.append({"entry": item.name, "arm": label, "seed": seed, "owed": when,
+                             "kind": f"{k[0]} {k[1]}{' chunks of %d' % chunk if chunk else ''}"
+                                     f"{' long-form' if k[2] else ''}",
+                             "edits": spec.n_edits, "seconds": math.nan if s is None else s, "priced by": how})
+    return pd.DataFrame(rows, columns=["entry", "arm", "seed", "owed", "kind", "edits", "seconds", "priced by"])
+
+
+def plan_text(df: pd.DataFrame) -> str:
+    """`plan` as a table per entry and in total: runs and CPU-hours owed now and if the seed rule asks
+    for every seed it may add; runs that cannot be priced yet counted apart."""
+    if not len(df):
+        return "Nothing is owed: every run of the named entries is in the store.\n"
+    lines = ["| entry | owed now: runs | CPU-h | if undecided (seed rule): runs | CPU-h | unpriced runs |",
+             "|---|---|---|---|---|---|"]
+
+    def part(d, when):
+        d = d[d["owed"] == when]
+        return len(d), d["seconds"].sum(skipna=True) / 3600
+
+    for entry, d in df.groupby("entry", sort=False):
+        n0, h0 = part(d, "now")
+        n1, h1 = part(d, "if undecided")
+        lines.append(f"| {entry} | {n0} | {h0:.2f} | {n1} | {h1:.2f} | {int(d['seconds'].isna().sum())} |")
+    n0, h0 = part(df, "now")
+    n1, h1 = part(df, "if undecided")
+    lines.append(f"| **total** | {n0} | {h0:.2f} | {n1} | {h1:.2f} | {int(df['seconds'].isna().sum())} |")
+    return ("Owed runs, priced from the store's measured rates (one worker, one thread, this machine): an arm's own "
+            "stored runs' mean wall time where it has some, else the median whole-run seconds per edit of stored runs "
+            "of the same method, protocol and kind of text, else their editing alone (a floor).\n\n"
+            + "\n".join(lines) + "\n")

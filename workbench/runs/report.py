@@ -24,27 +24,49 @@ from .campaign import run, same_computation, tasks  # noqa: F401  (the campaign,
 from .claimsfile import (CLAIMS, STORE, Calibration, Claim, ClaimsFile, Runs, calibrated, computed,  # noqa: F401
                          read, stages, stored_runs, table, where, with_score)
 from .cost import Ledger
-from .verdicts import RULES, Paired, paired, verdict
+from .verdicts import RULES, RULES_3, Paired, counts, paired, verdict
 
 REPORT = files.PROJECT_ROOT / "docs" / "REPRODUCTION.md"
 TRIES = 3  # attempts at each figure: kaleido's browser fails now and then on a loaded machine
 
 
+BELOW_FLOOR = "does not beat the unedited model: does not count"
+FLOOR = "the magnitude (no verdict)"  # the arm against the unedited model, shown last in a claim's comparisons
+
+
+def level(claim) -> float:
+    return getattr(claim, "level", 0.95)
+
+
 def comparisons(claim: Claim, df: pd.DataFrame) -> list[tuple[str, Paired, str]]:
-    """(other arm, paired difference of the score, verdict) for each arm the claim compares with."""
+    """(other arm, paired difference of the score, verdict) for each arm the claim compares with. Under
+    the floor rule (`Claim.floor`, third edition) a rival that does not beat the unedited arm gets
+    `BELOW_FLOOR` instead of a verdict."""
     if not len(df):
         return [(o, Paired(0, math.nan, math.nan, ()), "inconclusive") for o in claim.others]
     out = []
     for other in claim.others:
-        p = paired(df, "label", claim.arm, other, "score")
-        out.append((other, p, verdict(p, claim.direction, claim.margin)))
+        p = paired(df, "label", claim.arm, other, "score", level=level(claim))
+        v = verdict(p, claim.direction, claim.margin)
+        if getattr(claim, "floor", False) and counts(floor_diff(claim, df, other), claim.direction) is False:
+            v = BELOW_FLOOR
+        out.append((other, p, v))
+    if getattr(claim, "unedited", None):  # the magnitude: the arm over the unedited model, beside the verdicts
+        out.append((claim.unedited, floor_diff(claim, df, claim.arm), FLOOR))
     return out
+
+
+def floor_diff(claim: Claim, df: pd.DataFrame, label: str) -> Paired:
+    """`label`'s arm minus the unedited arm on the score, seed by seed (at the claim's level)."""
+    if not getattr(claim, "unedited", None) or not len(df):
+        return Paired(0, math.nan, math.nan, ())
+    return paired(df, "label", label, claim.unedited, "score", level=level(claim))
 
 
 def headline(claim: Claim, comps: list) -> tuple[str, Paired, str] | None:
     """The comparison the summary shows: against the strongest other arm (the best mean difference
     for it, i.e. the smallest lead of the arm), among those with a paired seed."""
-    have = [c for c in comps if c[1].n]
+    have = [c for c in comps if c[1].n and c[2] not in (BELOW_FLOOR, FLOOR)]
     if not have:
         return None
     sign = 1 if claim.direction == "higher" else -1
@@ -56,16 +78,32 @@ def summary_cells(claim: Claim, comps: list, stored: int = 0) -> tuple[str, str]
     that has a paired seed, and its verdict, marked provisional while some other arm has none (an
     unrun rival could be the stronger one). `stored`: the claim's stored runs (`stored_runs`), which
     may be there with no pair yet (runs it shares with another claim, or one arm's first seed)."""
+    floor = [c for c in comps if c[2] == FLOOR]
+    comps = [c for c in comps if c[2] != FLOOR]
+    ours, judged = _summary_cells(claim, comps, stored)
+    if not floor:
+        return ours, judged
+    f = floor[0][1]
+    ours += f"; {claim.arm} − unedited: {_diff(f)}" if f.n else "; unedited arm not run yet"
+    below = [o for o, _, v in comps if v == BELOW_FLOOR]
+    if below:
+        ours += f"; not above the unedited model, not counted: {', '.join(below)}"
+    if below and len(below) == len(comps):
+        judged = "**inconclusive** (no rival beats the unedited model)"
+    return ours, judged
+
+
+def _summary_cells(claim: Claim, comps: list, stored: int = 0) -> tuple[str, str]:
     top = headline(claim, comps)
     if top is None and stored:
         return (f"no seed of `{claim.arm}` paired with another arm yet ({stored} runs stored)",
                 "**inconclusive** (no pair yet)")
     if top is None:
         return "no runs stored yet", "**inconclusive** (not run yet)"
-    unpaired = [o for o, p, _ in comps if not p.n]
+    unpaired = [o for o, p, v in comps if not p.n and v != BELOW_FLOOR]
     if not unpaired:
-        return f"vs {top[0]}: {_diff(top[1])}", f"**{top[2]}**"
-    return (f"vs {top[0]}: {_diff(top[1])}; not yet paired: {', '.join(unpaired)}",
+        return f"vs {top[0]}: {_diff_at(top[1], claim)}", f"**{top[2]}**"
+    return (f"vs {top[0]}: {_diff_at(top[1], claim)}; not yet paired: {', '.join(unpaired)}",
             f"**{top[2]}** (so far: {len(comps) - len(unpaired)} of {len(comps)} others)")
 
 
@@ -79,6 +117,12 @@ def _diff(p: Paired) -> str:
     if p.n < 2:
         return f"{p.mean:+.3f} (1 seed: no interval)"
     return f"{p.mean:+.3f} [{p.lo:+.3f}, {p.hi:+.3f}], {p.n} seeds"
+
+
+def _diff_at(p: Paired, claim) -> str:
+    """`_diff`, naming the interval's level where it is not 95 % (the third edition's seed rule)."""
+    text = _diff(p)
+    return text if level(claim) == 0.95 or p.n < 2 else text.replace(" seeds", f" seeds, {level(claim):.2%} interval")
 
 
 def arms_table(item: Runs, df: pd.DataFrame, columns: list[str], chosen: dict | None = None,
@@ -186,13 +230,19 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
     figure is linked where `write` left one beside `out`)."""
     claims_file = read(claims_path)
     doc, chosen = claims_file.doc, claims_file.chosen(root)
+    judged_now = {}  # claim number -> this edition's verdict cell, for the list of second-edition verdicts
     parts = [f"# {doc.get('title', 'Reproduction report')}\n",
              "> Generated by `workbench report` from `docs/claims.yaml` and the finished runs in `store/` (tracked "
              "in git: each run's spec, package versions, git sha, per-probe answers and metrics). Do not edit this "
              "file: edit the claims file or add runs, then render again; `tests/test_report.py` fails when the two "
-             "disagree.\n", doc.get("intro", "").strip() + "\n", "## Verdict rules\n", RULES + "\n",
+             "disagree.\n", doc.get("intro", "").strip() + "\n"]
+    if doc.get("changes"):
+        parts += ["## What changed from the second edition, and why\n",
+                  "\n".join(f"- {c.strip()}" for c in doc["changes"]) + "\n", "<!-- second-edition verdicts -->"]
+    parts += ["## Verdict rules\n", RULES + "\n", *([RULES_3 + "\n"] if doc.get("changes") else []),
              "Calibrations: " + " ".join(Calibration.__doc__.split()) + "\n", "## Summary\n",
-             "| # | claim | paper | ours: arm − strongest other, score (95 % interval) | verdict |\n|---|---|---|---|---|"]
+             "| # | claim | paper | ours: arm − strongest (counting) other, score (95 % interval unless named); "
+             "arm − unedited model | verdict |\n|---|---|---|---|---|"]
     sections, ledger = [], Ledger()  # what the runs cost and what is still to run, each run counted once
     if claims_file.calibrations:
         sections.append("## Calibration\n\nEach preset number that a claim uses from a calibration is chosen here, by "
@@ -213,9 +263,11 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         df = table(claim, root, chosen)
         comps = comparisons(claim, df)
         ours, judged = summary_cells(claim, comps, len(stored_runs(df)))
-        parts.append(f"| {i} | {claim.title} | {claim.says} | {ours} | {judged} |")
+        judged_now[i] = (claim.title, judged)
+        third = " *(3rd ed.)*" if claim.edition == 3 else ""
+        parts.append(f"| {i} | {claim.title}{third} | {claim.says} | {ours} | {judged} |")
         ledger.add(claim, df, root, chosen)
-        diffs = "\n".join(f"| {claim.arm} − {o} | {_diff(p)} | {v} |" for o, p, v in comps)
+        diffs = "\n".join(f"| {claim.arm} − {o} | {_diff_at(p, claim)} | {v} |" for o, p, v in comps)
         score = " and ".join(f"`{m}`" for m in claim.score)
         sections.append(
             f"## {i}. {claim.title}\n\n**The paper** ({claim.paper}). {claim.says}\n\n"
@@ -231,10 +283,47 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
             + (f"**What differs from the paper.** {claim.differs.strip()}\n\n" if claim.differs else "")
             + (f"**Regenerate.** `{claim.regenerate.strip()}`\n" if claim.regenerate else ""))
     parts.append(ledger.compute_line())
+    if doc.get("changes"):
+        from .cost import plan, plan_text
+
+        parts.append("## What is owed, priced before it runs\n\n`workbench report --plan` prices every owed run from "
+                     "the store's measured rates; `workbench report --run <claims>` runs them (`--arms <labels>` for "
+                     "some arms). Claims this budget cannot decide say so in their notes.\n\n"
+                     + plan_text(plan(claims_file, root)))
     parts += sections
     todo = [f"- {t.strip()}" for t in doc.get("todo", [])]
     parts.append("## What is still not done\n\n" + "\n".join([m for m in ledger.missing if m] + todo) + "\n")
+    if "<!-- second-edition verdicts -->" in parts:
+        parts[parts.index("<!-- second-edition verdicts -->")] = no_longer_hold(judged_now)
     return "\n".join(parts)
+
+
+SECOND = files.PROJECT_ROOT / "docs" / "reproduction-3" / "second-edition.md"  # the second edition, frozen
+
+
+def second_edition_verdicts(path: Path = SECOND) -> dict[int, tuple[str, str]]:
+    """The second edition's summary, as committed: claim number -> (title, verdict cell)."""
+    rows = {}
+    for line in Path(path).read_text().splitlines() if Path(path).exists() else []:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].isdigit():
+            rows[int(cells[0])] = (cells[1], cells[4])
+    return rows
+
+
+def _word(cell: str) -> str:
+    return cell.split("**")[1] if cell.count("**") >= 2 else cell
+
+
+def no_longer_hold(now: dict[int, tuple[str, str]], path: Path = SECOND) -> str:
+    """The second edition's verdicts that this edition's rules and runs do not repeat (the verdict word
+    changed, or a decided verdict is no longer one), read from the frozen second edition."""
+    old = second_edition_verdicts(path)
+    gone = [f"- Claim {n} ({title}): second edition **{_word(cell)}**, now {now[n][1]}."
+            for n, (title, cell) in old.items() if n in now and _word(cell) != _word(now[n][1])]
+    head = (f"**Second-edition verdicts that no longer hold** (from [the second edition](reproduction-3/second-edition.md), "
+            f"frozen as committed):\n\n")
+    return head + ("\n".join(gone) if gone else "- none") + "\n"
 
 
 def write(claims_path=CLAIMS, out=REPORT, root: Path = STORE) -> Path:
