@@ -175,3 +175,159 @@ def test_claim_verdict_is_the_reports_and_can_disagree(tmp_path):
     assert v.verdict == "**inconclusive** (not run yet)" and not len(v.table)
     real = runs.claim_verdict("loss_scope")
     assert real.number == v.number and len(real.table) > 0
+
+
+# --- widgets a static reader can see, exercises, parameters, the path (issue 45) ---------------------------------------
+
+WIDGET_CALL = re.compile(r"wb\.widgets\.(explorer|try_it|playground)\(")
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
+def test_every_widget_carries_a_static_copy_that_nbconvert_shows(path):
+    """A teaching widget needs a kernel; its cell also stores the first page as HTML (`wb-static`),
+    which `jupyter nbconvert --to html` keeps (it drops the widget itself without saved state)."""
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(path), as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and WIDGET_CALL.search(c.source)]
+    for c in cells:
+        assert any("wb-static" in "".join(o.get("data", {}).get("text/html", "")) for o in c.get("outputs", [])), \
+            f"{path.name}: a widget cell without its static copy:\n{c.source[:200]}"
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    assert len(re.findall(r"class=[\"']wb-static[\"']", html)) >= len(cells), path.name
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
+def test_every_notebook_has_an_exercise_with_a_hint_a_hidden_solution_and_a_check(path):
+    nb = nbformat.read(str(path), as_version=4)
+    cells = [c for c in nb.cells if "exercise" in c.metadata.get("tags", [])]
+    text = [c for c in cells if c.cell_type == "markdown"]
+    solution = [c for c in cells if "solution" in c.metadata.get("tags", [])]
+    check = [c for c in cells if "check" in c.metadata.get("tags", [])]
+    assert text and "## Exercise" in text[0].source and "Hint" in text[0].source, path.name
+    assert solution and all(c.metadata.get("jupyter", {}).get("source_hidden") for c in solution), path.name
+    assert check and all("assert " in c.source for c in check), path.name
+    # the check ran in the committed (smoke) execution and failed nowhere
+    assert all(c.get("execution_count") and not any(o.output_type == "error" for o in c.outputs) for c in solution + check)
+
+
+def test_an_exercise_check_fails_on_a_wrong_answer():
+    """The checks assert something: the from-scratch notebook's check, given a wrong mask, fails."""
+    from workbench import load, prompts
+
+    nb = nbformat.read(str(NOTEBOOKS / "00b_from_scratch.ipynb"), as_version=4)
+    check_src = next(c.source for c in nb.cells if "check" in c.metadata.get("tags", []))
+    tok = load("tiny-random-llama", device="cpu")[1]
+    prompt, target = "Who is the CEO of Lumenforge Industries?", "Priya Okonkwo"
+    good = prompts.encode(tok, prompt, target, "first_token").labels
+    import workbench as wb
+
+    exec(check_src, {"wb": wb, "tok": tok, "prompt": prompt, "target": target, "labels_first": good})
+    with pytest.raises(AssertionError):
+        exec(check_src, {"wb": wb, "tok": tok, "prompt": prompt, "target": target, "labels_first": good[:-1] + [1]})
+
+
+def _parameters(nb) -> dict:
+    """Name -> literal value of the parameters cell and papermill's injected-parameters cell."""
+    import ast
+
+    values = {}
+    for c in nb.cells:
+        tags = c.metadata.get("tags", [])
+        if c.cell_type == "code" and ("parameters" in tags or "injected-parameters" in tags):
+            for node in ast.parse(c.source).body:
+                if isinstance(node, ast.Assign):
+                    values.update({t.id: ast.literal_eval(node.value) for t in node.targets})
+    return values
+
+
+# parameters the notebooks pass to a call of their own, not to the spec: lifelong(spec, chunk_size, ...) (a
+# RunSpec field too since the identity change; whether specs carry it is the spec owner's call)
+OWN_CALL = {"chunk_size"}
+
+
+@pytest.mark.parametrize("path", COMMITTED + sorted((NOTEBOOKS.parent / "docs" / "reproduction").glob("*.ipynb")),
+                         ids=lambda p: p.stem)
+def test_specs_are_built_from_the_parameters_cells_names(path):
+    """`RunSpec.from_params(globals(), names=[...])` names exactly the parameters (and papermill's injected
+    parameters) that are spec or config options: none left out, none picked up from elsewhere."""
+    from workbench.errors import ConfigError
+
+    nb = nbformat.read(str(path), as_version=4)
+    src = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "from_params(globals())" not in src, f"{path.name}: from_params without names="
+    for m in re.finditer(r"from_params\(globals\(\), names=(\[[^\]]*\])\)", src):
+        listed, params = json.loads(m.group(1)), _parameters(nb)
+        assert set(listed) <= set(params), (path.name, set(listed) - set(params))
+        for name in set(params) - set(listed) - OWN_CALL:  # what was left out is no spec or config option
+            with pytest.raises(ConfigError):
+                runs.RunSpec.from_params({"preset": "ft-uke", name: params[name]}, names=[name])
+
+
+def test_the_readme_lists_every_notebook_with_its_minutes():
+    readme = (NOTEBOOKS / "README.md").read_text()
+    for path in COMMITTED:
+        row = next((line for line in readme.splitlines() if f"`{path.stem}`" in line and line.startswith("|")), None)
+        assert row is not None, f"notebooks/README.md: no row for {path.stem}"
+        assert re.search(r"\| ~?[\d.]+ min", row), f"notebooks/README.md: no smoke minutes for {path.stem}"
+
+
+# --- the playground (09) ---------------------------------------------------------------------------------------------
+
+def test_the_playground_layer_follows_the_preset(tiny, tok):
+    from workbench import config
+    from workbench.widgets import playground
+
+    ui = playground(tiny, tok)
+    top = ui.layer.max
+    ui.preset.value = "locft-bf"
+    assert not ui.layer.disabled and ui.layer.value == min(config.preset("locft-bf").layers[0], top)
+    assert ui.config().layers == (ui.layer.value,)
+    multi = next(n for n in config.presets() if config.preset(n).layers == "all" or len(config.preset(n).layers) > 1)
+    ui.preset.value = multi
+    assert ui.layer.disabled and "slider is off" in ui.layer_note.value
+    assert ui.config().layers == config.preset(multi).layers  # the preset's own layers, not one of them
+
+
+def test_the_playground_edit_button_is_off_while_it_edits_and_back_on_after_a_failure(tiny, tok):
+    from workbench.widgets import playground
+
+    ui = playground(tiny, tok)
+    seen = {}
+
+    def failing():
+        seen.update(disabled=ui.edit_button.disabled, status=ui.status.value)
+        raise RuntimeError("out of memory")
+
+    ui.run_edit_only = failing
+    ui.edit_button.click()
+    assert seen["disabled"] is True and "wb-busy" in seen["status"]
+    assert ui.edit_button.disabled is False and "out of memory" in ui.status.value  # re-enabled in finally
+
+
+def test_learned_and_kept_judge_answers_not_tokens():
+    from workbench.widgets import first_sentence, kept, learned
+
+    assert kept("Paris. I'm a French A", "Paris. I'm a French B")  # drifts only after its answer
+    assert not kept("Lyon. I'm a French A", "Paris. I'm a French A")
+    assert learned("The CEO is Priya Okonkwo, since 2021.", "Priya Okonkwo") and not learned("Priya", "Priya Okonkwo")
+    assert first_sentence("\n Shakespeare wrote it.\nMore") == "Shakespeare wrote it."
+
+
+def test_the_playground_table_has_learned_and_kept_and_full_answers_on_demand(tiny, tok, monkeypatch):
+    import pandas as pd
+
+    from workbench import widgets
+
+    ui = widgets.playground(tiny, tok)
+    answers = iter([["A long answer " * 10, "Paris. Then more", "x", "y"], ["Priya Okonkwo.", "Paris. Other", "x", "z"]])
+    monkeypatch.setattr(ui, "_answers", lambda prompts, template: next(answers))
+    monkeypatch.setattr(widgets, "edit", lambda *a, **k: type("R", (), {"revert": lambda self: None, "steps": 1})())
+    table = ui.run_edit()
+    assert list(table.columns) == ["probe", "prompt", "before", "after", "learned?", "kept?"]
+    assert table["learned?"].tolist() == ["yes", "", "", ""] and table["kept?"].tolist() == ["", "yes", "yes", "no"]
+    assert table["before"][0].endswith("…") and len(table["before"][0]) <= widgets.SHORT
+    ui.full.value = True
+    assert ui.shown()["before"][0] == ui.table["before"][0] and isinstance(ui.shown(), pd.DataFrame)
+    assert "Tiny random model" not in ui.view().data  # a model built in the test has no random-model name
+    assert "wb-static" in ui.static_html() and "Priya Okonkwo" in ui.static_html()
