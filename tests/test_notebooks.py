@@ -92,7 +92,7 @@ def test_every_figure_shows_in_nbconvert_html(path):
     html, _ = HTMLExporter().from_notebook_node(nb)
     images = len(re.findall(r'<img[^>]+src="data:image/png;base64,', html))
     assert images >= len(figures), (path.name, images, len(figures))
-    if path.stem[:2] != "09":  # the playground draws no figure; every other notebook does
+    if path.stem not in ("09_playground", "00b_from_scratch"):  # these print tables and tokens; the others draw
         assert images >= 1, f"{path.name}: no figure a static reader can see"
 
 
