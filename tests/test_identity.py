@@ -152,3 +152,14 @@ def test_a_method_from_a_new_module_edits_stores_and_reverts(tmp_path, monkeypat
         assert spec.replace(gain=0.5).hash() != spec.hash()
     finally:
         sys.modules.pop("scale_method", None)
+
+
+def test_a_sequence_is_named_by_its_spec_and_is_not_a_single_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
+    spec = RunSpec(benchmark="facts-fixture", n_edits=4)
+    sequence = spec.replace(chunk_size=2)
+    assert sequence.hash() != spec.hash() and RunSpec.from_dict(sequence.to_dict()) == sequence
+    with pytest.raises(wb.ConfigError, match=r"a sequence \(chunk_size=2\): run it with runs.lifelong"):
+        runs.execute(sequence, "exp")
+    with pytest.raises(wb.ConfigError, match="protocol='batch'"):
+        sequence.replace(protocol="single")

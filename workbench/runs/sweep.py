@@ -109,6 +109,9 @@ def grid_points(grid: dict[str, list] | None) -> list[dict]:
 
 def execute(spec: RunSpec, experiment: str, progress: bool = False) -> dict:
     """Run `spec` (or read it back if it already finished) and return its metrics."""
+    if spec.chunk_size:  # its folder holds stages, not one run's metrics
+        raise ConfigError(f"this spec is a sequence (chunk_size={spec.chunk_size}): run it with "
+                          f"runs.lifelong(spec, {spec.chunk_size}, experiment)")
     with threads.active():
         return _execute(spec, experiment, progress)
 
