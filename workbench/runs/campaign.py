@@ -69,6 +69,20 @@ def run(names: list[str] | None = None, executor: str | None = None, claims_path
             only = arms if arms and not isinstance(item, Calibration) else None
             executors.run(tasks(item, root, claims_file.chosen(root), only), executor, progress=progress, desc=item.name,
                           wait=wait, stale_s=stale_s)
+            while getattr(item, "seeds_max", None) and not arms:  # the seed rule: then the seeds it asks for
+                due = seeds_due(item, root, claims_file.chosen(root))
+                if due == item.seeds:
+                    break
+                item = item.with_seeds(due)
+                executors.run(tasks(item, root, claims_file.chosen(root)), executor, progress=progress,
+                              desc=item.name, wait=wait, stale_s=stale_s)
+
+
+def seeds_due(claim, root: Path, chosen: dict) -> list[int]:
+    """The seeds the sequential seed rule asks of `claim` now (`claimsfile.seeds_due`)."""
+    from .claimsfile import seeds_due as due
+
+    return due(claim, table(claim.with_seeds(claim.ceiling()), root, chosen, rule=False))
 
 
 def same_computation(item: Runs, root: Path, chosen: dict, claims_path) -> None:

@@ -114,6 +114,11 @@ class Claim(Runs):
         (n = 2 .. seeds_max paired seeds: seeds_max - 1 looks)."""
         return 0.95 if not self.seeds_max else 1 - 0.05 / max(self.seeds_max - 1, 1)
 
+    def ceiling(self) -> list[int]:
+        """Every seed the seed rule may ask for: the listed ones and the next, up to `seeds_max` in all."""
+        top = self.seeds_max or len(self.seeds)
+        return sorted(set(self.seeds) | set(range(max(self.seeds) + 1, max(self.seeds) + 1 + top - len(self.seeds))))
+
     def with_seeds(self, seeds: list[int]) -> "Claim":
         """The same claim over `seeds` (the seed rule's ceiling, priced by `report --plan`)."""
         import dataclasses
@@ -234,8 +239,36 @@ def read(path=CLAIMS) -> ClaimsFile:
 
 
 # ------------------------------------------------------------------------- the stored runs
-def table(item: Runs, root: Path = STORE, chosen: dict | None = None) -> pd.DataFrame:
-    """One row per finished run of a claim or calibration: label, seed, its metrics, and ``score``."""
+def seeds_due(claim: "Claim", df: pd.DataFrame) -> list[int]:
+    """The seeds the sequential seed rule (`verdicts.RULES_3`) asks of `claim`, given `df`: `table`'s rows
+    over its `ceiling` seeds. Its listed seeds, then one more at a time, up to ``seeds_max``, while every
+    seed so far is stored for the arm and its rivals and the interval against the strongest counting rival
+    (under ``floor``, rivals not above the unedited arm do not count) still spans zero."""
+    from .verdicts import counts, paired, verdict
+
+    seeds, top = list(claim.seeds), claim.seeds_max or len(claim.seeds)
+    sign = 1 if claim.direction == "higher" else -1
+    while len(seeds) < top and len(df):
+        d = df[df["seed"].isin(seeds)]
+        ps = {o: paired(d, "label", claim.arm, o, "score", level=claim.level) for o in claim.others}
+        if any(p.n < len(seeds) for p in ps.values()):
+            break  # the seeds so far are not all stored yet: they run first
+        if claim.floor and claim.unedited:
+            ps = {o: p for o, p in ps.items()
+                  if counts(paired(d, "label", o, claim.unedited, "score", level=claim.level), claim.direction) is not False}
+        if not ps or verdict(min(ps.values(), key=lambda p: sign * p.mean), claim.direction, claim.margin) != "inconclusive":
+            break
+        seeds.append(max(seeds) + 1)
+    return seeds
+
+
+def table(item: Runs, root: Path = STORE, chosen: dict | None = None, rule: bool = True) -> pd.DataFrame:
+    """One row per finished run of a claim or calibration: label, seed, its metrics, and ``score``. A
+    claim under the seed rule (``seeds_max``) has the rows of the seeds the rule asks for (`seeds_due`),
+    which may be more than it lists; ``rule=False``: of the seeds it lists (or was given)."""
+    if rule and getattr(item, "seeds_max", None):
+        full = table(item.with_seeds(item.ceiling()), root, chosen, rule=False)
+        return full[full["seed"].isin(seeds_due(item, full))] if len(full) else full
     rows = []
     for label, seed, spec in item.runs(chosen):
         path = item.folder(root, spec) / "metrics.json" if spec is not None else None

@@ -179,32 +179,39 @@ def plan(claims_file, root: Path, names: list[str] | None = None, ceiling: bool 
             if f in folders and w == w and w:  # NaN and 0: not recorded
                 walls.setdefault(kind(folders[f]), []).append(float(w) / folders[f].n_edits)
                 scoring.setdefault(kind(folders[f]), []).append(max(float(w) - float(e), 0.0) / folders[f].n_edits)
-    rows, seen = [], set()
+    rows, seen, stages = [], set(), []
     for item in items:
+        stages.append((item, "now", item))
+        if getattr(item, "seeds_max", None):  # the seed rule: the seeds it asks for now, then those it may add
+            from .claimsfile import seeds_due
+
+            due = seeds_due(item, table(item.with_seeds(item.ceiling()), root, chosen, rule=False))
+            stages[-1] = (item, "now", item.with_seeds(due))
+            extra = [s for s in item.ceiling() if s not in due]
+            if ceiling and extra:
+                stages.append((item, "if undecided", item.with_seeds(extra)))
+    stages.sort(key=lambda st: st[1] != "now")  # stable: every entry's runs owed now before the rule's extra seeds
+    for item, when, it in stages:
         df = stored_runs(tables[item.name])
-        stages = [("now", item)]
-        smax = getattr(item, "seeds_max", None)
-        if ceiling and smax and smax > len(item.seeds):
-            extra = [s for s in range(max(item.seeds) + 1, max(item.seeds) + 1 + smax - len(item.seeds))]
-            stages.append(("if undecided", item.with_seeds(extra)))
-        for when, it in stages:
-            for label, seed, spec in it.runs(chosen):
-                key = (item.name, label, seed) if spec is None else str(it.folder(root, spec))
-                if key in seen or (spec is not None and (Path(key) / "metrics.json").exists()):
-                    continue
-                seen.add(key)
-                if spec is None:  # waits for a calibration: priced as its calibration's preset would run
-                    rows.append({"entry": item.name, "arm": label, "seed": seed, "owed": when, "kind": "waits for a calibration",
-                                 "edits": item.base.n_edits, "seconds": math.nan, "priced by": "its calibration first"})
-                    continue
-                own = df[(df["label"] == label)] if len(df) else df
-                s, how = price(spec, own, rates, walls, scoring, label == getattr(item, "unedited", None))
-                chunk = it.sequence(spec)
-                k = kind(spec)
-                rows.append({"entry": item.name, "arm": label, "seed": seed, "owed": when,
-                             "kind": f"{k[0]} {k[1]}{' chunks of %d' % chunk if chunk else ''}"
-                                     f"{' long-form' if k[2] else ''}",
-                             "edits": spec.n_edits, "seconds": math.nan if s is None else s, "priced by": how})
+        for label, seed, spec in it.runs(chosen):
+            key = (item.name, label, seed) if spec is None else str(it.folder(root, spec))
+            if key in seen or (spec is not None and (Path(key) / "metrics.json").exists()):
+                continue
+            seen.add(key)
+            if spec is None:  # waits for a calibration: priced at its entry's stored runs' mean wall time
+                guess = mean_run_s(tables[item.name])
+                rows.append({"entry": item.name, "arm": label, "seed": seed, "owed": when, "kind": "waits for a calibration",
+                             "edits": item.base.n_edits, "seconds": math.nan if guess is None else guess,
+                             "priced by": "its entry's stored runs (after its calibration)"})
+                continue
+            own = df[(df["label"] == label)] if len(df) else df
+            s, how = price(spec, own, rates, walls, scoring, label == getattr(item, "unedited", None))
+            chunk = it.sequence(spec)
+            k = kind(spec)
+            rows.append({"entry": item.name, "arm": label, "seed": seed, "owed": when,
+                         "kind": f"{k[0]} {k[1]}{' chunks of %d' % chunk if chunk else ''}"
+                                 f"{' long-form' if k[2] else ''}",
+                         "edits": spec.n_edits, "seconds": math.nan if s is None else s, "priced by": how})
     return pd.DataFrame(rows, columns=["entry", "arm", "seed", "owed", "kind", "edits", "seconds", "priced by"])
 
 

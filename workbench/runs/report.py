@@ -289,13 +289,33 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         parts.append("## What is owed, priced before it runs\n\n`workbench report --plan` prices every owed run from "
                      "the store's measured rates; `workbench report --run <claims>` runs them (`--arms <labels>` for "
                      "some arms). Claims this budget cannot decide say so in their notes.\n\n"
-                     + plan_text(plan(claims_file, root)))
+                     + plan_text(owed := plan(claims_file, root)) + budget_line(doc.get("budget"), owed))
     parts += sections
     todo = [f"- {t.strip()}" for t in doc.get("todo", [])]
     parts.append("## What is still not done\n\n" + "\n".join([m for m in ledger.missing if m] + todo) + "\n")
     if "<!-- second-edition verdicts -->" in parts:
         parts[parts.index("<!-- second-edition verdicts -->")] = no_longer_hold(judged_now)
     return "\n".join(parts)
+
+
+def budget_line(budget: dict | None, owed: pd.DataFrame) -> str:
+    """Which entries the claims file's budget (``budget: {cpu_hours, order}``) pays for, in its order, at
+    their owed-now price, and which it cannot: those cannot be decided within it."""
+    if not budget:
+        return ""
+    left, paid, unpaid = float(budget["cpu_hours"]), [], []
+    for name in budget["order"]:
+        d = owed[(owed["entry"] == name) & (owed["owed"] == "now")]
+        hours, unpriced = d["seconds"].sum(skipna=True) / 3600, int(d["seconds"].isna().sum())
+        cell = f"{name} ({hours:.2f} h" + (f", {unpriced} runs unpriced" if unpriced else "") + ")"
+        if hours <= left and not unpriced:
+            left -= hours
+            paid.append(cell)
+        else:
+            unpaid.append(cell)
+    return (f"\n**The budget** ({budget['cpu_hours']:g} CPU-hours, issue 44), in the claims file's order at the runs "
+            f"owed now: it pays for {', '.join(paid) or 'none'}; {left:.2f} h left. It cannot decide "
+            f"{', '.join(unpaid) or 'nothing'}: their runs are priced above; more seeds under the seed rule come on top.\n")
 
 
 SECOND = files.PROJECT_ROOT / "docs" / "reproduction-3" / "second-edition.md"  # the second edition, frozen
