@@ -84,7 +84,7 @@ def summary_cells(claim: Claim, comps: list, stored: int = 0) -> tuple[str, str]
     if not floor:
         return ours, judged
     f = floor[0][1]
-    ours += f"; {claim.arm} − unedited: {_diff(f)}" if f.n else "; unedited arm not run yet"
+    ours += f"; {claim.arm} − unedited: {_diff_at(f, claim)}" if f.n else "; unedited arm not run yet"
     below = [o for o, _, v in comps if v == BELOW_FLOOR]
     if below:
         ours += f"; not above the unedited model, not counted: {', '.join(below)}"
