@@ -235,8 +235,8 @@ def report_findings(names: list[str], notice: str = "", questions: list[str] = (
     tail = []
     if compare and shown:  # the first claim's stored answers where two arms differ most on its first score metric
         v = shown[0]
-        metric = report_score_metric(v)
-        notice = " ".join(filter(None, [contrast(v, *compare, metric), notice]))
+        found = next(filter(None, (contrast(v, *compare, m) for m in report_score_metrics(v))), "")
+        notice = " ".join(filter(None, [found, notice]))
     if notice:
         tail.append(f"**What to notice.** {notice}")
     if questions:
@@ -246,8 +246,12 @@ def report_findings(names: list[str], notice: str = "", questions: list[str] = (
     return shown
 
 
-def report_score_metric(v: ClaimVerdict) -> str:
-    """The scorer of a claim's first score metric (``ori.sentence_cosine`` -> ``sentence_cosine``)."""
+def report_score_metrics(v: ClaimVerdict) -> list[str]:
+    """The per-probe scorers a claim's stored answers can be contrasted on: those of its score metrics
+    (``ori.sentence_cosine`` -> ``sentence_cosine``), then, for a claim scored per run (steps to converge,
+    perplexity), the papers' scorers in turn (the first its runs recorded is used)."""
     from . import report
 
-    return report.read().claims[v.number - 1].score[0].split(".", 1)[1]
+    score = report.read().claims[v.number - 1].score
+    own = [m.split(".", 1)[1] for m in score if m.split(".", 1)[0] in ("ori", "para", "loc")]
+    return list(dict.fromkeys([*own, "sentence_cosine", "rougeL_recall", "exact_match"]))
