@@ -33,8 +33,8 @@ demo: install
 NBVAL_THREADS ?= 2
 test: install
 	$(BIN)/python -m workbench.cli prepare
-	$(BIN)/python -m pytest -q -m "not slow and not lab" -p no:cacheprovider
-	WORKBENCH_THREADS=$(NBVAL_THREADS) WORKBENCH_SMOKE=1 WORKBENCH_RESULTS=$$(mktemp -d) $(BIN)/python -m pytest -q -p no:cacheprovider \
+	$(BIN)/python -m pytest -q -m "not slow and not lab" -p no:cacheprovider --durations=10
+	WORKBENCH_THREADS=$(NBVAL_THREADS) WORKBENCH_SMOKE=1 WORKBENCH_RESULTS=$$(mktemp -d) $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 \
 		--nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
 
 # Re-execute every notebook in place with its smoke parameters: the outputs that nbval checks.
