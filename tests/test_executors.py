@@ -104,6 +104,7 @@ def test_a_failed_run_is_recorded_and_does_not_block_the_others(store):
     assert not locks.lock_path(bad).exists()
 
 
+@pytest.mark.slow  # submitit's local executor (SLURM's path) starts a process per job: make test-slow
 def test_submitit_local_executor_runs_a_grid(store, tmp_path):
     df = runs.sweep(SPEC, {"lr": [1e-2, 2e-2]}, "slurm", progress=False, executor="submitit",
                     executor_options={"cluster": "local", "jobs": 2, "folder": str(tmp_path / "submitit")})

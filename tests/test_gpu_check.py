@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # every section of the GPU benchmark at toy sizes (~25 s): make test-slow, and before a GPU session
 def test_the_gpu_check_runs_dry_on_the_cpu(tmp_path):
     carry, out = tmp_path / "carry", tmp_path / "out"
     run = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", "--carry", str(carry), "--out", str(out)],

@@ -80,7 +80,7 @@ print(json.dumps({"metrics": m, "per_probe": (folder / "per_probe.jsonl").read_t
 """
 
 
-@pytest.mark.parametrize("method", ["ft", "lora"])
+@pytest.mark.parametrize("method", ["ft", pytest.param("lora", marks=pytest.mark.slow)])  # lora: make test-slow
 def test_same_config_and_seed_give_bitwise_identical_results(tmp_path, method):
     """Two fresh processes, two stores: every metric and every generation equal, bit for bit."""
     outs = []

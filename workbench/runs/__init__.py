@@ -23,7 +23,7 @@ others are reached through their module (``wb.runs.report.render``).
 from .executors import SweepError
 from .expect import Expected, expect
 from .export import export_easyedit
-from .notebooks import (MIME, ClaimVerdict, claim_figure, claim_verdict, findings, flatten, markdown_table, read, record,
+from .notebooks import (MIME, ClaimVerdict, claim_figure, claim_verdict, findings, flatten, markdown_table, most_different, read, record,
                         report_findings, run_notebook, sweep_notebook)
 from .claimsfile import calibrated
 from .protocols import score_each
@@ -32,6 +32,6 @@ from .stats import over_seeds
 from .store import check_writable, git_sha, load, plain, results_root, run_folder
 from .sweep import by_chunk, execute, grid_points, lifelong, model_for, requests_for, seeded, sweep
 
-__all__ = ["expect", "Expected", "calibrated", "score_each", "ClaimVerdict", "claim_figure", "claim_verdict", "report_findings", "SweepError", "export_easyedit", "MIME", "findings", "flatten", "markdown_table", "read", "record", "run_notebook", "sweep_notebook", "LONG_FORM",
+__all__ = ["expect", "Expected", "calibrated", "score_each", "ClaimVerdict", "claim_figure", "claim_verdict", "report_findings", "SweepError", "export_easyedit", "MIME", "findings", "flatten", "markdown_table", "most_different", "read", "record", "run_notebook", "sweep_notebook", "LONG_FORM",
            "RunSpec", "over_seeds", "check_writable", "git_sha", "load", "plain", "results_root", "run_folder",
            "by_chunk", "execute", "grid_points", "lifelong", "model_for", "requests_for", "seeded", "sweep"]

@@ -194,15 +194,30 @@ def stored_answers(v: ClaimVerdict, arm: str, split: str = "ori") -> pd.DataFram
     return probes[probes["split"] == split].reset_index(drop=True)
 
 
+def _widest(v: ClaimVerdict, arm: str, other: str, metric: str, split: str = "ori"):
+    """The stored probe (first seed) where `arm`'s and `other`'s answers differ most on `metric`, both
+    arms' columns suffixed ``_a`` and ``_b``; None when either arm or the metric is missing."""
+    a, b = stored_answers(v, arm, split), stored_answers(v, other, split)
+    if not len(a) or not len(b) or metric not in a:
+        return None
+    both = a.merge(b, on=["request", "prompt"], suffixes=("_a", "_b"))
+    both = both.assign(gap=(both[f"{metric}_a"] - both[f"{metric}_b"]).abs())
+    return both.loc[both["gap"].idxmax()] if len(both) else None
+
+
+def most_different(v: ClaimVerdict, arm: str, other: str) -> str | None:
+    """The request (id) on which `arm` and `other` answer most differently in the stored runs (on the claim's
+    first per-probe scorer they recorded): where an explorer over the claim's runs opens."""
+    row = next((r for r in (_widest(v, arm, other, m) for m in report_score_metrics(v)) if r is not None), None)
+    return None if row is None else str(row["request"])
+
+
 def contrast(v: ClaimVerdict, arm: str, other: str, metric: str, split: str = "ori", chars: int = 160) -> str:
     """Two or three sentences on the stored request where `arm` and `other` differ most on `metric`
     (first seed): both answers and the reference, quoted from store/."""
-    a, b = stored_answers(v, arm, split), stored_answers(v, other, split)
-    if not len(a) or not len(b) or metric not in a:
+    r = _widest(v, arm, other, metric, split)
+    if r is None:
         return ""
-    both = a.merge(b, on=["request", "prompt"], suffixes=("_a", "_b"))
-    both = both.assign(gap=(both[f"{metric}_a"] - both[f"{metric}_b"]).abs())
-    r = both.loc[both["gap"].idxmax()]
 
     def q(text):
         text = " ".join(str(text).split())
