@@ -328,6 +328,9 @@ class EditConfig(Options):
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "EditConfig":
         """From `to_dict()`'s nested form or the flat form of presets (every option at the top level)."""
+        unnamed = [k for k in d if not isinstance(k, str)]  # YAML reads "?" or "1: x" as such keys
+        if unnamed:
+            raise ConfigError(f"unknown option(s) {unnamed} in {source}: options are names, e.g. lr, layers")
         return cls(_source=source, **d)
 
     @classmethod
