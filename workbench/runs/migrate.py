@@ -21,7 +21,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..config import SCHEMA, EditConfig, Speed, method
+from ..config import SCHEMA, applicable
 from ..errors import WorkbenchError
 from ..files import write_text
 from .spec import RunSpec
@@ -54,10 +54,8 @@ def upgrade(stored: dict) -> RunSpec:
     routed to the shared part, the method's parameters and the speed settings, and every other method's
     parameters (never read by this run) dropped."""
     edit = {**LEGACY_EDIT, **stored["edit"]}
-    kind = method(edit["method"]).params
-    keep = set(EditConfig.shared_names()) | set(kind.names()) | set(Speed.names())
     spec = {**LEGACY_SPEC, **{k: v for k, v in stored.items() if k != "edit"}}
-    return RunSpec.from_dict({**spec, "edit": {k: v for k, v in edit.items() if k in keep}})
+    return RunSpec.from_dict({**spec, "edit": applicable(edit["method"], edit)})
 
 
 def is_current(stored: dict) -> bool:
