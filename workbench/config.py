@@ -197,8 +197,13 @@ def _part(kind: type, value, name: str, source: str):
 def applicable(method_name: str, options: dict) -> dict:
     """The entries of `options` that a config of method `method_name` takes (shared fields, its parameters,
     speed settings): settings written once for several methods, such as a smoke size or a sweep's fixed values."""
-    names = {*EditConfig.shared_names(), *method(method_name).params.names(), *Speed.names()}
+    names = options_of(method_name)
     return {k: v for k, v in options.items() if k in names}
+
+
+def options_of(method_name: str) -> tuple[str, ...]:
+    """Every name a config of method `method_name` takes: the shared fields, its parameters, the speed settings."""
+    return (*EditConfig.shared_names(), *method(method_name).params.names(), *Speed.names())
 
 
 def _owners(name: str) -> list[str]:
@@ -316,7 +321,7 @@ class EditConfig(Options):
 
     def options(self) -> tuple[str, ...]:
         """Every name this config takes: the shared fields, its method's parameters, the speed settings."""
-        return (*self.shared_names(), *type(self.params).names(), *Speed.names())
+        return options_of(self.method)
 
     # ------------------------------------------------------------------ derived
     @property

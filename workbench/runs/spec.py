@@ -23,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import SCHEMA, EditConfig, method, preset
+from ..config import SCHEMA, EditConfig, options_of, preset
 from ..errors import ConfigError
 from ..files import short_hash
 from ..evaluation import EvalConfig
@@ -132,8 +132,7 @@ class RunSpec:
         spec_fields = {f.name for f in dataclasses.fields(cls)} - {"edit"}
         chosen = list(namespace) if names is None else names
         base = preset(namespace["preset"]) if "preset" in chosen else EditConfig()
-        kind = method(namespace["method"]).params if "method" in chosen else type(base.params)
-        edit_fields = set(base.shared_names()) | set(kind.names()) | set(type(base.speed).names())
+        edit_fields = set(options_of(namespace["method"] if "method" in chosen else base.method))
         if names is None:
             names = [k for k in namespace if k in spec_fields | edit_fields | {"preset"}]
         unknown = sorted(set(names) - spec_fields - edit_fields - {"preset"})
