@@ -21,6 +21,7 @@ is read together and sits on the lowest floor, below everything that takes a con
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import math
 import os
@@ -69,11 +70,12 @@ class Options:
     NON_NEGATIVE: typing.ClassVar[tuple[str, ...]] = ()  # fields that must be >= 0
 
     @classmethod
+    @functools.cache  # per class: a report builds thousands of configs, and fields() walks the class each time
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
     def _validate(self, skip: tuple[str, ...] = ()) -> None:
-        hints = typing.get_type_hints(type(self))
+        hints = _hints(type(self))
         for f in fields(self):
             if f.name not in skip:
                 object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
@@ -94,6 +96,12 @@ class Options:
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown} in {source}; valid options: {', '.join(cls.names())}")
         return cls(**d)
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    """A class's resolved field types (`typing.get_type_hints` evaluates every annotation string anew on each call)."""
+    return typing.get_type_hints(cls)
 
 
 def _plain(value):
@@ -315,6 +323,7 @@ class EditConfig(Options):
                              else f"EditConfig has no option {name!r}")
 
     @classmethod
+    @functools.cache
     def shared_names(cls) -> tuple[str, ...]:
         """The fields every method has (all but ``params`` and ``speed``)."""
         return tuple(n for n in cls.names() if n not in ("params", "speed"))
@@ -564,7 +573,15 @@ def preset(name: str, **overrides) -> EditConfig:
     path = CONFIG_DIR / f"{name}.yaml"
     if not path.exists():
         raise ConfigError.bad_choice("preset", name, presets())
-    return EditConfig.from_yaml(path).replace(**overrides)
+    base = _preset_file(path, path.stat().st_mtime_ns)
+    return base.replace(**overrides) if overrides else base
+
+
+@functools.lru_cache(maxsize=64)
+def _preset_file(path: Path, mtime_ns: int) -> EditConfig:
+    """A preset file read once per version (the config is frozen, so one object serves every caller): a
+    report asks for presets thousands of times, and parsing the YAML each time was most of its minute."""
+    return EditConfig.from_yaml(path)
 
 
 def from_params(namespace: dict, base: EditConfig | str | None = None) -> EditConfig:
