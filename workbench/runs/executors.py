@@ -7,7 +7,8 @@ executor hands the same task list to workers that `walk` it: each task is locked
 machines sharing the store, execute each task once. Finished tasks are read back, never rerun.
 
 * ``"serial"`` (the default): this process walks the grid.
-* ``"local:N"``: N worker processes (spawn, so each starts a clean interpreter). On a GPU machine
+* ``"local:N"``: N worker processes (spawn, so each starts a clean interpreter; no more than the runs
+  left, none for a finished grid). On a GPU machine
   worker i sees only GPU ``i mod n_gpus`` (``CUDA_VISIBLE_DEVICES``, set before the worker's
   interpreter starts, hence before torch touches CUDA); on CPU the cores are split between the
   workers (`threads.share`). Tasks are ordered by model, so each worker loads a model once.
@@ -142,7 +143,11 @@ def run(tasks: list[Task], executor: str | None = None, options: dict | None = N
             if wait:
                 walk(tasks, since, stale_s)  # then wait for (or take over) what other workers held
         else:
-            handles = _start_local(tasks, workers, since, stale_s, wait) if kind == "local" else \
+            # local workers are spawned interpreters (seconds each to start): none for a finished grid, and
+            # no more than there are runs left
+            todo = [t for t in tasks if not t.done] if kind == "local" else tasks
+            handles = [] if not todo else \
+                _start_local(todo, min(workers, len(todo)), since, stale_s, wait) if kind == "local" else \
                 _start_submitit(tasks, since, stale_s, dict(options or {}), desc)
             while not all(h.done() for h in handles):
                 show()
