@@ -108,6 +108,16 @@ def test_show_without_a_browser_leaves_a_note_and_raises_nothing(tmp_path):
     assert out.stdout.count("no static PNG on this machine") == 2 and "'image/png'" not in out.stdout
 
 
+def test_static_figures_can_be_turned_off_for_a_run_that_compares_none(monkeypatch):
+    import plotly.graph_objects as go
+    from workbench import plots
+
+    monkeypatch.setenv("WORKBENCH_STATIC_FIGURES", "0")  # what `make test` sets for nbval
+    assert plots.png(go.Figure()) is None and "WORKBENCH_STATIC_FIGURES=0" in plots.static_error()
+    monkeypatch.delenv("WORKBENCH_STATIC_FIGURES")
+    assert "WORKBENCH_STATIC_FIGURES" not in (plots.static_error() or "")  # nothing remembered
+
+
 def test_show_attaches_a_png_where_a_browser_is_installed():
     import shutil
 

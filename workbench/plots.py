@@ -9,7 +9,8 @@ any viewer without plotly's JavaScript), with a one-line text note. The PNG goes
 an ``image/png`` entry: JupyterLab's plotly renderer shows a bundle's ``image/png`` *instead of* the
 interactive figure, while it takes precedence over ``text/html`` (tests/test_lab.py). Where kaleido
 or a browser is missing the PNG is left out and the note says why; nothing raises, so a notebook
-re-executed on a bare machine still runs."""
+re-executed on a bare machine still runs. ``WORKBENCH_STATIC_FIGURES=0`` leaves the PNG out on purpose
+(`make test` sets it for nbval, which compares no figure: starting a browser per notebook cost ~5 s)."""
 from __future__ import annotations
 
 import base64
@@ -21,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
+
+from .files import flag
 
 NAMES = {"ori": "Ori", "para": "Para", "loc": "Loc", "sub": "Sub", "rougeL_f1": "ROUGE-L F1 (ours)",
          "bertscore_f1": "BERTScore F1 (ours)", "sentence_cosine": "BERT Score (cosine)", "rougeL_recall": "ROUGE-L (recall)",
@@ -123,7 +126,7 @@ def png(fig: go.Figure, width: int | None = None, height: int | None = None, sca
     """`fig` as PNG bytes, or None (the reason in ``static_error()``) where kaleido or a Chrome/Chromium
     is missing. The first call starts kaleido's browser once per process (about 4 s); later figures
     take a fraction of a second. A failure is remembered, so a bare machine pays for it once."""
-    if _STATIC["error"] is not None:
+    if not flag("WORKBENCH_STATIC_FIGURES", True) or _STATIC["error"] is not None:
         return None
     try:
         import kaleido  # optional: the `test` and `report` extras
@@ -160,6 +163,8 @@ def _server_alive() -> bool:
 
 def static_error() -> str | None:
     """Why `png` returns None on this machine (None while it works or has not been tried)."""
+    if not flag("WORKBENCH_STATIC_FIGURES", True):  # `make test`'s nbval: it compares no figure output
+        return "static figures are turned off here (WORKBENCH_STATIC_FIGURES=0)"
     return _STATIC["error"]
 
 
