@@ -82,14 +82,18 @@ print(json.dumps({"metrics": m, "per_probe": (folder / "per_probe.jsonl").read_t
 
 @pytest.mark.parametrize("method", ["ft", pytest.param("lora", marks=pytest.mark.slow)])  # lora: make test-slow
 def test_same_config_and_seed_give_bitwise_identical_results(tmp_path, method):
-    """Two fresh processes, two stores: every metric and every generation equal, bit for bit."""
+    """Two fresh processes, two stores: every metric and every generation equal, bit for bit. They run side
+    by side at one thread each (float sums depend on the thread count, which the thread policy would
+    otherwise change as the other one starts and ends)."""
+    procs = [subprocess.Popen([sys.executable, "-c", RUN, method], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={**os.environ, "WORKBENCH_THREADS": "1",
+                                                           "WORKBENCH_RESULTS": str(tmp_path / f"store{i}")})
+             for i in range(2)]
     outs = []
-    for i in range(2):
-        env = {**os.environ, "WORKBENCH_RESULTS": str(tmp_path / f"store{i}")}
-        p = subprocess.run([sys.executable, "-c", RUN, method], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=300)
-        assert p.returncode == 0, p.stderr[-2000:]
-        outs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-2000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
     a, b = outs
     timing = {"edit_s", "s_per_edit", "run_s"}
     assert {k: v for k, v in a["metrics"].items() if k not in timing} == \

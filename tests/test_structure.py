@@ -71,8 +71,11 @@ _ALONE = """
 import importlib, os, sys
 import pandas, torch, transformers, accelerate, peft  # noqa: F401  shared by the children, not by the package
 assert not [m for m in sys.modules if m.startswith("workbench")]
-failed = 0
+failed, running = 0, 0
 for name in sys.argv[1:]:
+    if running == len(os.sched_getaffinity(0)):  # a child per core at a time
+        failed += os.wait()[1] != 0
+        running -= 1
     pid = os.fork()
     if pid == 0:
         try:
@@ -81,7 +84,10 @@ for name in sys.argv[1:]:
             print(f"{name}: {type(e).__name__}: {e}", file=sys.stderr)
             os._exit(1)
         os._exit(0)
-    failed += os.waitpid(pid, 0)[1] != 0
+    running += 1
+while running:
+    failed += os.wait()[1] != 0
+    running -= 1
 sys.exit(1 if failed else 0)
 """
 
