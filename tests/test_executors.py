@@ -145,6 +145,30 @@ def test_thread_policy_shares_the_cores(tmp_path, monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_generation_and_scoring_take_their_share_too(tmp_path, monkeypatch, tiny, tok):
+    """A notebook's direct `wb.generate` / `wb.evaluate` beside another computing process: each call
+    registers as computing and runs at the fixed or shared thread count, not torch's default."""
+    from workbench import generation
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    seen = []
+    real = generation.prompt_ids
+    monkeypatch.setattr(generation, "prompt_ids", lambda *a: seen.append((torch.get_num_threads(),
+                                                                          threads.active_processes())) or real(*a))
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("WORKBENCH_THREADS", "1")
+        torch.set_num_threads(2)
+        wb.generate(tiny, tok, ["a"], max_new_tokens=2)
+        monkeypatch.delenv("WORKBENCH_THREADS")
+        wb.scoring.token_accuracy(tiny, tok, ["a"], ["b"])  # scoring registers too (nothing to read here)
+        wb.generate(tiny, tok, ["a"], max_new_tokens=2)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [(1, 1), (threads.cores(), 1)]  # registered while computing; alone: every core
+    assert not list((tmp_path / "active").iterdir())  # and unregistered after
+
+
 def test_a_serial_sweep_skips_ahead_of_a_run_another_worker_holds(store):
     """Two notebooks on one grid: the second runs what is free first and waits only at the end."""
     held = runs.run_folder(SPEC.replace(lr=1e-2), "shared")
