@@ -222,6 +222,28 @@ def test_the_summary_marks_a_verdict_provisional_while_an_other_arm_has_no_paire
         f"no seed of `{claim.arm}` paired with another arm yet (4 runs stored)", "**inconclusive** (no pair yet)")
 
 
+def test_with_no_rival_above_the_unedited_model_the_summary_still_shows_the_lead_it_did_not_count():
+    claim = next(c for c in report.read().claims if c.direction == "higher" and c.unedited)
+    rival, floor = Paired(3, 0.30, 0.1, (0.2, 0.3, 0.4)), Paired(2, 0.33, 1.4, (0.31, 0.35))
+    ours, judged = report.summary_cells(claim, [("rival", rival, report.BELOW_FLOOR), ("unedited", floor, report.FLOOR)])
+    assert ours.startswith("vs rival (not counted): +0.300") and "not above the unedited model, not counted: rival" in ours
+    assert judged == "**inconclusive** (no rival beats the unedited model)"
+
+
+def test_the_budget_pays_in_its_order_and_names_what_it_cannot_decide():
+    import pandas as pd
+
+    owed = pd.DataFrame([{"entry": "a", "owed": "now", "seconds": 2 * 3600.0},
+                         {"entry": "b", "owed": "now", "seconds": 20 * 3600.0},
+                         {"entry": "c", "owed": "now", "seconds": float("nan")},
+                         {"entry": "d", "owed": "now", "seconds": 3600.0},
+                         {"entry": "d", "owed": "if undecided", "seconds": 50 * 3600.0}])  # extra seeds: not owed now
+    paid, beyond, left = report.budget_split({"cpu_hours": 4, "order": ["a", "b", "c", "d"]}, owed)
+    assert paid == {"a": "2.00 h", "d": "1.00 h"} and left == pytest.approx(1.0)
+    assert beyond == {"b": "20.00 h", "c": "0.00 h, 1 runs unpriced"}  # an unpriced run cannot be paid for either
+    assert report.budget_split(None, owed) == ({}, {}, 0.0)
+
+
 def test_a_campaign_runs_a_later_claims_free_runs_before_waiting_on_one_another_holds(tmp_path, monkeypatch):
     """Two campaigns over overlapping claims: while another worker holds claim a's run, this one runs
     claim b's first and waits on a's only after (here until the holder's heartbeat is stale)."""

@@ -83,9 +83,12 @@ def summary_cells(claim: Claim, comps: list, stored: int = 0) -> tuple[str, str]
     ours, judged = _summary_cells(claim, comps, stored)
     if not floor:
         return ours, judged
+    below = [o for o, _, v in comps if v == BELOW_FLOOR]
+    if below and len(below) == len(comps):  # no rival counts: still show the lead over the strongest one
+        top = headline(claim, [(o, p, "not counted") for o, p, _ in comps])
+        ours = f"vs {top[0]} (not counted): {_diff_at(top[1], claim)}" if top else ours
     f = floor[0][1]
     ours += f"; {claim.arm} − unedited: {_diff_at(f, claim)}" if f.n else "; unedited arm not run yet"
-    below = [o for o, _, v in comps if v == BELOW_FLOOR]
     if below:
         ours += f"; not above the unedited model, not counted: {', '.join(below)}"
     if below and len(below) == len(comps):
@@ -244,6 +247,12 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
              "| # | claim | paper | ours: arm − strongest (counting) other, score (95 % interval unless named); "
              "arm − unedited model | verdict |\n|---|---|---|---|---|"]
     sections, ledger = [], Ledger()  # what the runs cost and what is still to run, each run counted once
+    owed = None
+    if doc.get("changes"):
+        from .cost import plan
+
+        owed = plan(claims_file, root)
+    _, beyond, _ = budget_split(doc.get("budget"), owed)
     if claims_file.calibrations:
         sections.append("## Calibration\n\nEach preset number that a claim uses from a calibration is chosen here, by "
                         "the rule above, on requests no claim edits.\n")
@@ -263,6 +272,9 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         df = table(claim, root, chosen)
         comps = comparisons(claim, df)
         ours, judged = summary_cells(claim, comps, len(stored_runs(df)))
+        if claim.name in beyond and judged.startswith("**inconclusive**"):
+            judged += (f"; cannot decide at 135M on a CPU in this edition's {doc['budget']['cpu_hours']:g} CPU-hours: "
+                       f"its owed runs price at {beyond[claim.name]} here (*What is owed*)")
         judged_now[i] = (claim.title, judged)
         third = " *(3rd ed.)*" if claim.edition == 3 else ""
         parts.append(f"| {i} | {claim.title}{third} | {claim.says} | {ours} | {judged} |")
@@ -283,13 +295,13 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
             + (f"**What differs from the paper.** {claim.differs.strip()}\n\n" if claim.differs else "")
             + (f"**Regenerate.** `{claim.regenerate.strip()}`\n" if claim.regenerate else ""))
     parts.append(ledger.compute_line())
-    if doc.get("changes"):
-        from .cost import plan, plan_text
+    if owed is not None:
+        from .cost import plan_text
 
         parts.append("## What is owed, priced before it runs\n\n`workbench report --plan` prices every owed run from "
                      "the store's measured rates; `workbench report --run <claims>` runs them (`--arms <labels>` for "
-                     "some arms). Claims this budget cannot decide say so in their notes.\n\n"
-                     + plan_text(owed := plan(claims_file, root)) + budget_line(doc.get("budget"), owed))
+                     "some arms). Claims this budget cannot decide say so in the summary.\n\n"
+                     + plan_text(owed) + budget_line(doc.get("budget"), owed))
     parts += sections
     todo = [f"- {t.strip()}" for t in doc.get("todo", [])]
     parts.append("## What is still not done\n\n" + "\n".join([m for m in ledger.missing if m] + todo) + "\n")
@@ -298,24 +310,35 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
     return "\n".join(parts)
 
 
-def budget_line(budget: dict | None, owed: pd.DataFrame) -> str:
-    """Which entries the claims file's budget (``budget: {cpu_hours, order}``) pays for, in its order, at
-    their owed-now price, and which it cannot: those cannot be decided within it."""
-    if not budget:
-        return ""
-    left, paid, unpaid = float(budget["cpu_hours"]), [], []
+def budget_split(budget: dict | None, owed: pd.DataFrame | None) -> tuple[dict, dict, float]:
+    """The claims file's budget (``budget: {cpu_hours, order}``) spent in its order on each entry's runs
+    owed now: (entries it pays for, entries it cannot: name -> their price, as "5.62 h[, k runs
+    unpriced]"; hours left). An entry it cannot pay cannot be decided within it."""
+    if not budget or owed is None:
+        return {}, {}, 0.0
+    left, paid, unpaid = float(budget["cpu_hours"]), {}, {}
     for name in budget["order"]:
         d = owed[(owed["entry"] == name) & (owed["owed"] == "now")]
         hours, unpriced = d["seconds"].sum(skipna=True) / 3600, int(d["seconds"].isna().sum())
-        cell = f"{name} ({hours:.2f} h" + (f", {unpriced} runs unpriced" if unpriced else "") + ")"
+        price = f"{hours:.2f} h" + (f", {unpriced} runs unpriced" if unpriced else "")
         if hours <= left and not unpriced:
             left -= hours
-            paid.append(cell)
+            paid[name] = price
         else:
-            unpaid.append(cell)
+            unpaid[name] = price
+    return paid, unpaid, left
+
+
+def budget_line(budget: dict | None, owed: pd.DataFrame) -> str:
+    """The budget's sentence under the plan: what it pays for and what it cannot decide (`budget_split`)."""
+    if not budget:
+        return ""
+    paid, unpaid, left = budget_split(budget, owed)
+    def cells(d):
+        return ", ".join(f"{name} ({price})" for name, price in d.items())
     return (f"\n**The budget** ({budget['cpu_hours']:g} CPU-hours, issue 44), in the claims file's order at the runs "
-            f"owed now: it pays for {', '.join(paid) or 'none'}; {left:.2f} h left. It cannot decide "
-            f"{', '.join(unpaid) or 'nothing'}: their runs are priced above; more seeds under the seed rule come on top.\n")
+            f"owed now: it pays for {cells(paid) or 'none'}; {left:.2f} h left. It cannot decide "
+            f"{cells(unpaid) or 'nothing'}: their runs are priced above; more seeds under the seed rule come on top.\n")
 
 
 SECOND = files.PROJECT_ROOT / "docs" / "reproduction-3" / "second-edition.md"  # the second edition, frozen
