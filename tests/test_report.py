@@ -230,7 +230,7 @@ def test_with_no_rival_above_the_unedited_model_the_summary_still_shows_the_lead
     assert judged == "**inconclusive** (no rival beats the unedited model)"
 
 
-def test_the_budget_pays_in_its_order_and_names_what_it_cannot_decide():
+def test_the_budget_pays_in_its_order_and_names_what_it_cannot_decide(tmp_path):
     import pandas as pd
 
     owed = pd.DataFrame([{"entry": "a", "owed": "now", "seconds": 2 * 3600.0},
@@ -242,6 +242,15 @@ def test_the_budget_pays_in_its_order_and_names_what_it_cannot_decide():
     assert paid == {"a": "2.00 h", "d": "1.00 h"} and left == pytest.approx(1.0)
     assert beyond == {"b": "20.00 h", "c": "0.00 h, 1 runs unpriced"}  # an unpriced run cannot be paid for either
     assert report.budget_split(None, owed) == ({}, {}, 0.0)
+    # what the runs stored since the budget was set took is paid first (their run_s, found through runs.log)
+    for name, when, run_s in [("old", "2026-01-01T00:00:00", 7200.0), ("new", "2026-02-01T00:00:00", 3600.0)]:
+        (tmp_path / "exp" / name).mkdir(parents=True)
+        (tmp_path / "exp" / name / "metrics.json").write_text(json.dumps({"run_s": run_s}))
+        with open(tmp_path / "exp" / "runs.log", "a") as log:
+            log.write(f"{when} host 1 {name}\n")
+    assert cost.spent_since(tmp_path, "2026-01-15") == (1, 1.0)
+    paid, beyond, left = report.budget_split({"cpu_hours": 4, "since": "2026-01-15", "order": ["a", "d"]}, owed, tmp_path)
+    assert paid == {"a": "2.00 h", "d": "1.00 h"} and left == pytest.approx(0.0)
 
 
 def test_a_campaign_runs_a_later_claims_free_runs_before_waiting_on_one_another_holds(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ capability probes come on top.
 """
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -20,6 +21,21 @@ import pandas as pd
 
 from .claimsfile import Runs, stored_runs
 from .spec import LONG_FORM, RunSpec
+
+
+def spent_since(root: Path, since: str) -> tuple[int, float]:
+    """(runs, CPU-hours of their whole wall time) of the stored runs finished at or after `since` (an ISO
+    time, compared with each experiment's ``runs.log``): what a budget set at that time has paid."""
+    folders = set()
+    for log in Path(root).glob("*/runs.log"):
+        for line in log.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and parts[0] >= since:
+                folders.add(log.parent / parts[3])
+    seconds = [json.loads((f / "metrics.json").read_text()).get("run_s") for f in sorted(folders)
+               if (f / "metrics.json").exists()]
+    seconds = [x for x in seconds if x]
+    return len(seconds), sum(seconds) / 3600
 
 
 def mean_run_s(df: pd.DataFrame) -> float | None:

@@ -252,7 +252,8 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         from .cost import plan
 
         owed = plan(claims_file, root)
-    _, beyond, _ = budget_split(doc.get("budget"), owed)
+    _, beyond, _ = budget_split(doc.get("budget"), owed, root)
+    undecidable = []  # claims still inconclusive whose owed runs the budget cannot pay
     if claims_file.calibrations:
         sections.append("## Calibration\n\nEach preset number that a claim uses from a calibration is chosen here, by "
                         "the rule above, on requests no claim edits.\n")
@@ -273,8 +274,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         comps = comparisons(claim, df)
         ours, judged = summary_cells(claim, comps, len(stored_runs(df)))
         if claim.name in beyond and judged.startswith("**inconclusive**"):
-            judged += (f"; cannot decide at 135M on a CPU in this edition's {doc['budget']['cpu_hours']:g} CPU-hours: "
-                       f"its owed runs price at {beyond[claim.name]} here (*What is owed*)")
+            undecidable.append(f"claim {i} ({claim.name}: its runs owed now price at {beyond[claim.name]})")
         judged_now[i] = (claim.title, judged)
         third = " *(3rd ed.)*" if claim.edition == 3 else ""
         parts.append(f"| {i} | {claim.title}{third} | {claim.says} | {ours} | {judged} |")
@@ -294,6 +294,11 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
             + "| comparison | difference of the score | verdict |\n|---|---|---|\n" + diffs + "\n\n"
             + (f"**What differs from the paper.** {claim.differs.strip()}\n\n" if claim.differs else "")
             + (f"**Regenerate.** `{claim.regenerate.strip()}`\n" if claim.regenerate else ""))
+    if undecidable:
+        parts.append(f"\n**Cannot decide at 135M on a CPU in this edition's {doc['budget']['cpu_hours']:g} CPU-hours** "
+                     f"(the budget is spent in the claims file's order, *What is owed* below): {'; '.join(undecidable)}. "
+                     "The prices are this machine's measured rates (one worker, one thread); the runs are the same on "
+                     "a GPU or a bigger model, where `workbench report --run` decides them.\n")
     parts.append(ledger.compute_line())
     if owed is not None:
         from .cost import plan_text
@@ -301,7 +306,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         parts.append("## What is owed, priced before it runs\n\n`workbench report --plan` prices every owed run from "
                      "the store's measured rates; `workbench report --run <claims>` runs them (`--arms <labels>` for "
                      "some arms). Claims this budget cannot decide say so in the summary.\n\n"
-                     + plan_text(owed) + budget_line(doc.get("budget"), owed))
+                     + plan_text(owed) + budget_line(doc.get("budget"), owed, root))
     parts += sections
     todo = [f"- {t.strip()}" for t in doc.get("todo", [])]
     parts.append("## What is still not done\n\n" + "\n".join([m for m in ledger.missing if m] + todo) + "\n")
@@ -310,13 +315,17 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
     return "\n".join(parts)
 
 
-def budget_split(budget: dict | None, owed: pd.DataFrame | None) -> tuple[dict, dict, float]:
-    """The claims file's budget (``budget: {cpu_hours, order}``) spent in its order on each entry's runs
-    owed now: (entries it pays for, entries it cannot: name -> their price, as "5.62 h[, k runs
-    unpriced]"; hours left). An entry it cannot pay cannot be decided within it."""
+def budget_split(budget: dict | None, owed: pd.DataFrame | None, root: Path | None = None) -> tuple[dict, dict, float]:
+    """The claims file's budget (``budget: {cpu_hours, order, since}``), less what the runs stored since
+    ``since`` took (`cost.spent_since`), spent in its order on each entry's runs owed now: (entries it
+    pays for, entries it cannot: name -> their price, as "5.62 h[, k runs unpriced]"; hours left). An
+    entry it cannot pay cannot be decided within it."""
     if not budget or owed is None:
         return {}, {}, 0.0
-    left, paid, unpaid = float(budget["cpu_hours"]), {}, {}
+    from .cost import spent_since
+
+    used = spent_since(root, str(budget["since"]))[1] if root is not None and budget.get("since") else 0.0
+    left, paid, unpaid = float(budget["cpu_hours"]) - used, {}, {}
     for name in budget["order"]:
         d = owed[(owed["entry"] == name) & (owed["owed"] == "now")]
         hours, unpriced = d["seconds"].sum(skipna=True) / 3600, int(d["seconds"].isna().sum())
@@ -329,15 +338,20 @@ def budget_split(budget: dict | None, owed: pd.DataFrame | None) -> tuple[dict, 
     return paid, unpaid, left
 
 
-def budget_line(budget: dict | None, owed: pd.DataFrame) -> str:
-    """The budget's sentence under the plan: what it pays for and what it cannot decide (`budget_split`)."""
+def budget_line(budget: dict | None, owed: pd.DataFrame, root: Path | None = None) -> str:
+    """The budget's sentence under the plan: what it has paid, what it pays for and what it cannot decide
+    (`budget_split`)."""
     if not budget:
         return ""
-    paid, unpaid, left = budget_split(budget, owed)
+    from .cost import spent_since
+
+    paid, unpaid, left = budget_split(budget, owed, root)
     def cells(d):
         return ", ".join(f"{name} ({price})" for name, price in d.items())
-    return (f"\n**The budget** ({budget['cpu_hours']:g} CPU-hours, issue 44), in the claims file's order at the runs "
-            f"owed now: it pays for {cells(paid) or 'none'}; {left:.2f} h left. It cannot decide "
+    n, used = spent_since(root, str(budget["since"])) if root is not None and budget.get("since") else (0, 0.0)
+    return (f"\n**The budget** ({budget['cpu_hours']:g} CPU-hours, issue 44): {used:.2f} h spent on the {n} runs "
+            f"stored since {budget.get('since', 'it was set')} (their recorded wall time, runs.log); the rest, in the "
+            f"claims file's order at the runs owed now, pays for {cells(paid) or 'none'}; {left:.2f} h left. It cannot decide "
             f"{cells(unpaid) or 'nothing'}: their runs are priced above; more seeds under the seed rule come on top.\n")
 
 
