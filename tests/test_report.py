@@ -249,7 +249,8 @@ def test_the_budget_pays_in_its_order_and_names_what_it_cannot_decide(tmp_path):
         with open(tmp_path / "exp" / "runs.log", "a") as log:
             log.write(f"{when} host 1 {name}\n")
     assert cost.spent_since(tmp_path, "2026-01-15") == (1, 1.0)
-    paid, beyond, left = report.budget_split({"cpu_hours": 4, "since": "2026-01-15", "order": ["a", "d"]}, owed, tmp_path)
+    paid, beyond, left = report.budget_split({"cpu_hours": 4, "since": "2026-01-15", "order": ["a", "d"]}, owed,
+                                             cost.spent_since(tmp_path, "2026-01-15")[1])
     assert paid == {"a": "2.00 h", "d": "1.00 h"} and left == pytest.approx(0.0)
 
 

@@ -137,7 +137,7 @@ class PreEdit:
 _PRE: dict[str, PreEdit] = {}
 
 
-@threads.computing
+@threads.active()
 def pre_edit(model, tok, requests, eval_cfg: EvalConfig = UKE, cache: bool = True) -> PreEdit:
     """Compute (or fetch from the memory / disk cache) the unedited model's outputs on every probe
     prompt of `requests` in `eval_cfg.splits`. Only those splits: a config without ``"loc"`` skips the
@@ -232,7 +232,7 @@ def _perplexity_passages(source: str, n: int) -> tuple[str, ...]:
     return tuple(r.target for r in reqs[-n:])  # the tail: notebooks edit from the head
 
 
-@threads.computing
+@threads.active()
 def evaluate(model, tok, requests, eval_cfg: EvalConfig | None = None, pre: PreEdit | None = None,
              progress: bool = False, route=None) -> EvalReport:
     """Score `model` on `requests` (see the module docstring).

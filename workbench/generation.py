@@ -18,7 +18,7 @@ from .models import input_device, spec
 from .prompts import left_pad, prompt_ids
 
 
-@threads.computing
+@threads.active()
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], chat_template: bool = True, max_new_tokens: int = 64,
              stop: tuple[str, ...] = (), batch_size: int = 32, progress: bool = False, on_batch=None) -> list[str]:

@@ -31,7 +31,7 @@ def _forward(model, tok, examples: list[Encoded]):
     return logits[:, :-1].float(), b["labels"][:, 1:]
 
 
-@threads.computing  # its share of the cores (threads.py)
+@threads.active()  # its share of the cores (threads.py)
 def _batched(model, items, batch_size, fn, on_batch=None):
     was_training = model.training
     model.eval()
@@ -70,7 +70,7 @@ def token_predictions(model, tok, prompts: list[str], targets: list[str], chat_t
     return _batched(model, list(zip(prompts, targets, strict=True)), batch_size, run, on_batch)
 
 
-@threads.computing
+@threads.active()
 def mean_logprobs(model, tok, prompts: list[str], continuations: list[str], chat_template: bool = False,
                   batch_size: int = 16) -> list[float]:
     """Mean per-token log-probability of each continuation given its prompt (its closing EOS excluded).
@@ -142,7 +142,7 @@ def mmlu_prompt(req: Request) -> str:
     return f"Question: {req.prompt}\nAnswer:"
 
 
-@threads.computing
+@threads.active()
 def mmlu_accuracy(model, tok, requests: list[Request], batch_size: int = 16) -> float:
     """Accuracy on multiple-choice requests: the choice whose text has the highest mean per-token
     log-likelihood after ``Question: ...\\nAnswer:`` (cloze scoring, no template)."""
@@ -162,7 +162,7 @@ def mmlu_accuracy(model, tok, requests: list[Request], batch_size: int = 16) -> 
     return sum(best[i][1] == r.answer_index for i, r in enumerate(requests)) / len(requests)
 
 
-@threads.computing
+@threads.active()
 def perplexity(model, tok, texts: list[str], batch_size: int = 8, max_length: int = 256) -> float:
     """Perplexity of `texts` as plain text (mean token negative log-likelihood, exponentiated)."""
     bos = tok.bos_token or tok.eos_token
@@ -184,7 +184,7 @@ def perplexity(model, tok, texts: list[str], batch_size: int = 8, max_length: in
 LM_EVAL_TASKS = Path(__file__).resolve().parents[1] / "data" / "lm_eval"
 
 
-@threads.computing
+@threads.active()
 def lm_eval_capability(model, tok, task: str, limit: int | None = None, batch_size: int = 16) -> dict:
     """lm-evaluation-harness' `simple_evaluate` on the in-memory (edited) model, offline.
 

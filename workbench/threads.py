@@ -3,8 +3,8 @@
 torch's CPU kernels use one thread per core by default, and their OpenMP threads spin while they
 wait. Two processes that each take every core (two notebooks, two sweeps) therefore fight for them:
 measured on this project's 2-core machine, batch-1 edits took 377-543 s beside another job against
-23 s alone. The policy: a process that starts an edit, a run, generation or scoring (`computing`
-marks those entry points) registers itself as *active* in
+23 s alone. The policy: a process that starts an edit, a run, generation or scoring (each entry
+point is decorated with ``@threads.active()``) registers itself as *active* in
 ``$WORKBENCH_CACHE/active/`` (one file per host and pid, removed when the work ends; entries of dead
 pids are ignored) and sets ``torch.set_num_threads(cores // active processes)``, at least 1. Alone,
 a process keeps every core, as before; with company, each takes its share, looked at again every
@@ -17,7 +17,6 @@ workers (`runs.executors`) get their share from the start (``OMP_NUM_THREADS``).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import socket
 import time
@@ -84,7 +83,11 @@ def active_processes() -> int:
 
 @contextlib.contextmanager
 def active():
-    """Register this process as computing for the block and take its share of the cores."""
+    """Register this process as computing for the block and take its share of the cores. Also a decorator
+    (contextlib's): ``@threads.active()`` on generation, scoring and evaluation, so a notebook's direct
+    `wb.generate` takes its share (or the fixed ``WORKBENCH_THREADS``) like an edit does. Without it such
+    calls ran at torch's default of every core: beside a one-thread campaign, 2 greedy answers of 40
+    tokens from SmolLM2 took 76 s against 1.9 s alone."""
     global _depth, _last_check
     setting = _setting()
     if _policy_off(setting):
@@ -106,19 +109,6 @@ def active():
         _depth -= 1
         if _depth == 0:
             entry.unlink(missing_ok=True)
-
-
-def computing(fn):
-    """Decorator for an entry point that computes (generation, scoring, evaluation): it runs inside
-    `active`, so a notebook's direct `wb.generate` takes its share of the cores (or the fixed
-    ``WORKBENCH_THREADS``) like an edit does. Without it, such calls ran at torch's default of every
-    core beside another computing process: measured here, 2 greedy answers of 40 tokens from SmolLM2
-    took 76 s beside a one-thread campaign against 1.9 s alone."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with active():
-            return fn(*args, **kwargs)
-    return wrapper
 
 
 def rebalance() -> None:

@@ -143,12 +143,12 @@ def run(tasks: list[Task], executor: str | None = None, options: dict | None = N
             if wait:
                 walk(tasks, since, stale_s)  # then wait for (or take over) what other workers held
         else:
-            # local workers are spawned interpreters (seconds each to start): none for a finished grid, and
-            # no more than there are runs left
-            todo = [t for t in tasks if not t.done] if kind == "local" else tasks
-            handles = [] if not todo else \
-                _start_local(todo, min(workers, len(todo)), since, stale_s, wait) if kind == "local" else \
-                _start_submitit(tasks, since, stale_s, dict(options or {}), desc)
+            if kind == "local":
+                # spawned interpreters take seconds each to start: none for a finished grid, no more than runs left
+                todo = [t for t in tasks if not t.done]
+                handles = _start_local(todo, min(workers, len(todo)), since, stale_s, wait) if todo else []
+            else:
+                handles = _start_submitit(tasks, since, stale_s, dict(options or {}), desc)
             while not all(h.done() for h in handles):
                 show()
                 time.sleep(1.0)

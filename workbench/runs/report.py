@@ -84,14 +84,15 @@ def summary_cells(claim: Claim, comps: list, stored: int = 0) -> tuple[str, str]
     if not floor:
         return ours, judged
     below = [o for o, _, v in comps if v == BELOW_FLOOR]
-    if below and len(below) == len(comps):  # no rival counts: still show the lead over the strongest one
+    none_counts = bool(below) and len(below) == len(comps)
+    if none_counts:  # still show the lead over the strongest rival
         top = headline(claim, [(o, p, "not counted") for o, p, _ in comps])
         ours = f"vs {top[0]} (not counted): {_diff_at(top[1], claim)}" if top else ours
     f = floor[0][1]
     ours += f"; {claim.arm} − unedited: {_diff_at(f, claim)}" if f.n else "; unedited arm not run yet"
     if below:
         ours += f"; not above the unedited model, not counted: {', '.join(below)}"
-    if below and len(below) == len(comps):
+    if none_counts:
         judged = "**inconclusive** (no rival beats the unedited model)"
     return ours, judged
 
@@ -247,12 +248,15 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
              "| # | claim | paper | ours: arm − strongest (counting) other, score (95 % interval unless named); "
              "arm − unedited model | verdict |\n|---|---|---|---|---|"]
     sections, ledger = [], Ledger()  # what the runs cost and what is still to run, each run counted once
-    owed = None
+    owed, budget, spent = None, doc.get("budget"), (0, 0.0)  # spent: (runs, hours) since the budget was set
     if doc.get("changes"):
-        from .cost import plan
+        from .cost import plan, spent_since
 
         owed = plan(claims_file, root)
-    _, beyond, _ = budget_split(doc.get("budget"), owed, root)
+        if budget and budget.get("since"):
+            spent = spent_since(root, str(budget["since"]))
+    split = budget_split(budget, owed, spent[1])
+    beyond = split[1]
     undecidable = []  # claims still inconclusive whose owed runs the budget cannot pay
     if claims_file.calibrations:
         sections.append("## Calibration\n\nEach preset number that a claim uses from a calibration is chosen here, by "
@@ -295,7 +299,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
             + (f"**What differs from the paper.** {claim.differs.strip()}\n\n" if claim.differs else "")
             + (f"**Regenerate.** `{claim.regenerate.strip()}`\n" if claim.regenerate else ""))
     if undecidable:
-        parts.append(f"\n**Cannot decide at 135M on a CPU in this edition's {doc['budget']['cpu_hours']:g} CPU-hours** "
+        parts.append(f"\n**Cannot decide at 135M on a CPU in this edition's {budget['cpu_hours']:g} CPU-hours** "
                      f"(the budget is spent in the claims file's order, *What is owed* below): {'; '.join(undecidable)}. "
                      "The prices are this machine's measured rates (one worker, one thread); the runs are the same on "
                      "a GPU or a bigger model, where `workbench report --run` decides them.\n")
@@ -306,7 +310,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         parts.append("## What is owed, priced before it runs\n\n`workbench report --plan` prices every owed run from "
                      "the store's measured rates; `workbench report --run <claims>` runs them (`--arms <labels>` for "
                      "some arms). Claims this budget cannot decide say so in the summary.\n\n"
-                     + plan_text(owed) + budget_line(doc.get("budget"), owed, root))
+                     + plan_text(owed) + (budget_line(budget, split, spent) if budget else ""))
     parts += sections
     todo = [f"- {t.strip()}" for t in doc.get("todo", [])]
     parts.append("## What is still not done\n\n" + "\n".join([m for m in ledger.missing if m] + todo) + "\n")
@@ -315,16 +319,13 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
     return "\n".join(parts)
 
 
-def budget_split(budget: dict | None, owed: pd.DataFrame | None, root: Path | None = None) -> tuple[dict, dict, float]:
-    """The claims file's budget (``budget: {cpu_hours, order, since}``), less what the runs stored since
-    ``since`` took (`cost.spent_since`), spent in its order on each entry's runs owed now: (entries it
-    pays for, entries it cannot: name -> their price, as "5.62 h[, k runs unpriced]"; hours left). An
+def budget_split(budget: dict | None, owed: pd.DataFrame | None, used: float = 0.0) -> tuple[dict, dict, float]:
+    """The claims file's budget (``budget: {cpu_hours, order, since}``), less the `used` hours of the runs
+    stored since ``since`` (`cost.spent_since`), spent in its order on each entry's runs owed now: (entries
+    it pays for, entries it cannot: name -> their price, as "5.62 h[, k runs unpriced]"; hours left). An
     entry it cannot pay cannot be decided within it."""
     if not budget or owed is None:
         return {}, {}, 0.0
-    from .cost import spent_since
-
-    used = spent_since(root, str(budget["since"]))[1] if root is not None and budget.get("since") else 0.0
     left, paid, unpaid = float(budget["cpu_hours"]) - used, {}, {}
     for name in budget["order"]:
         d = owed[(owed["entry"] == name) & (owed["owed"] == "now")]
@@ -338,21 +339,18 @@ def budget_split(budget: dict | None, owed: pd.DataFrame | None, root: Path | No
     return paid, unpaid, left
 
 
-def budget_line(budget: dict | None, owed: pd.DataFrame, root: Path | None = None) -> str:
-    """The budget's sentence under the plan: what it has paid, what it pays for and what it cannot decide
-    (`budget_split`)."""
-    if not budget:
-        return ""
-    from .cost import spent_since
+def budget_line(budget: dict, split: tuple[dict, dict, float], spent: tuple[int, float]) -> str:
+    """The budget's sentence under the plan: what it has paid (`spent`: runs, hours), what it pays for and
+    what it cannot decide (`split`, from `budget_split`)."""
+    paid, unpaid, left = split
 
-    paid, unpaid, left = budget_split(budget, owed, root)
     def cells(d):
         return ", ".join(f"{name} ({price})" for name, price in d.items())
-    n, used = spent_since(root, str(budget["since"])) if root is not None and budget.get("since") else (0, 0.0)
-    return (f"\n**The budget** ({budget['cpu_hours']:g} CPU-hours, issue 44): {used:.2f} h spent on the {n} runs "
-            f"stored since {budget.get('since', 'it was set')} (their recorded wall time, runs.log); the rest, in the "
-            f"claims file's order at the runs owed now, pays for {cells(paid) or 'none'}; {left:.2f} h left. It cannot decide "
-            f"{cells(unpaid) or 'nothing'}: their runs are priced above; more seeds under the seed rule come on top.\n")
+    return (f"\n**The budget** ({budget['cpu_hours']:g} CPU-hours, issue 44): {spent[1]:.2f} h spent on the {spent[0]} "
+            f"runs stored since {budget.get('since', 'it was set')} (their recorded wall time, runs.log); the rest, in "
+            f"the claims file's order at the runs owed now, pays for {cells(paid) or 'none'}; {left:.2f} h left. It "
+            f"cannot decide {cells(unpaid) or 'nothing'}: their runs are priced above; more seeds under the seed rule "
+            "come on top.\n")
 
 
 SECOND = files.PROJECT_ROOT / "docs" / "reproduction-3" / "second-edition.md"  # the second edition, frozen
