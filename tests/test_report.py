@@ -230,6 +230,27 @@ def test_with_no_rival_above_the_unedited_model_the_summary_still_shows_the_lead
     assert judged == "**inconclusive** (no rival beats the unedited model)"
 
 
+def test_where_the_score_means_nothing_for_the_unedited_model_the_lead_is_shown_on_the_claims_magnitude_metric():
+    import dataclasses
+
+    import pandas as pd
+
+    claim = next(c for c in report.read().claims if c.magnitude)  # scored on steps to converge
+    rows = [{"label": lab, "seed": s, "score": steps, claim.magnitude: ori}
+            for s in (0, 1) for lab, steps, ori in [(claim.arm, 2.0 + s, 0.9), (claim.others[0], 5.0, 0.8),
+                                                    (claim.unedited, float("nan"), 0.3 + 0.1 * s)]]
+    df = pd.DataFrame(rows)
+    *rivals, (name, lead, v) = report.comparisons(claim, df)
+    assert v == report.FLOOR and name == f"{claim.unedited} (`{claim.magnitude}`)"
+    assert lead.n == 2 and lead.mean == pytest.approx(0.55)  # 0.9 - 0.3, 0.9 - 0.4
+    ours, _ = report.summary_cells(claim, [*rivals, (name, lead, v)])
+    assert f"{claim.arm} − unedited (`{claim.magnitude}`): +0.550" in ours
+    # without the field the lead is on the score, which the unedited arm lacks: no pair, said so
+    plain = report.comparisons(dataclasses.replace(claim, magnitude=None), df)[-1]
+    assert plain[1].n == 0
+    assert report.summary_cells(claim, [*rivals, plain])[0].endswith("unedited arm: no seed paired yet")
+
+
 def test_the_budget_pays_in_its_order_and_names_what_it_cannot_decide(tmp_path):
     import pandas as pd
 

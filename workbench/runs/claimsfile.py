@@ -103,6 +103,9 @@ class Claim(Runs):
     differs: str = ""
     regenerate: str = ""
     floor: bool = False  # a rival counts only if it beats the `unedited` arm (by the verdict rule, on the score)
+    # the metric the arm's lead over the `unedited` arm is shown on (no verdict), where the score means nothing
+    # for the unedited model (steps to converge: it trains none); default the score
+    magnitude: str | None = None
     # the sequential seed rule: the seeds listed first, then one more at a time, up to this many, while the
     # interval against the strongest counting rival spans zero; intervals at 1 - 0.05 / (seeds_max - 1)
     seeds_max: int | None = None

@@ -52,15 +52,17 @@ def comparisons(claim: Claim, df: pd.DataFrame) -> list[tuple[str, Paired, str]]
             v = BELOW_FLOOR
         out.append((other, p, v))
     if getattr(claim, "unedited", None):  # the magnitude: the arm over the unedited model, beside the verdicts
-        out.append((claim.unedited, floor_diff(claim, df, claim.arm), FLOOR))
+        metric = getattr(claim, "magnitude", None)
+        name = f"{claim.unedited} (`{metric}`)" if metric else claim.unedited
+        out.append((name, floor_diff(claim, df, claim.arm, metric or "score"), FLOOR))
     return out
 
 
-def floor_diff(claim: Claim, df: pd.DataFrame, label: str) -> Paired:
-    """`label`'s arm minus the unedited arm on the score, seed by seed (at the claim's level)."""
-    if not getattr(claim, "unedited", None) or not len(df):
+def floor_diff(claim: Claim, df: pd.DataFrame, label: str, metric: str = "score") -> Paired:
+    """`label`'s arm minus the unedited arm on `metric` (the score), seed by seed (at the claim's level)."""
+    if not getattr(claim, "unedited", None) or not len(df) or metric not in df:
         return Paired(0, math.nan, math.nan, ())
-    return paired(df, "label", label, claim.unedited, "score", level=level(claim))
+    return paired(df, "label", label, claim.unedited, metric, level=level(claim))
 
 
 def headline(claim: Claim, comps: list) -> tuple[str, Paired, str] | None:
@@ -89,7 +91,8 @@ def summary_cells(claim: Claim, comps: list, stored: int = 0) -> tuple[str, str]
         top = headline(claim, [(o, p, "not counted") for o, p, _ in comps])
         ours = f"vs {top[0]} (not counted): {_diff_at(top[1], claim)}" if top else ours
     f = floor[0][1]
-    ours += f"; {claim.arm} − unedited: {_diff_at(f, claim)}" if f.n else "; unedited arm not run yet"
+    on = f" (`{claim.magnitude}`)" if getattr(claim, "magnitude", None) else ""
+    ours += f"; {claim.arm} − unedited{on}: {_diff_at(f, claim)}" if f.n else "; unedited arm: no seed paired yet"
     if below:
         ours += f"; not above the unedited model, not counted: {', '.join(below)}"
     if none_counts:
