@@ -319,3 +319,9 @@ def test_plan_prices_every_owed_run_before_anything_runs():
     assert set(extra["entry"]) <= {c.name for c in claims_file.claims if c.seeds_max}
     text = cost.plan_text(df)
     assert "| **total** |" in text and f"| **total** | {len(now)} |" in text
+
+
+def test_an_arm_no_named_claim_has_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(wb.ConfigError, match=r"arm='tempalte' is not valid; choose one of: 'no template', 'template', 'unedited'"):
+        report.run(["chat_template"], arms=["tempalte"], root=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing written

@@ -58,6 +58,10 @@ def run(names: list[str] | None = None, executor: str | None = None, claims_path
     if unknown:
         raise ConfigError.bad_choice("claim", unknown[0], list(items))
     wanted = [items[n] for n in names] if names else list(items.values())
+    if arms:  # a label no named claim has would run nothing, silently
+        labels = {lab for c in wanted if not isinstance(c, Calibration) for lab in c.labels(claims_file.chosen(root))}
+        if set(arms) - labels:
+            raise ConfigError.bad_choice("arm", sorted(set(arms) - labels)[0], sorted(labels))
     needed = {p["calibrated"] for c in wanted for p in c.points if "calibrated" in p}
     wanted = [c for c in claims_file.calibrations if c.name in needed and c not in wanted] + wanted
     os.environ["WORKBENCH_RESULTS"] = str(root)  # the report reads store/; spawned workers inherit it
