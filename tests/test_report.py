@@ -158,6 +158,9 @@ def test_a_bad_claims_file_names_the_claim_and_the_field(tmp_path):
     with pytest.raises(wb.ConfigError, match=r"claim 'c': score_every=5, give a whole number of chunks, 1 or more, "
                                              r"and only with chunk_size"):
         report.read(path)
+    path.write_text(path.read_text().replace("score_every: 5", "unedited: a, magnitude: ori.rouge"))
+    with pytest.raises(wb.ConfigError, match=r"claim 'c': magnitude='ori.rouge' is not valid; choose one of: 'm'"):
+        report.read(path)
 
 
 def test_a_calibration_chooses_by_its_rule_before_the_claim_that_uses_it_runs(tmp_path, monkeypatch):

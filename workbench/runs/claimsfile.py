@@ -211,6 +211,11 @@ def read(path=CLAIMS) -> ClaimsFile:
                 raise ConfigError(f"{what}: unedited={c['unedited']!r} names no arm")
             if cls is Claim and c.get("floor") and not c.get("unedited"):
                 raise ConfigError(f"{what}: floor needs the `unedited` arm it is judged against")
+            if cls is Claim and c.get("magnitude") is not None:  # a metric no table has would show no pair, silently
+                if not c.get("unedited"):
+                    raise ConfigError(f"{what}: magnitude needs the `unedited` arm it is shown against")
+                if c["magnitude"] not in c.get("metrics", c["score"]):
+                    raise ConfigError.bad_choice(f"{what}: magnitude", c["magnitude"], c.get("metrics", c["score"]))
             smax = c.get("seeds_max")
             if smax is not None and (isinstance(smax, bool) or not isinstance(smax, int) or smax < len(c["seeds"])):
                 raise ConfigError(f"{what}: seeds_max={smax!r}, give a whole number at least the seeds listed")
