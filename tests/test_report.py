@@ -262,10 +262,17 @@ def test_the_budget_pays_in_its_order_and_names_what_it_cannot_decide(tmp_path):
                          {"entry": "c", "owed": "now", "seconds": float("nan")},
                          {"entry": "d", "owed": "now", "seconds": 3600.0},
                          {"entry": "d", "owed": "if undecided", "seconds": 50 * 3600.0}])  # extra seeds: not owed now
-    paid, beyond, left = report.budget_split({"cpu_hours": 4, "order": ["a", "b", "c", "d"]}, owed)
+    paid, beyond, left, _ = report.budget_split({"cpu_hours": 4, "order": ["a", "b", "c", "d"]}, owed)
     assert paid == {"a": "2.00 h", "d": "1.00 h"} and left == pytest.approx(1.0)
     assert beyond == {"b": "20.00 h", "c": "0.00 h, 1 runs unpriced"}  # an unpriced run cannot be paid for either
-    assert report.budget_split(None, owed) == ({}, {}, 0.0)
+    assert report.budget_split(None, owed) == ({}, {}, 0.0, {})
+    # a verdict before a figure: a's figure-only point waits until d's judged run is paid, then takes what is left
+    figure = pd.concat([owed.assign(judged=True), pd.DataFrame([{"entry": "a", "owed": "now", "seconds": 0.5 * 3600,
+                                                                "judged": False}])], ignore_index=True)
+    paid, beyond, left, figures = report.budget_split({"cpu_hours": 3.2, "order": ["a", "d"]}, figure)
+    assert paid == {"a": "2.00 h", "d": "1.00 h"} and figures == {} and left == pytest.approx(0.2)
+    paid, beyond, left, figures = report.budget_split({"cpu_hours": 4, "order": ["a", "d"]}, figure)
+    assert figures == {"a": "0.50 h"} and left == pytest.approx(0.5)
     # what the runs stored since the budget was set took is paid first (their run_s, found through runs.log)
     for name, when, run_s in [("old", "2026-01-01T00:00:00", 7200.0), ("new", "2026-02-01T00:00:00", 3600.0)]:
         (tmp_path / "exp" / name).mkdir(parents=True)
@@ -273,9 +280,39 @@ def test_the_budget_pays_in_its_order_and_names_what_it_cannot_decide(tmp_path):
         with open(tmp_path / "exp" / "runs.log", "a") as log:
             log.write(f"{when} host 1 {name}\n")
     assert cost.spent_since(tmp_path, "2026-01-15") == (1, 1.0)
-    paid, beyond, left = report.budget_split({"cpu_hours": 4, "since": "2026-01-15", "order": ["a", "d"]}, owed,
-                                             cost.spent_since(tmp_path, "2026-01-15")[1])
+    paid, beyond, left, _ = report.budget_split({"cpu_hours": 4, "since": "2026-01-15", "order": ["a", "d"]}, owed,
+                                                cost.spent_since(tmp_path, "2026-01-15")[1])
     assert paid == {"a": "2.00 h", "d": "1.00 h"} and left == pytest.approx(0.0)
+
+
+def test_a_runs_price_is_written_before_it_runs_and_read_beside_what_it_took(tmp_path):
+    """`cost.record` writes each owed run's price once (a campaign started again keeps the first price);
+    `priced_since` pairs it with the run's recorded wall time once the run is stored."""
+    import pandas as pd
+
+    row = dict.fromkeys(cost.PLAN_COLUMNS, "")
+    owed = pd.DataFrame([{**row, "seconds": 1800.0, "priced by": "its arm's stored runs", "folder": str(tmp_path / "exp" / "a")},
+                         {**row, "seconds": 900.0, "priced by": "runs of its kind", "folder": str(tmp_path / "exp" / "b")},
+                         {**row, "seconds": float("nan"), "folder": str(tmp_path / "exp" / "c")},  # unpriced
+                         {**row, "seconds": 60.0, "folder": ""}])  # waits for a calibration: no folder yet
+    assert cost.record(owed, tmp_path) == 2
+    assert cost.record(owed.iloc[:2].assign(seconds=5.0), tmp_path) == 0  # priced once, before it ran
+    assert cost.priced_since(tmp_path, "2026-01-01") == (0, 0.0, 0.0)  # nothing stored yet
+    (tmp_path / "exp" / "a").mkdir()
+    (tmp_path / "exp" / "a" / "metrics.json").write_text(json.dumps({"run_s": 3600.0}))
+    (tmp_path / "exp" / "runs.log").write_text("2026-02-01T00:00:00 host 1 a\n")
+    assert cost.priced_since(tmp_path, "2026-01-01") == (1, 0.5, 1.0)
+    assert cost.priced_since(tmp_path, "2026-03-01") == (0, 0.0, 0.0)
+
+
+def test_the_seeds_the_rule_adds_run_only_the_arms_the_verdict_reads():
+    claim = next(c for c in report.read().claims if c.name == "layer_capability")
+    chosen = report.read().chosen(report.STORE)
+    listed = {(label, seed) for label, seed, _ in claim.runs(chosen)}
+    more = claim.with_seeds([*claim.seeds, max(claim.seeds) + 1])
+    added = {(label, seed) for label, seed, _ in more.runs(chosen)} - listed
+    assert {label for label, _ in added} == claim.judged() == {"layer 25", "layer 5", "unedited"}
+    assert {label for label, _ in listed} > claim.judged()  # the figure's layers 10, 15, 20 keep the listed seeds
 
 
 def test_a_campaign_runs_a_later_claims_free_runs_before_waiting_on_one_another_holds(tmp_path, monkeypatch):

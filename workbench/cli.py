@@ -217,7 +217,10 @@ def report_command(args) -> int:
     if args.plan is not None:  # price every owed run before anything runs
         from .runs import cost
 
-        print(cost.plan_text(cost.plan(report.read(claims), report.STORE, args.plan or None)), end="")
+        owed = cost.plan(report.read(claims), report.STORE, args.plan or None)
+        if args.arms:  # the arms a `--run ... --arms` would run
+            owed = owed[owed["arm"].isin(args.arms)]
+        print(cost.plan_text(owed), end="")
         return 0
     if args.run is not None:
         campaign.run(args.run, args.executor, claims, arms=args.arms)
@@ -308,7 +311,7 @@ def parser() -> argparse.ArgumentParser:
     rr.add_argument("--plan", nargs="*", default=None, metavar="CLAIM",
                     help="price the runs these claims and calibrations (none named: all) still owe, and exit")
     rr.add_argument("--arms", nargs="+", default=None, metavar="LABEL",
-                    help="for --run: only these arms of the named claims (e.g. --arms unedited)")
+                    help="for --run and --plan: only these arms of the named claims (e.g. --arms unedited)")
     return parser
 
 

@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import ConfigError
-from . import executors
+from . import cost, executors
 from .claimsfile import CLAIMS, STORE, Calibration, Runs, computed, read, table
 from .executors import Task
 from .locks import STALE_S
@@ -51,7 +51,9 @@ def run(names: list[str] | None = None, executor: str | None = None, claims_path
     (or takes over, once stale: `stale_s`) the runs others held, and then runs the arms that waited
     for a calibration another campaign was finishing. So a campaign never idles on one entry's run
     that another campaign holds while a later entry has free runs. `arms` (labels): run only those
-    arms of the named claims (``report --run loss_scope --arms unedited``); calibrations run whole."""
+    arms of the named claims (``report --run loss_scope --arms unedited``), with the seeds the seed rule
+    adds for them; calibrations run whole. Each run's price (`cost.plan`, from the store as the campaign
+    starts) is written to its experiment's ``prices.log`` before it runs (`cost.record`)."""
     claims_file = read(claims_path)
     items = {c.name: c for c in [*claims_file.calibrations, *claims_file.claims]}
     unknown = sorted(set(names or []) - set(items))
@@ -68,18 +70,22 @@ def run(names: list[str] | None = None, executor: str | None = None, claims_path
     for item in wanted:
         same_computation(item, root, claims_file.chosen(root), claims_path)
     wanted.sort(key=lambda c: not isinstance(c, Calibration))  # stable: calibrations first, else as named
+    prices = cost.plan(claims_file, root, [c.name for c in wanted])  # every owed run priced before any runs
+
+    def execute(todo: list[Task], desc: str, wait: bool) -> None:
+        cost.record(prices[prices["folder"].isin({str(t.folder) for t in todo if not t.done})], root)
+        executors.run(todo, executor, progress=progress, desc=desc, wait=wait, stale_s=stale_s)
+
     for wait in (False, True):
         for item in wanted:
             only = arms if arms and not isinstance(item, Calibration) else None
-            executors.run(tasks(item, root, claims_file.chosen(root), only), executor, progress=progress, desc=item.name,
-                          wait=wait, stale_s=stale_s)
-            while getattr(item, "seeds_max", None) and not arms:  # the seed rule: then the seeds it asks for
+            execute(tasks(item, root, claims_file.chosen(root), only), item.name, wait)
+            while getattr(item, "seeds_max", None):  # the seed rule: then the seeds it asks for (its judged arms)
                 due = seeds_due(item, root, claims_file.chosen(root))
                 if due == item.seeds:
                     break
                 item = item.with_seeds(due)
-                executors.run(tasks(item, root, claims_file.chosen(root)), executor, progress=progress,
-                              desc=item.name, wait=wait, stale_s=stale_s)
+                execute(tasks(item, root, claims_file.chosen(root), only), item.name, wait)
 
 
 def seeds_due(claim, root: Path, chosen: dict) -> list[int]:

@@ -117,6 +117,22 @@ class Claim(Runs):
         (n = 2 .. seeds_max paired seeds: seeds_max - 1 looks)."""
         return 0.95 if not self.seeds_max else 1 - 0.05 / max(self.seeds_max - 1, 1)
 
+    # the seeds the file lists, once `with_seeds` gave the claim the seed rule's: the figure's points the verdict
+    # does not read (`judged`) keep these, so a seed the rule adds runs only the arms it compares
+    listed: list[int] | None = None
+
+    def judged(self) -> set[str]:
+        """The labels of the arms the verdict reads: the arm, the arms it is compared with, the unedited arm."""
+        return {self.arm, *self.others, *([self.unedited] if self.unedited else [])}
+
+    def runs(self, chosen: dict | None = None) -> list[tuple[str, int, RunSpec | None]]:
+        """`Runs.runs`; over the seeds the seed rule added, only the arms the verdict reads (`judged`)."""
+        out = super().runs(chosen)
+        if self.listed is None:
+            return out
+        judged = self.judged()
+        return [r for r in out if r[0] in judged or r[1] in self.listed]
+
     def ceiling(self) -> list[int]:
         """Every seed the seed rule may ask for: the listed ones and the next, up to `seeds_max` in all."""
         top = self.seeds_max or len(self.seeds)
@@ -126,7 +142,7 @@ class Claim(Runs):
         """The same claim over `seeds` (the seed rule's ceiling, priced by `report --plan`)."""
         import dataclasses
 
-        return dataclasses.replace(self, seeds=list(seeds))
+        return dataclasses.replace(self, seeds=list(seeds), listed=self.listed or list(self.seeds))
 
 
 @dataclass
@@ -202,7 +218,7 @@ def read(path=CLAIMS) -> ClaimsFile:
             missing = sorted(need - set(c))
             if missing:
                 raise ConfigError(f"{what} lacks {missing}")
-            known = set(cls.__dataclass_fields__) - {"name"} - ({"points"} if cls is Calibration else set())
+            known = set(cls.__dataclass_fields__) - {"name", "listed"} - ({"points"} if cls is Calibration else set())
             unknown = sorted(set(c) - known)
             if unknown:
                 raise ConfigError(f"{what} has unknown field(s) {unknown}; valid: {sorted(known)}")

@@ -1,7 +1,10 @@
 """What the report's runs cost and what is still to run, priced from the runs already stored.
 
 Every stored run records its seconds editing (``edit_s``), its whole wall time (``run_s``, scoring
-included) and its seconds per edit. A `Ledger` goes over the report's calibrations and claims once
+included) and its seconds per edit. `plan` prices every owed run before anything runs, and a
+campaign writes each price down before its run starts (`record`: ``<experiment>/prices.log``), so
+the budget can show what its runs were priced at against what the store recorded they took
+(`priced_since`). A `Ledger` goes over the report's calibrations and claims once
 each (`Ledger.add`) and keeps: the compute behind the report (a run two claims read counts once),
 the runs each entry still lacks (`missing_line`, for "What is still not done") and a guess of the
 hours they need (`owed_line`): an entry's missing runs at the mean wall time of its own stored
@@ -19,23 +22,75 @@ from pathlib import Path
 
 import pandas as pd
 
-from .claimsfile import Runs, stored_runs
+from .claimsfile import Claim, Runs, stored_runs
 from .spec import LONG_FORM, RunSpec
 
 
 def spent_since(root: Path, since: str) -> tuple[int, float]:
     """(runs, CPU-hours of their whole wall time) of the stored runs finished at or after `since` (an ISO
     time, compared with each experiment's ``runs.log``): what a budget set at that time has paid."""
+    seconds = [s for _, s in _stored_since(Path(root), since)]
+    return len(seconds), sum(seconds) / 3600
+
+
+PRICES = "prices.log"  # per experiment: "<time> <run folder> <seconds> <how priced>", written before the run starts
+
+
+def record(df: pd.DataFrame, root: Path) -> int:
+    """Write `plan`'s price of each owed run in `df` into its experiment's ``prices.log``, before it runs;
+    a run priced before keeps its first price (a campaign started again re-prices nothing). Returns how
+    many runs it priced now."""
+    import time
+
+    done = set(_prices(Path(root)))
+    new = 0
+    for row in df.to_dict("records"):
+        folder = Path(row["folder"]) if row["folder"] else None
+        if folder is None or str(folder) in done or row["seconds"] != row["seconds"]:  # waits for a calibration; unpriced
+            continue
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.parent / PRICES, "a") as f:  # one short line: an atomic append on POSIX
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {folder.name} {row['seconds']:.0f} {row['priced by']}\n")
+        done.add(str(folder))
+        new += 1
+    return new
+
+
+def _prices(root: Path) -> dict[str, float]:
+    """Run folder -> the seconds it was first priced at (every experiment's ``prices.log`` under `root`)."""
+    out = {}
+    for log in Path(root).glob(f"*/{PRICES}"):
+        for line in log.read_text().splitlines():
+            parts = line.split(maxsplit=3)
+            if len(parts) >= 3:
+                out.setdefault(str(log.parent / parts[1]), float(parts[2]))
+    return out
+
+
+def priced_since(root: Path, since: str) -> tuple[int, float, float]:
+    """Of the runs stored at or after `since` (`spent_since`), those priced before they ran: (runs, CPU-hours
+    they were priced at, CPU-hours they recorded)."""
+    prices, n, priced, took = _prices(Path(root)), 0, 0.0, 0.0
+    for folder, run_s in _stored_since(Path(root), since):
+        if folder in prices:
+            n, priced, took = n + 1, priced + prices[folder], took + run_s
+    return n, priced / 3600, took / 3600
+
+
+def _stored_since(root: Path, since: str) -> list[tuple[str, float]]:
+    """(folder, run_s) of the stored runs whose ``runs.log`` line is at or after `since`."""
     folders = set()
     for log in Path(root).glob("*/runs.log"):
         for line in log.read_text().splitlines():
             parts = line.split()
             if len(parts) >= 4 and parts[0] >= since:
                 folders.add(log.parent / parts[3])
-    seconds = [json.loads((f / "metrics.json").read_text()).get("run_s") for f in sorted(folders)
-               if (f / "metrics.json").exists()]
-    seconds = [x for x in seconds if x]
-    return len(seconds), sum(seconds) / 3600
+    out = []
+    for f in sorted(folders):
+        run_s = json.loads((f / "metrics.json").read_text()).get("run_s") if (f / "metrics.json").exists() else None
+        if run_s:
+            out.append((str(f), float(run_s)))
+    return out
 
 
 def mean_run_s(df: pd.DataFrame) -> float | None:
@@ -175,7 +230,9 @@ def price(spec: RunSpec, own: pd.DataFrame, rates: dict, walls: dict, scoring: d
 
 def plan(claims_file, root: Path, names: list[str] | None = None, ceiling: bool = True) -> pd.DataFrame:
     """One row per owed run of the named entries (default: all), priced before anything runs: entry,
-    arm, seed, kind, edits, seconds and how they were priced. A claim under the seed rule (`seeds_max`)
+    arm, seed, kind, edits, seconds, how they were priced, its folder (empty while it waits for a
+    calibration) and whether its claim's verdict reads it (``judged``: the arm, its rivals and the
+    unedited arm; a figure's other points are not judged). A claim under the seed rule (`seeds_max`)
     is priced at its listed seeds (``owed: now``) and, with `ceiling`, at every seed the rule may add
     (``owed: if undecided``). A run two entries share is one row (the first entry's)."""
     from .claimsfile import table
@@ -214,11 +271,13 @@ def plan(claims_file, root: Path, names: list[str] | None = None, ceiling: bool 
             if key in seen or (spec is not None and (Path(key) / "metrics.json").exists()):
                 continue
             seen.add(key)
+            judged = label in it.judged() if isinstance(it, Claim) else True  # a calibration's choice reads every point
             if spec is None:  # waits for a calibration: priced at its entry's stored runs' mean wall time
                 guess = mean_run_s(tables[item.name])
                 rows.append({"entry": item.name, "arm": label, "seed": seed, "owed": when, "kind": "waits for a calibration",
                              "edits": item.base.n_edits, "seconds": math.nan if guess is None else guess,
-                             "priced by": "its entry's stored runs (after its calibration)"})
+                             "priced by": "its entry's stored runs (after its calibration)", "folder": "",
+                             "judged": judged})
                 continue
             own = df[(df["label"] == label)] if len(df) else df
             s, how = price(spec, own, rates, walls, scoring, label == getattr(item, "unedited", None))
@@ -227,8 +286,12 @@ def plan(claims_file, root: Path, names: list[str] | None = None, ceiling: bool 
             rows.append({"entry": item.name, "arm": label, "seed": seed, "owed": when,
                          "kind": f"{k[0]} {k[1]}{' chunks of %d' % chunk if chunk else ''}"
                                  f"{' long-form' if k[2] else ''}",
-                         "edits": spec.n_edits, "seconds": math.nan if s is None else s, "priced by": how})
-    return pd.DataFrame(rows, columns=["entry", "arm", "seed", "owed", "kind", "edits", "seconds", "priced by"])
+                         "edits": spec.n_edits, "seconds": math.nan if s is None else s, "priced by": how,
+                         "folder": key, "judged": judged})
+    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
+
+
+PLAN_COLUMNS = ["entry", "arm", "seed", "owed", "kind", "edits", "seconds", "priced by", "folder", "judged"]
 
 
 def plan_text(df: pd.DataFrame) -> str:

@@ -252,12 +252,14 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
              "arm − unedited model | verdict |\n|---|---|---|---|---|"]
     sections, ledger = [], Ledger()  # what the runs cost and what is still to run, each run counted once
     owed, budget, spent = None, doc.get("budget"), (0, 0.0)  # spent: (runs, hours) since the budget was set
+    priced = (0, 0.0, 0.0)  # of them, those priced before they ran: (runs, priced hours, recorded hours)
     if doc.get("changes"):
-        from .cost import plan, spent_since
+        from .cost import plan, priced_since, spent_since
 
         owed = plan(claims_file, root)
         if budget and budget.get("since"):
             spent = spent_since(root, str(budget["since"]))
+            priced = priced_since(root, str(budget["since"]))
     split = budget_split(budget, owed, spent[1])
     beyond = split[1]
     undecidable = []  # claims still inconclusive whose owed runs the budget cannot pay
@@ -313,7 +315,7 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
         parts.append("## What is owed, priced before it runs\n\n`workbench report --plan` prices every owed run from "
                      "the store's measured rates; `workbench report --run <claims>` runs them (`--arms <labels>` for "
                      "some arms). Claims this budget cannot decide say so in the summary.\n\n"
-                     + plan_text(owed) + (budget_line(budget, split, spent) if budget else ""))
+                     + plan_text(owed) + (budget_line(budget, split, spent, priced) if budget else ""))
     parts += sections
     todo = [f"- {t.strip()}" for t in doc.get("todo", [])]
     parts.append("## What is still not done\n\n" + "\n".join([m for m in ledger.missing if m] + todo) + "\n")
@@ -322,38 +324,50 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
     return "\n".join(parts)
 
 
-def budget_split(budget: dict | None, owed: pd.DataFrame | None, used: float = 0.0) -> tuple[dict, dict, float]:
+def budget_split(budget: dict | None, owed: pd.DataFrame | None, used: float = 0.0) -> tuple[dict, dict, float, dict]:
     """The claims file's budget (``budget: {cpu_hours, order, since}``), less the `used` hours of the runs
-    stored since ``since`` (`cost.spent_since`), spent in its order on each entry's runs owed now: (entries
-    it pays for, entries it cannot: name -> their price, as "5.62 h[, k runs unpriced]"; hours left). An
-    entry it cannot pay cannot be decided within it."""
+    stored since ``since`` (`cost.spent_since`), spent in its order on each entry's runs owed now that its
+    verdict reads (`cost.plan`'s ``judged``), then, with what is left, on the figures' other points: (entries
+    it pays for, entries it cannot: name -> their price, as "5.62 h[, k runs unpriced]"; hours left; the
+    figures' points it pays for, name -> price). An entry it cannot pay cannot be decided within it."""
     if not budget or owed is None:
-        return {}, {}, 0.0
-    left, paid, unpaid = float(budget["cpu_hours"]) - used, {}, {}
-    for name in budget["order"]:
-        d = owed[(owed["entry"] == name) & (owed["owed"] == "now")]
-        hours, unpriced = d["seconds"].sum(skipna=True) / 3600, int(d["seconds"].isna().sum())
-        price = f"{hours:.2f} h" + (f", {unpriced} runs unpriced" if unpriced else "")
-        if hours <= left and not unpriced:
-            left -= hours
-            paid[name] = price
-        else:
-            unpaid[name] = price
-    return paid, unpaid, left
+        return {}, {}, 0.0, {}
+    left, paid, unpaid, figures = float(budget["cpu_hours"]) - used, {}, {}, {}
+    now = owed[owed["owed"] == "now"]
+    judged = now["judged"].astype(bool) if "judged" in now else pd.Series(True, index=now.index)
+    for rows, into, beyond in ((now[judged], paid, unpaid), (now[~judged], figures, None)):
+        for name in budget["order"]:
+            d = rows[rows["entry"] == name]
+            hours, unpriced = d["seconds"].sum(skipna=True) / 3600, int(d["seconds"].isna().sum())
+            if not len(d) and beyond is None:
+                continue
+            price = f"{hours:.2f} h" + (f", {unpriced} runs unpriced" if unpriced else "")
+            if hours <= left and not unpriced:
+                left -= hours
+                into[name] = price
+            elif beyond is not None:
+                beyond[name] = price
+    return paid, unpaid, left, figures
 
 
-def budget_line(budget: dict, split: tuple[dict, dict, float], spent: tuple[int, float]) -> str:
-    """The budget's sentence under the plan: what it has paid (`spent`: runs, hours), what it pays for and
+def budget_line(budget: dict, split: tuple[dict, dict, float, dict], spent: tuple[int, float],
+                priced: tuple[int, float, float] = (0, 0.0, 0.0)) -> str:
+    """The budget's sentence under the plan: what it has paid (`spent`: runs, hours; `priced`: those of them
+    priced before they ran, `cost.priced_since`: runs, priced hours, recorded hours), what it pays for and
     what it cannot decide (`split`, from `budget_split`)."""
-    paid, unpaid, left = split
+    paid, unpaid, left, figures = split
 
     def cells(d):
         return ", ".join(f"{name} ({price})" for name, price in d.items())
+    before = (f"; {priced[0]} of them were priced before they ran (`report --plan`'s price, prices.log) at "
+              f"{priced[1]:.2f} h and took {priced[2]:.2f} h" if priced[0] else
+              "; none of them was priced before it ran (prices.log starts with this edition's later runs)")
     return (f"\n**The budget** ({budget['cpu_hours']:g} CPU-hours, issue 44): {spent[1]:.2f} h spent on the {spent[0]} "
-            f"runs stored since {budget.get('since', 'it was set')} (their recorded wall time, runs.log); the rest, in "
-            f"the claims file's order at the runs owed now, pays for {cells(paid) or 'none'}; {left:.2f} h left. It "
-            f"cannot decide {cells(unpaid) or 'nothing'}: their runs are priced above; more seeds under the seed rule "
-            "come on top.\n")
+            f"runs stored since {budget.get('since', 'it was set')} (their recorded wall time, runs.log){before}. The "
+            f"rest, in the claims file's order at the runs owed now, pays first for the runs the verdicts read: "
+            f"{cells(paid) or 'none'}; then for the figures' other points: {cells(figures) or 'none'}; {left:.2f} h "
+            f"left. It cannot decide {cells(unpaid) or 'nothing'}: their runs are priced above; more seeds under the "
+            "seed rule come on top.\n")
 
 
 SECOND = files.PROJECT_ROOT / "docs" / "reproduction-3" / "second-edition.md"  # the second edition, frozen
