@@ -305,9 +305,10 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
             + (f"**Regenerate.** `{claim.regenerate.strip()}`\n" if claim.regenerate else ""))
     if undecidable:
         parts.append(f"\n**Cannot decide at 135M on a CPU in this edition's {budget['cpu_hours']:g} CPU-hours** "
-                     f"(the budget is spent in the claims file's order, *What is owed* below): {'; '.join(undecidable)}. "
-                     "The prices are this machine's measured rates (one worker, one thread); the runs are the same on "
-                     "a GPU or a bigger model, where `workbench report --run` decides them.\n")
+                     f"(the budget pays the runs verdicts read first, in the claims file's order, *What is owed* below): "
+                     f"{'; '.join(undecidable)}. The prices are this machine's measured rates (one worker, one thread); "
+                     "the runs are the same on a GPU or a bigger model, where `workbench report --run` decides them "
+                     "(their cost there is not measured yet: no GPU was lent to this edition).\n")
     parts.append(ledger.compute_line())
     if owed is not None:
         from .cost import plan_text
