@@ -273,6 +273,9 @@ def test_the_budget_pays_in_its_order_and_names_what_it_cannot_decide(tmp_path):
     assert paid == {"a": "2.00 h", "d": "1.00 h"} and figures == {} and left == pytest.approx(0.2)
     paid, beyond, left, figures = report.budget_split({"cpu_hours": 4, "order": ["a", "d"]}, figure)
     assert figures == {"a": "0.50 h"} and left == pytest.approx(0.5)
+    # while a verdict is unpaid (b), no figure is bought: what is left is the seed rule's
+    paid, beyond, left, figures = report.budget_split({"cpu_hours": 4, "order": ["a", "b", "d"]}, figure)
+    assert beyond == {"b": "20.00 h"} and figures == {} and left == pytest.approx(1.0)
     # what the runs stored since the budget was set took is paid first (their run_s, found through runs.log)
     for name, when, run_s in [("old", "2026-01-01T00:00:00", 7200.0), ("new", "2026-02-01T00:00:00", 3600.0)]:
         (tmp_path / "exp" / name).mkdir(parents=True)

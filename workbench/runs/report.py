@@ -328,7 +328,8 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
 def budget_split(budget: dict | None, owed: pd.DataFrame | None, used: float = 0.0) -> tuple[dict, dict, float, dict]:
     """The claims file's budget (``budget: {cpu_hours, order, since}``), less the `used` hours of the runs
     stored since ``since`` (`cost.spent_since`), spent in its order on each entry's runs owed now that its
-    verdict reads (`cost.plan`'s ``judged``), then, with what is left, on the figures' other points: (entries
+    verdict reads (`cost.plan`'s ``judged``), then, once every such entry is paid, with what is left, on the
+    figures' other points (while a verdict is unpaid, what is left goes to the seeds the seed rule adds): (entries
     it pays for, entries it cannot: name -> their price, as "5.62 h[, k runs unpriced]"; hours left; the
     figures' points it pays for, name -> price). An entry it cannot pay cannot be decided within it."""
     if not budget or owed is None:
@@ -337,6 +338,8 @@ def budget_split(budget: dict | None, owed: pd.DataFrame | None, used: float = 0
     now = owed[owed["owed"] == "now"]
     judged = now["judged"].astype(bool) if "judged" in now else pd.Series(True, index=now.index)
     for rows, into, beyond in ((now[judged], paid, unpaid), (now[~judged], figures, None)):
+        if beyond is None and unpaid:  # a figure waits while a verdict is unpaid: what is left buys seeds first
+            break
         for name in budget["order"]:
             d = rows[rows["entry"] == name]
             hours, unpriced = d["seconds"].sum(skipna=True) / 3600, int(d["seconds"].isna().sum())
@@ -366,7 +369,8 @@ def budget_line(budget: dict, split: tuple[dict, dict, float, dict], spent: tupl
     return (f"\n**The budget** ({budget['cpu_hours']:g} CPU-hours, issue 44): {spent[1]:.2f} h spent on the {spent[0]} "
             f"runs stored since {budget.get('since', 'it was set')} (their recorded wall time, runs.log){before}. The "
             f"rest, in the claims file's order at the runs owed now, pays first for the runs the verdicts read: "
-            f"{cells(paid) or 'none'}; then for the figures' other points: {cells(figures) or 'none'}; {left:.2f} h "
+            f"{cells(paid) or 'none'}; then for the figures' other points: "
+            f"{cells(figures) or ('none while a verdict is unpaid' if unpaid else 'none')}; {left:.2f} h "
             f"left. It cannot decide {cells(unpaid) or 'nothing'}: their runs are priced above; more seeds under the "
             "seed rule come on top.\n")
 
