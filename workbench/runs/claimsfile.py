@@ -139,7 +139,8 @@ class Claim(Runs):
         return sorted(set(self.seeds) | set(range(max(self.seeds) + 1, max(self.seeds) + 1 + top - len(self.seeds))))
 
     def with_seeds(self, seeds: list[int]) -> "Claim":
-        """The same claim over `seeds` (the seed rule's ceiling, priced by `report --plan`)."""
+        """The same claim over `seeds` (the seed rule's, or its ceiling, priced by `report --plan`); the
+        seeds the file lists stay in `listed`, so the figure's other points keep only those."""
         import dataclasses
 
         return dataclasses.replace(self, seeds=list(seeds), listed=self.listed or list(self.seeds))

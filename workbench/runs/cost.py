@@ -26,10 +26,11 @@ from .claimsfile import Claim, Runs, stored_runs
 from .spec import LONG_FORM, RunSpec
 
 
-def spent_since(root: Path, since: str) -> tuple[int, float]:
+def spent_since(root: Path, since: str, stored: list[tuple[str, float]] | None = None) -> tuple[int, float]:
     """(runs, CPU-hours of their whole wall time) of the stored runs finished at or after `since` (an ISO
-    time, compared with each experiment's ``runs.log``): what a budget set at that time has paid."""
-    seconds = [s for _, s in _stored_since(Path(root), since)]
+    time, compared with each experiment's ``runs.log``; `stored`: `stored_since`'s list, read once by a
+    caller that needs it twice): what a budget set at that time has paid."""
+    seconds = [s for _, s in (stored if stored is not None else stored_since(Path(root), since))]
     return len(seconds), sum(seconds) / 3600
 
 
@@ -67,17 +68,17 @@ def _prices(root: Path) -> dict[str, float]:
     return out
 
 
-def priced_since(root: Path, since: str) -> tuple[int, float, float]:
-    """Of the runs stored at or after `since` (`spent_since`), those priced before they ran: (runs, CPU-hours
-    they were priced at, CPU-hours they recorded)."""
+def priced_since(root: Path, since: str, stored: list[tuple[str, float]] | None = None) -> tuple[int, float, float]:
+    """Of the runs stored at or after `since` (`spent_since`, `stored` as there), those priced before they
+    ran: (runs, CPU-hours they were priced at, CPU-hours they recorded)."""
     prices, n, priced, took = _prices(Path(root)), 0, 0.0, 0.0
-    for folder, run_s in _stored_since(Path(root), since):
+    for folder, run_s in (stored if stored is not None else stored_since(Path(root), since)):
         if folder in prices:
             n, priced, took = n + 1, priced + prices[folder], took + run_s
     return n, priced / 3600, took / 3600
 
 
-def _stored_since(root: Path, since: str) -> list[tuple[str, float]]:
+def stored_since(root: Path, since: str) -> list[tuple[str, float]]:
     """(folder, run_s) of the stored runs whose ``runs.log`` line is at or after `since`."""
     folders = set()
     for log in Path(root).glob("*/runs.log"):

@@ -254,12 +254,13 @@ def render(claims_path=CLAIMS, root: Path = STORE, out: Path = REPORT) -> str:
     owed, budget, spent = None, doc.get("budget"), (0, 0.0)  # spent: (runs, hours) since the budget was set
     priced = (0, 0.0, 0.0)  # of them, those priced before they ran: (runs, priced hours, recorded hours)
     if doc.get("changes"):
-        from .cost import plan, priced_since, spent_since
+        from .cost import plan, priced_since, spent_since, stored_since
 
         owed = plan(claims_file, root)
         if budget and budget.get("since"):
-            spent = spent_since(root, str(budget["since"]))
-            priced = priced_since(root, str(budget["since"]))
+            since = str(budget["since"])
+            stored = stored_since(root, since)  # runs.log and each run's metrics, read once per render
+            spent, priced = spent_since(root, since, stored), priced_since(root, since, stored)
     split = budget_split(budget, owed, spent[1])
     beyond = split[1]
     undecidable = []  # claims still inconclusive whose owed runs the budget cannot pay
@@ -334,23 +335,27 @@ def budget_split(budget: dict | None, owed: pd.DataFrame | None, used: float = 0
     figures' points it pays for, name -> price). An entry it cannot pay cannot be decided within it."""
     if not budget or owed is None:
         return {}, {}, 0.0, {}
-    left, paid, unpaid, figures = float(budget["cpu_hours"]) - used, {}, {}, {}
     now = owed[owed["owed"] == "now"]
     judged = now["judged"].astype(bool) if "judged" in now else pd.Series(True, index=now.index)
-    for rows, into, beyond in ((now[judged], paid, unpaid), (now[~judged], figures, None)):
-        if beyond is None and unpaid:  # a figure waits while a verdict is unpaid: what is left buys seeds first
-            break
-        for name in budget["order"]:
+
+    def pay(rows: pd.DataFrame, names: list[str], left: float) -> tuple[dict, dict, float]:
+        paid, unpaid = {}, {}
+        for name in names:
             d = rows[rows["entry"] == name]
             hours, unpriced = d["seconds"].sum(skipna=True) / 3600, int(d["seconds"].isna().sum())
-            if not len(d) and beyond is None:
-                continue
             price = f"{hours:.2f} h" + (f", {unpriced} runs unpriced" if unpriced else "")
             if hours <= left and not unpriced:
                 left -= hours
-                into[name] = price
-            elif beyond is not None:
-                beyond[name] = price
+                paid[name] = price
+            else:
+                unpaid[name] = price
+        return paid, unpaid, left
+
+    paid, unpaid, left = pay(now[judged], budget["order"], float(budget["cpu_hours"]) - used)
+    figures = {}
+    if not unpaid:  # a figure waits while a verdict is unpaid: what is left buys the seed rule's seeds first
+        rest = now[~judged]
+        figures, _, left = pay(rest, [n for n in budget["order"] if n in set(rest["entry"])], left)
     return paid, unpaid, left, figures
 
 
